@@ -1,0 +1,147 @@
+//! Errors of the vault layer. Every message names the object (and, for data,
+//! the vault path and byte range) and says what the user can do.
+
+use std::ops::Range;
+
+use strata_store::{StoreError, StoreErrorKind};
+
+pub type VaultResult<T> = Result<T, VaultError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("wrong password for vault at {store} (nothing was changed)")]
+    WrongPassword { store: String },
+
+    #[error("{store} is not a Strata vault (no strata.vault header); create one with `strata init`")]
+    NotAVault { store: String },
+
+    #[error("{store} already holds a Strata vault; refusing to overwrite it")]
+    AlreadyAVault { store: String },
+
+    #[error("{store} is not empty and is not a Strata vault; use an empty location for a new vault")]
+    NotEmpty { store: String },
+
+    #[error("vault header {store}/strata.vault: {detail}")]
+    BadHeader { store: String, detail: String },
+
+    #[error("vault format version {found} is not supported by this strata (supports {supported}); upgrade strata")]
+    UnsupportedVersion { found: u32, supported: u32 },
+
+    #[error("corrupted object {object}{}{}: {detail}. The store's copy was modified, swapped or truncated; run `strata check --read-data` to list every damaged file",
+        .range.as_ref().map(|r| format!(" (bytes {}..{})", r.start, r.end)).unwrap_or_default(),
+        .file.as_ref().map(|f| format!(", part of {f}")).unwrap_or_default())]
+    Corrupt {
+        object: String,
+        range: Option<Range<u64>>,
+        file: Option<String>,
+        detail: String,
+    },
+
+    #[error("missing object {object}{}: it was deleted from the store; {hint}",
+        .file.as_ref().map(|f| format!(" (part of {f})")).unwrap_or_default())]
+    Missing {
+        object: String,
+        file: Option<String>,
+        hint: String,
+    },
+
+    #[error("rollback detected: the store's metadata is at version {found}, but this machine has already seen version {seen}. Someone restored an older copy of the vault or deleted recent logs. Refusing to open; if you restored a backup on purpose, pass --accept-rollback")]
+    Rollback { seen: u64, found: u64 },
+
+    #[error("the store's metadata history diverges from what this machine saw at version {version} (tampering, or another writer); refusing to open. If this is expected, pass --accept-rollback")]
+    Fork { version: u64 },
+
+    #[error("{path}: no such file or directory in the vault")]
+    NotFound { path: String },
+
+    #[error("{path}: already exists in the vault")]
+    Exists { path: String },
+
+    #[error("{path}: not a directory")]
+    NotADirectory { path: String },
+
+    #[error("{path}: is a directory (use -r)")]
+    IsADirectory { path: String },
+
+    #[error("{path}: directory not empty (use -r)")]
+    DirNotEmpty { path: String },
+
+    #[error("invalid path {path:?}: {why}")]
+    InvalidPath { path: String, why: String },
+
+    #[error("invalid operation: {0}")]
+    Invalid(String),
+
+    #[error("the store rejected an object: {0}")]
+    TooLarge(String),
+
+    #[error("{0}")]
+    Store(StoreError),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("crypto: {0}")]
+    Crypto(#[from] strata_crypto::CryptoError),
+
+    #[error("the vault was left in an unknown state by an earlier failed commit; reopen it")]
+    Poisoned,
+}
+
+impl From<StoreError> for VaultError {
+    fn from(e: StoreError) -> Self {
+        if e.kind == StoreErrorKind::TooLarge {
+            VaultError::TooLarge(e.to_string())
+        } else {
+            VaultError::Store(e)
+        }
+    }
+}
+
+impl VaultError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        VaultError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn corrupt(object: impl Into<String>, detail: impl Into<String>) -> Self {
+        VaultError::Corrupt {
+            object: object.into(),
+            range: None,
+            file: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// Attach the vault path of the file a data error belongs to.
+    pub fn in_file(mut self, path: &str) -> Self {
+        match &mut self {
+            VaultError::Corrupt { file, .. } | VaultError::Missing { file, .. } => {
+                if file.is_none() {
+                    *file = Some(path.to_string());
+                }
+            }
+            _ => {}
+        }
+        self
+    }
+
+    /// Turn a store `NotFound` on `object` into a `Missing` error.
+    pub fn from_get(e: StoreError, object: &str, hint: &str) -> Self {
+        if e.kind == StoreErrorKind::NotFound {
+            VaultError::Missing {
+                object: object.to_string(),
+                file: None,
+                hint: hint.to_string(),
+            }
+        } else {
+            VaultError::from(e)
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Metadata objects: logs (a batch of records, hash-chained) and checkpoint
+//! parts (a snapshot of the tree, split to fit the store's object size).
+//!
+//! ```text
+//! object    = magic(8) ‖ nonce(12) ‖ AES-256-GCM(meta key, plaintext, ad) ‖ tag(16)
+//! plaintext = body_len (u32 BE) ‖ body (postcard) ‖ zero padding (Padmé)
+//! log ad    = "STRLOG01" ‖ vault_id(16) ‖ version (u64 BE)
+//! ckpt ad   = "STRCKP01" ‖ vault_id(16) ‖ version (u64 BE) ‖ part (u32 BE) ‖ count (u32 BE)
+//! ```
+//! The hash of a log is BLAKE3 of its whole stored object; each log body
+//! carries the hash of the previous log (the checkpoint body carries the hash
+//! of the log it covers up to), so dropping, reordering or replaying logs
+//! breaks the chain.
+
+use serde::{Deserialize, Serialize};
+use strata_crypto::{padme, Keys, NONCE_LEN, TAG_LEN};
+
+use crate::error::{VaultError, VaultResult};
+use crate::record::{Record, Ts};
+use crate::tree::TreeImage;
+
+pub const LOG_MAGIC: &[u8; 8] = b"STRLOG01";
+pub const CKPT_MAGIC: &[u8; 8] = b"STRCKP01";
+/// Bytes an object adds around its body.
+pub const OVERHEAD: u64 = 8 + NONCE_LEN as u64 + TAG_LEN as u64 + 4;
+
+/// Body of a log object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBody {
+    /// Hash of the previous log object (or the checkpoint's head hash).
+    pub prev: [u8; 32],
+    pub time: Ts,
+    pub records: Vec<Record>,
+}
+
+/// Body of a checkpoint (before splitting into parts).
+#[derive(Serialize, Deserialize)]
+pub struct CheckpointBody {
+    pub version: u64,
+    /// Hash of log `version` (for version 0: the genesis hash).
+    pub head: [u8; 32],
+    pub time: Ts,
+    pub tree: TreeImage,
+}
+
+/// Hash of a stored log object (the chain link).
+pub fn object_hash(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
+/// Head hash of a new vault.
+pub fn genesis_hash(vault_id: &[u8; 16]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"strata genesis v1");
+    h.update(vault_id);
+    *h.finalize().as_bytes()
+}
+
+fn log_ad(vault_id: &[u8; 16], version: u64) -> Vec<u8> {
+    let mut ad = LOG_MAGIC.to_vec();
+    ad.extend_from_slice(vault_id);
+    ad.extend_from_slice(&version.to_be_bytes());
+    ad
+}
+
+fn ckpt_ad(vault_id: &[u8; 16], version: u64, part: u32, count: u32) -> Vec<u8> {
+    let mut ad = CKPT_MAGIC.to_vec();
+    ad.extend_from_slice(vault_id);
+    ad.extend_from_slice(&version.to_be_bytes());
+    ad.extend_from_slice(&part.to_be_bytes());
+    ad.extend_from_slice(&count.to_be_bytes());
+    ad
+}
+
+/// Largest body that fits in one object of at most `max` bytes.
+pub fn max_body(max: Option<u64>) -> u64 {
+    match max {
+        Some(m) => m.saturating_sub(OVERHEAD).min(u64::from(u32::MAX)),
+        None => 64 << 20,
+    }
+}
+
+fn seal_object(keys: &Keys, magic: &[u8; 8], ad: &[u8], body: &[u8], max: Option<u64>) -> VaultResult<Vec<u8>> {
+    let want = padme(body.len() as u64 + OVERHEAD);
+    let total = match max {
+        Some(m) if want > m => m.max(body.len() as u64 + OVERHEAD),
+        _ => want,
+    };
+    let plain_len = (total - OVERHEAD + 4) as usize;
+    let mut plain = Vec::with_capacity(plain_len);
+    let len = u32::try_from(body.len()).map_err(|_| VaultError::Invalid("metadata object too large".into()))?;
+    plain.extend_from_slice(&len.to_be_bytes());
+    plain.extend_from_slice(body);
+    plain.resize(plain_len, 0);
+    let sealed = keys.seal_meta(ad, plain)?;
+    let mut out = Vec::with_capacity(8 + sealed.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+fn open_object(keys: &Keys, magic: &[u8; 8], ad: &[u8], bytes: &[u8], object: &str) -> VaultResult<Vec<u8>> {
+    if bytes.len() < OVERHEAD as usize || &bytes[..8] != magic {
+        return Err(VaultError::corrupt(object, "not a Strata metadata object (bad magic or truncated)"));
+    }
+    let plain = keys.open_meta(ad, &bytes[8..]).map_err(|_| {
+        VaultError::corrupt(
+            object,
+            "authentication failed: the object was modified, renamed, or belongs to another vault",
+        )
+    })?;
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&plain[..4]);
+    let len = u32::from_be_bytes(len) as usize;
+    if 4 + len > plain.len() {
+        return Err(VaultError::corrupt(object, "body length out of range"));
+    }
+    Ok(plain[4..4 + len].to_vec())
+}
+
+/// Encode the records of one log body (to measure and split batches).
+pub fn encode_log(body: &LogBody) -> VaultResult<Vec<u8>> {
+    postcard::to_stdvec(body).map_err(|e| VaultError::Invalid(format!("log encoding: {e}")))
+}
+
+pub fn seal_log(keys: &Keys, vault_id: &[u8; 16], version: u64, body: &[u8], max: Option<u64>) -> VaultResult<Vec<u8>> {
+    seal_object(keys, LOG_MAGIC, &log_ad(vault_id, version), body, max)
+}
+
+pub fn open_log(keys: &Keys, vault_id: &[u8; 16], version: u64, bytes: &[u8], object: &str) -> VaultResult<LogBody> {
+    let body = open_object(keys, LOG_MAGIC, &log_ad(vault_id, version), bytes, object)?;
+    postcard::from_bytes(&body).map_err(|e| VaultError::corrupt(object, format!("undecodable log body: {e}")))
+}
+
+/// Seal a checkpoint into parts, each ≤ `max` bytes.
+pub fn seal_checkpoint(
+    keys: &Keys,
+    vault_id: &[u8; 16],
+    body: &CheckpointBody,
+    max: Option<u64>,
+) -> VaultResult<Vec<Vec<u8>>> {
+    let bytes = postcard::to_stdvec(body).map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?;
+    let per = usize::try_from(max_body(max)).unwrap_or(usize::MAX).max(1);
+    let count = bytes.len().div_ceil(per).max(1);
+    let count32 = u32::try_from(count)
+        .ok()
+        .filter(|c| *c <= 0xffff)
+        .ok_or_else(|| VaultError::Invalid("checkpoint needs more than 65535 parts; raise max-object-size".into()))?;
+    let mut parts = Vec::with_capacity(count);
+    for i in 0..count {
+        let slice = &bytes[(i * per).min(bytes.len())..((i + 1) * per).min(bytes.len())];
+        let ad = ckpt_ad(vault_id, body.version, i as u32, count32);
+        parts.push(seal_object(keys, CKPT_MAGIC, &ad, slice, max)?);
+    }
+    Ok(parts)
+}
+
+/// Open checkpoint parts (in order) and decode the body.
+pub fn open_checkpoint(
+    keys: &Keys,
+    vault_id: &[u8; 16],
+    version: u64,
+    parts: &[(String, Vec<u8>)],
+) -> VaultResult<CheckpointBody> {
+    let count = u32::try_from(parts.len()).map_err(|_| VaultError::Invalid("too many parts".into()))?;
+    let mut all = Vec::new();
+    for (i, (name, bytes)) in parts.iter().enumerate() {
+        let ad = ckpt_ad(vault_id, version, i as u32, count);
+        all.extend_from_slice(&open_object(keys, CKPT_MAGIC, &ad, bytes, name)?);
+    }
+    let first = parts.first().map(|p| p.0.as_str()).unwrap_or("checkpoint");
+    let body: CheckpointBody =
+        postcard::from_bytes(&all).map_err(|e| VaultError::corrupt(first, format!("undecodable checkpoint: {e}")))?;
+    if body.version != version {
+        return Err(VaultError::corrupt(first, "checkpoint version does not match its name"));
+    }
+    Ok(body)
+}

@@ -1,0 +1,689 @@
+//! The in-memory metadata tree: inodes, directory entries, chunk lists and
+//! blob reference counts. The tree changes only through [`Tree::apply`], which
+//! validates a [`Record`] completely before changing anything, so a rejected
+//! record leaves the tree untouched.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use strata_crypto::BlobId;
+
+use crate::record::{ChunkRef, Kind, NewInode, Record, Ts, RENAME_EXCHANGE, RENAME_NOREPLACE};
+
+pub const ROOT_INO: u64 = 1;
+/// Longest name accepted in a directory (bytes), like most Linux filesystems.
+pub const NAME_MAX: usize = 255;
+
+/// One inode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub ino: u64,
+    pub kind: Kind,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Ts,
+    pub mtime: Ts,
+    pub ctime: Ts,
+    pub btime: Ts,
+    pub target: Option<Vec<u8>>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub chunk_size: u32,
+    pub chunks: Vec<Option<ChunkRef>>,
+    /// Directory entries (directories only).
+    pub entries: BTreeMap<Vec<u8>, u64>,
+    /// Parent directory (directories only; root is its own parent).
+    pub parent: u64,
+}
+
+/// Why a record could not be applied (errno-like, for front ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyError {
+    NotFound,
+    Exists,
+    NotDir,
+    IsDir,
+    NotEmpty,
+    Invalid,
+    NameTooLong,
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ApplyError::NotFound => "no such entry",
+            ApplyError::Exists => "entry exists",
+            ApplyError::NotDir => "not a directory",
+            ApplyError::IsDir => "is a directory",
+            ApplyError::NotEmpty => "directory not empty",
+            ApplyError::Invalid => "invalid operation",
+            ApplyError::NameTooLong => "name too long",
+        })
+    }
+}
+
+/// The whole metadata tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    inodes: HashMap<u64, Inode>,
+    next_ino: u64,
+    /// Blob id → number of chunk slots referencing it.
+    refs: HashMap<BlobId, u64>,
+}
+
+/// Serialized form of a tree (checkpoint body).
+#[derive(Serialize, Deserialize)]
+pub struct TreeImage {
+    pub next_ino: u64,
+    pub inodes: Vec<Inode>,
+}
+
+fn valid_name(name: &[u8]) -> Result<(), ApplyError> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(ApplyError::Invalid);
+    }
+    if name.len() > NAME_MAX {
+        return Err(ApplyError::NameTooLong);
+    }
+    Ok(())
+}
+
+impl Tree {
+    /// A tree holding only the root directory.
+    pub fn new_root(time: Ts, uid: u32, gid: u32) -> Tree {
+        let root = Inode {
+            ino: ROOT_INO,
+            kind: Kind::Dir,
+            perm: 0o755,
+            uid,
+            gid,
+            rdev: 0,
+            nlink: 2,
+            size: 0,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            btime: time,
+            target: None,
+            xattrs: BTreeMap::new(),
+            chunk_size: 0,
+            chunks: Vec::new(),
+            entries: BTreeMap::new(),
+            parent: ROOT_INO,
+        };
+        let mut inodes = HashMap::new();
+        inodes.insert(ROOT_INO, root);
+        Tree {
+            inodes,
+            next_ino: ROOT_INO + 1,
+            refs: HashMap::new(),
+        }
+    }
+
+    /// Rebuild from a checkpoint image (validates structure).
+    pub fn from_image(img: TreeImage) -> Result<Tree, String> {
+        let mut inodes = HashMap::with_capacity(img.inodes.len());
+        let mut refs: HashMap<BlobId, u64> = HashMap::new();
+        for ino in img.inodes {
+            for c in ino.chunks.iter().flatten() {
+                *refs.entry(c.id).or_default() += 1;
+            }
+            if ino.ino >= img.next_ino {
+                return Err(format!("inode {} ≥ next inode {}", ino.ino, img.next_ino));
+            }
+            if inodes.insert(ino.ino, ino).is_some() {
+                return Err("duplicate inode".into());
+            }
+        }
+        if !inodes.get(&ROOT_INO).is_some_and(|r| r.kind == Kind::Dir) {
+            return Err("no root directory".into());
+        }
+        for i in inodes.values() {
+            for child in i.entries.values() {
+                if !inodes.contains_key(child) {
+                    return Err(format!("entry of inode {} points to missing inode {child}", i.ino));
+                }
+            }
+        }
+        Ok(Tree {
+            inodes,
+            next_ino: img.next_ino,
+            refs,
+        })
+    }
+
+    /// The image written into a checkpoint (sorted by inode number).
+    pub fn to_image(&self) -> TreeImage {
+        let mut inodes: Vec<Inode> = self.inodes.values().cloned().collect();
+        inodes.sort_by_key(|i| i.ino);
+        TreeImage {
+            next_ino: self.next_ino,
+            inodes,
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.inodes.get(&ino)
+    }
+
+    pub fn inodes(&self) -> impl Iterator<Item = &Inode> {
+        self.inodes.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inodes.is_empty()
+    }
+
+    /// Allocate a fresh inode number (the record that uses it makes it durable).
+    pub fn alloc_ino(&mut self) -> u64 {
+        let i = self.next_ino;
+        self.next_ino += 1;
+        i
+    }
+
+    /// Look `name` up in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        self.inodes.get(&parent)?.entries.get(name).copied()
+    }
+
+    /// Reference count of a blob.
+    pub fn blob_refs(&self, id: &BlobId) -> u64 {
+        self.refs.get(id).copied().unwrap_or(0)
+    }
+
+    /// All referenced blobs with their chunk refs (one per distinct blob).
+    pub fn referenced_blobs(&self) -> HashMap<BlobId, ChunkRef> {
+        let mut out = HashMap::with_capacity(self.refs.len());
+        for i in self.inodes.values() {
+            for c in i.chunks.iter().flatten() {
+                out.entry(c.id).or_insert(*c);
+            }
+        }
+        out
+    }
+
+    fn dir(&self, ino: u64) -> Result<&Inode, ApplyError> {
+        let d = self.inodes.get(&ino).ok_or(ApplyError::NotFound)?;
+        if d.kind != Kind::Dir {
+            return Err(ApplyError::NotDir);
+        }
+        Ok(d)
+    }
+
+    fn node_mut(&mut self, ino: u64) -> Result<&mut Inode, ApplyError> {
+        self.inodes.get_mut(&ino).ok_or(ApplyError::NotFound)
+    }
+
+    fn unref(&mut self, c: &ChunkRef, freed: &mut Vec<BlobId>) {
+        if let Some(n) = self.refs.get_mut(&c.id) {
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&c.id);
+                freed.push(c.id);
+            }
+        }
+    }
+
+    fn drop_inode(&mut self, ino: u64, freed: &mut Vec<BlobId>) {
+        if let Some(node) = self.inodes.remove(&ino) {
+            for c in node.chunks.iter().flatten() {
+                self.unref(c, freed);
+            }
+        }
+    }
+
+    /// Is `anc` an ancestor of (or equal to) directory `ino`?
+    fn is_ancestor(&self, anc: u64, mut ino: u64) -> bool {
+        loop {
+            if ino == anc {
+                return true;
+            }
+            match self.inodes.get(&ino) {
+                Some(n) if n.parent != ino => ino = n.parent,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Decrement links of `ino` after an entry pointing to it was removed.
+    fn release_link(&mut self, parent: u64, ino: u64, keep_orphan: bool, time: Ts, freed: &mut Vec<BlobId>) {
+        let Some(node) = self.inodes.get_mut(&ino) else { return };
+        node.ctime = time;
+        if node.kind == Kind::Dir {
+            node.nlink = 0;
+            if let Some(p) = self.inodes.get_mut(&parent) {
+                p.nlink = p.nlink.saturating_sub(1);
+            }
+        } else {
+            node.nlink = node.nlink.saturating_sub(1);
+        }
+        if self.inodes.get(&ino).is_some_and(|n| n.nlink == 0) && !keep_orphan {
+            self.drop_inode(ino, freed);
+        }
+    }
+
+    /// Check a record against the tree without changing it.
+    pub fn validate(&self, r: &Record) -> Result<(), ApplyError> {
+        match r {
+            Record::Create {
+                ino, parent, name, attr,
+            } => {
+                valid_name(name)?;
+                let d = self.dir(*parent)?;
+                if d.entries.contains_key(name) {
+                    return Err(ApplyError::Exists);
+                }
+                if self.inodes.contains_key(ino) || *ino == 0 {
+                    return Err(ApplyError::Invalid);
+                }
+                if attr.kind == Kind::Symlink && attr.target.is_none() {
+                    return Err(ApplyError::Invalid);
+                }
+            }
+            Record::Link { ino, parent, name } => {
+                valid_name(name)?;
+                let d = self.dir(*parent)?;
+                if d.entries.contains_key(name) {
+                    return Err(ApplyError::Exists);
+                }
+                let n = self.inodes.get(ino).ok_or(ApplyError::NotFound)?;
+                if n.kind == Kind::Dir {
+                    return Err(ApplyError::IsDir);
+                }
+            }
+            Record::Unlink { parent, name, .. } => {
+                let child = self.dir(*parent)?.entries.get(name).ok_or(ApplyError::NotFound)?;
+                let c = self.inodes.get(child).ok_or(ApplyError::NotFound)?;
+                if c.kind == Kind::Dir && !c.entries.is_empty() {
+                    return Err(ApplyError::NotEmpty);
+                }
+            }
+            Record::Rename {
+                parent, name, new_parent, new_name, flags, ..
+            } => {
+                valid_name(new_name)?;
+                let src = *self.dir(*parent)?.entries.get(name).ok_or(ApplyError::NotFound)?;
+                let dst = self.dir(*new_parent)?.entries.get(new_name).copied();
+                let src_node = self.inodes.get(&src).ok_or(ApplyError::NotFound)?;
+                if flags & RENAME_EXCHANGE != 0 {
+                    let dst = dst.ok_or(ApplyError::NotFound)?;
+                    let dst_node = self.inodes.get(&dst).ok_or(ApplyError::NotFound)?;
+                    if src_node.kind == Kind::Dir && self.is_ancestor(src, *new_parent) {
+                        return Err(ApplyError::Invalid);
+                    }
+                    if dst_node.kind == Kind::Dir && self.is_ancestor(dst, *parent) {
+                        return Err(ApplyError::Invalid);
+                    }
+                    return Ok(());
+                }
+                if src_node.kind == Kind::Dir && self.is_ancestor(src, *new_parent) {
+                    return Err(ApplyError::Invalid);
+                }
+                if let Some(dst) = dst {
+                    if flags & RENAME_NOREPLACE != 0 {
+                        return Err(ApplyError::Exists);
+                    }
+                    if dst == src {
+                        return Ok(());
+                    }
+                    let dn = self.inodes.get(&dst).ok_or(ApplyError::NotFound)?;
+                    match (src_node.kind == Kind::Dir, dn.kind == Kind::Dir) {
+                        (true, false) => return Err(ApplyError::NotDir),
+                        (false, true) => return Err(ApplyError::IsDir),
+                        (true, true) if !dn.entries.is_empty() => return Err(ApplyError::NotEmpty),
+                        _ => {}
+                    }
+                }
+            }
+            Record::SetAttr { ino, size, .. } => {
+                let n = self.inodes.get(ino).ok_or(ApplyError::NotFound)?;
+                if size.is_some() && n.kind != Kind::File {
+                    return Err(if n.kind == Kind::Dir { ApplyError::IsDir } else { ApplyError::Invalid });
+                }
+            }
+            Record::SetChunks { ino, first, chunks, size, .. } => {
+                let n = self.inodes.get(ino).ok_or(ApplyError::NotFound)?;
+                if n.kind != Kind::File || n.chunk_size == 0 {
+                    return Err(ApplyError::Invalid);
+                }
+                let cs = u64::from(n.chunk_size);
+                let end = first.checked_add(chunks.len() as u64).ok_or(ApplyError::Invalid)?;
+                if end.saturating_sub(1).saturating_mul(cs) > *size && !chunks.is_empty() {
+                    return Err(ApplyError::Invalid);
+                }
+                if chunks.iter().flatten().any(|c| c.len > c.blob_len || u64::from(c.len) > cs) {
+                    return Err(ApplyError::Invalid);
+                }
+            }
+            Record::SetXattr { ino, .. } | Record::RemoveXattr { ino, .. } => {
+                if !self.inodes.contains_key(ino) {
+                    return Err(ApplyError::NotFound);
+                }
+            }
+            Record::Forget { ino } => {
+                let n = self.inodes.get(ino).ok_or(ApplyError::NotFound)?;
+                if n.nlink != 0 {
+                    return Err(ApplyError::Invalid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a record. Returns blobs whose reference count dropped to zero
+    /// (deletable once the record is durable). On error nothing changed.
+    pub fn apply(&mut self, r: &Record) -> Result<Vec<BlobId>, ApplyError> {
+        self.validate(r)?;
+        let mut freed = Vec::new();
+        match r {
+            Record::Create {
+                ino, parent, name, attr,
+            } => self.apply_create(*ino, *parent, name, attr),
+            Record::Link { ino, parent, name } => {
+                let now = self.inodes.get(ino).map(|n| n.ctime).unwrap_or_default();
+                if let Some(d) = self.inodes.get_mut(parent) {
+                    d.entries.insert(name.clone(), *ino);
+                    d.mtime = d.mtime.max(now);
+                    d.ctime = d.mtime;
+                }
+                if let Some(n) = self.inodes.get_mut(ino) {
+                    n.nlink += 1;
+                }
+            }
+            Record::Unlink {
+                parent, name, keep_orphan, time,
+            } => {
+                let d = self.node_mut(*parent)?;
+                let child = d.entries.remove(name).ok_or(ApplyError::NotFound)?;
+                d.mtime = *time;
+                d.ctime = *time;
+                self.release_link(*parent, child, *keep_orphan, *time, &mut freed);
+            }
+            Record::Rename {
+                parent, name, new_parent, new_name, flags, time,
+            } => self.apply_rename(*parent, name, *new_parent, new_name, *flags, *time, &mut freed),
+            Record::SetAttr {
+                ino, perm, uid, gid, size, atime, mtime, ctime,
+            } => {
+                if let Some(sz) = size {
+                    self.truncate(*ino, *sz, &mut freed);
+                }
+                let n = self.node_mut(*ino)?;
+                if let Some(p) = perm {
+                    n.perm = p & 0o7777;
+                }
+                if let Some(u) = uid {
+                    n.uid = *u;
+                }
+                if let Some(g) = gid {
+                    n.gid = *g;
+                }
+                if let Some(a) = atime {
+                    n.atime = *a;
+                }
+                if let Some(m) = mtime {
+                    n.mtime = *m;
+                }
+                n.ctime = *ctime;
+            }
+            Record::SetChunks {
+                ino, first, chunks, size, mtime,
+            } => {
+                let first = usize::try_from(*first).map_err(|_| ApplyError::Invalid)?;
+                let mut old = Vec::new();
+                {
+                    let n = self.node_mut(*ino)?;
+                    if n.chunks.len() < first + chunks.len() {
+                        n.chunks.resize(first + chunks.len(), None);
+                    }
+                    for (slot, new) in n.chunks[first..first + chunks.len()].iter_mut().zip(chunks) {
+                        if let Some(o) = slot.take() {
+                            old.push(o);
+                        }
+                        *slot = *new;
+                    }
+                    n.mtime = *mtime;
+                    n.ctime = *mtime;
+                }
+                for c in chunks.iter().flatten() {
+                    *self.refs.entry(c.id).or_default() += 1;
+                }
+                for o in &old {
+                    self.unref(o, &mut freed);
+                }
+                // `size` may also shrink/extend the file (trailing slots dropped).
+                self.truncate(*ino, *size, &mut freed);
+            }
+            Record::SetXattr {
+                ino, name, value, time,
+            } => {
+                let n = self.node_mut(*ino)?;
+                n.xattrs.insert(name.clone(), value.clone());
+                n.ctime = *time;
+            }
+            Record::RemoveXattr { ino, name, time } => {
+                let n = self.node_mut(*ino)?;
+                n.xattrs.remove(name);
+                n.ctime = *time;
+            }
+            Record::Forget { ino } => self.drop_inode(*ino, &mut freed),
+        }
+        Ok(freed)
+    }
+
+    fn apply_create(&mut self, ino: u64, parent: u64, name: &[u8], a: &NewInode) {
+        let is_dir = a.kind == Kind::Dir;
+        let node = Inode {
+            ino,
+            kind: a.kind,
+            perm: a.perm & 0o7777,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            nlink: if is_dir { 2 } else { 1 },
+            size: a.target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+            atime: a.time,
+            mtime: a.time,
+            ctime: a.time,
+            btime: a.time,
+            target: a.target.clone(),
+            xattrs: BTreeMap::new(),
+            chunk_size: if a.kind == Kind::File { a.chunk_size } else { 0 },
+            chunks: Vec::new(),
+            entries: BTreeMap::new(),
+            parent,
+        };
+        self.inodes.insert(ino, node);
+        self.next_ino = self.next_ino.max(ino + 1);
+        if let Some(d) = self.inodes.get_mut(&parent) {
+            d.entries.insert(name.to_vec(), ino);
+            d.mtime = a.time;
+            d.ctime = a.time;
+            if is_dir {
+                d.nlink += 1;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_rename(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+        time: Ts,
+        freed: &mut Vec<BlobId>,
+    ) {
+        let Some(src) = self.lookup(parent, name) else { return };
+        let dst = self.lookup(new_parent, new_name);
+        if dst == Some(src) {
+            return; // same inode: POSIX says do nothing
+        }
+        let touch = |t: &mut Tree, ino: u64| {
+            if let Some(d) = t.inodes.get_mut(&ino) {
+                d.mtime = time;
+                d.ctime = time;
+            }
+        };
+        let reparent = |t: &mut Tree, child: u64, from: u64, to: u64| {
+            if from == to {
+                return;
+            }
+            if let Some(c) = t.inodes.get_mut(&child) {
+                if c.kind != Kind::Dir {
+                    return;
+                }
+                c.parent = to;
+            }
+            if let Some(f) = t.inodes.get_mut(&from) {
+                f.nlink = f.nlink.saturating_sub(1);
+            }
+            if let Some(f) = t.inodes.get_mut(&to) {
+                f.nlink += 1;
+            }
+        };
+        if flags & RENAME_EXCHANGE != 0 {
+            let Some(dst) = dst else { return };
+            if let Some(d) = self.inodes.get_mut(&parent) {
+                d.entries.insert(name.to_vec(), dst);
+            }
+            if let Some(d) = self.inodes.get_mut(&new_parent) {
+                d.entries.insert(new_name.to_vec(), src);
+            }
+            reparent(self, src, parent, new_parent);
+            reparent(self, dst, new_parent, parent);
+            for i in [parent, new_parent, src, dst] {
+                touch(self, i);
+            }
+            return;
+        }
+        if let Some(d) = self.inodes.get_mut(&parent) {
+            d.entries.remove(name);
+        }
+        if let Some(old) = dst {
+            if let Some(d) = self.inodes.get_mut(&new_parent) {
+                d.entries.remove(new_name);
+            }
+            self.release_link(new_parent, old, false, time, freed);
+        }
+        if let Some(d) = self.inodes.get_mut(&new_parent) {
+            d.entries.insert(new_name.to_vec(), src);
+        }
+        reparent(self, src, parent, new_parent);
+        for i in [parent, new_parent, src] {
+            touch(self, i);
+        }
+    }
+
+    /// Set a file's size: drop chunk slots past the end, clamp the last
+    /// partial chunk so stale bytes never reappear when the file grows again.
+    fn truncate(&mut self, ino: u64, size: u64, freed: &mut Vec<BlobId>) {
+        let mut dropped = Vec::new();
+        if let Some(n) = self.inodes.get_mut(&ino) {
+            if n.kind != Kind::File {
+                return;
+            }
+            let cs = u64::from(n.chunk_size.max(1));
+            let keep = usize::try_from(size.div_ceil(cs)).unwrap_or(usize::MAX);
+            if n.chunks.len() > keep {
+                dropped.extend(n.chunks.drain(keep..).flatten());
+            }
+            if size < n.size {
+                if let Some(Some(last)) = n.chunks.last_mut() {
+                    let start = (keep as u64 - 1) * cs;
+                    let valid = size - start;
+                    if u64::from(last.len) > valid {
+                        last.len = valid as u32;
+                    }
+                }
+            }
+            n.size = size;
+        }
+        for c in &dropped {
+            self.unref(c, freed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_attr(t: Ts) -> NewInode {
+        NewInode {
+            kind: Kind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            time: t,
+            target: None,
+            chunk_size: 4,
+        }
+    }
+
+    fn cref(b: u8, len: u32) -> ChunkRef {
+        ChunkRef {
+            id: BlobId([b; 32]),
+            blob_len: 4,
+            len,
+        }
+    }
+
+    #[test]
+    fn create_link_unlink_refcounts() {
+        let mut t = Tree::new_root(0, 0, 0);
+        let f = t.alloc_ino();
+        t.apply(&Record::Create { ino: f, parent: ROOT_INO, name: b"a".to_vec(), attr: file_attr(1) }).unwrap();
+        t.apply(&Record::SetChunks { ino: f, first: 0, chunks: vec![Some(cref(1, 4)), Some(cref(1, 2))], size: 6, mtime: 2 }).unwrap();
+        assert_eq!(t.blob_refs(&BlobId([1; 32])), 2);
+        t.apply(&Record::Link { ino: f, parent: ROOT_INO, name: b"b".to_vec() }).unwrap();
+        assert_eq!(t.get(f).unwrap().nlink, 2);
+        let freed = t.apply(&Record::Unlink { parent: ROOT_INO, name: b"a".to_vec(), keep_orphan: false, time: 3 }).unwrap();
+        assert!(freed.is_empty());
+        let freed = t.apply(&Record::Unlink { parent: ROOT_INO, name: b"b".to_vec(), keep_orphan: false, time: 3 }).unwrap();
+        assert_eq!(freed, vec![BlobId([1; 32])]);
+        assert!(t.get(f).is_none());
+    }
+
+    #[test]
+    fn truncate_clamps_partial_chunk() {
+        let mut t = Tree::new_root(0, 0, 0);
+        let f = t.alloc_ino();
+        t.apply(&Record::Create { ino: f, parent: ROOT_INO, name: b"a".to_vec(), attr: file_attr(1) }).unwrap();
+        t.apply(&Record::SetChunks { ino: f, first: 0, chunks: vec![Some(cref(1, 4)), Some(cref(2, 4))], size: 8, mtime: 2 }).unwrap();
+        let freed = t.apply(&Record::SetAttr { ino: f, perm: None, uid: None, gid: None, size: Some(3), atime: None, mtime: None, ctime: 3 }).unwrap();
+        assert_eq!(freed, vec![BlobId([2; 32])]);
+        assert_eq!(t.get(f).unwrap().chunks, vec![Some(cref(1, 3))]);
+    }
+
+    #[test]
+    fn rename_rules() {
+        let mut t = Tree::new_root(0, 0, 0);
+        let d = t.alloc_ino();
+        let mut dir = file_attr(1);
+        dir.kind = Kind::Dir;
+        t.apply(&Record::Create { ino: d, parent: ROOT_INO, name: b"d".to_vec(), attr: dir.clone() }).unwrap();
+        let e = t.alloc_ino();
+        t.apply(&Record::Create { ino: e, parent: d, name: b"e".to_vec(), attr: dir }).unwrap();
+        // moving a directory into its own subdirectory is invalid
+        let r = Record::Rename { parent: ROOT_INO, name: b"d".to_vec(), new_parent: e, new_name: b"x".to_vec(), flags: 0, time: 2 };
+        assert_eq!(t.apply(&r), Err(ApplyError::Invalid));
+        assert_eq!(t.get(ROOT_INO).unwrap().nlink, 3);
+        let r = Record::Rename { parent: d, name: b"e".to_vec(), new_parent: ROOT_INO, new_name: b"e".to_vec(), flags: 0, time: 2 };
+        t.apply(&r).unwrap();
+        assert_eq!(t.get(ROOT_INO).unwrap().nlink, 4);
+        assert_eq!(t.get(d).unwrap().nlink, 2);
+        assert_eq!(t.get(e).unwrap().parent, ROOT_INO);
+    }
+}

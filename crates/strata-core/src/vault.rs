@@ -1,0 +1,621 @@
+//! Opening and creating vaults, and making metadata changes durable.
+//!
+//! A [`Vault`] holds the in-memory tree. Changes are [`Record`]s applied to
+//! the tree at once (so later operations see them) and queued; [`Vault::commit`]
+//! seals queued records into hash-chained `meta/log.<version>` objects. After
+//! enough records a checkpoint of the whole tree is written, and only once it
+//! is durable are the logs it covers deleted. Blobs whose last reference was
+//! dropped are deleted only after the log that dropped them is durable.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use strata_crypto::{BlobId, KdfParams, Keys};
+use strata_store::{Bytes, Capabilities, DynStore, StoreErrorKind};
+use tracing::{debug, info, warn};
+
+use crate::error::{VaultError, VaultResult};
+use crate::format::blob::{chunk_size_for, SEGMENT};
+use crate::format::header::Header;
+use crate::format::meta::{self, CheckpointBody, LogBody};
+use crate::format::{self, MetaName, HEADER_KEY, META_PREFIX};
+use crate::record::{now, Record};
+use crate::state::{self, SeenState};
+use crate::tree::{ApplyError, Inode, Tree};
+
+/// Default chunk size for new vaults.
+pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
+
+/// Options for [`Vault::create`].
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub kdf: KdfParams,
+    /// Default chunk size of new files (rounded to 64 KiB, capped by the store).
+    pub chunk_size: u32,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            kdf: KdfParams::default(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// Options for [`Vault::open`] (and the vault returned by create).
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Where the rollback-detection state lives (default: [`state::default_state_dir`]).
+    pub state_dir: Option<PathBuf>,
+    /// Open even if the store is older than what this machine has seen.
+    pub accept_rollback: bool,
+    /// Write a checkpoint after this many records.
+    pub checkpoint_records: u64,
+    /// Parallel blob uploads/downloads of one file.
+    pub parallelism: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            state_dir: None,
+            accept_rollback: false,
+            checkpoint_records: 20_000,
+            parallelism: 4,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) tree: Tree,
+    pending: Vec<Record>,
+    freed: Vec<BlobId>,
+    version: u64,
+    head: [u8; 32],
+    checkpoint_version: u64,
+    records_since_checkpoint: u64,
+    poisoned: bool,
+}
+
+/// An open vault.
+pub struct Vault {
+    pub(crate) store: DynStore,
+    pub(crate) store_name: String,
+    header: Mutex<Header>,
+    vault_id: [u8; 16],
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) caps: Capabilities,
+    /// Chunk size for new files.
+    pub(crate) chunk_size: u32,
+    pub(crate) opts: OpenOptions,
+    pub(crate) inner: Mutex<Inner>,
+    /// Serializes commits.
+    commit_lock: tokio::sync::Mutex<()>,
+    /// Writers hold it shared while uploading+referencing blobs; blob deletion
+    /// takes it exclusively (so a blob is never deleted under a writer).
+    pub(crate) data_lock: tokio::sync::RwLock<()>,
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What `list meta/` found.
+struct MetaListing {
+    logs: BTreeMap<u64, String>,
+    /// version → (count, parts present)
+    checkpoints: BTreeMap<u64, (u32, BTreeMap<u32, String>)>,
+}
+
+impl MetaListing {
+    fn complete_checkpoints(&self) -> Vec<u64> {
+        self.checkpoints
+            .iter()
+            .filter(|(_, (count, parts))| parts.len() as u32 == *count && parts.keys().all(|p| p < count))
+            .map(|(v, _)| *v)
+            .collect()
+    }
+}
+
+async fn list_meta(store: &DynStore) -> VaultResult<MetaListing> {
+    let mut l = MetaListing {
+        logs: BTreeMap::new(),
+        checkpoints: BTreeMap::new(),
+    };
+    for o in store.list(META_PREFIX).await? {
+        match format::parse_meta_key(&o.key) {
+            Some(MetaName::Log(v)) => {
+                l.logs.insert(v, o.key);
+            }
+            Some(MetaName::Checkpoint { version, part, count }) => {
+                let e = l.checkpoints.entry(version).or_insert((count, BTreeMap::new()));
+                if e.0 == count {
+                    e.1.insert(part, o.key);
+                }
+            }
+            None => debug!(key = %o.key, "ignoring unknown metadata object"),
+        }
+    }
+    Ok(l)
+}
+
+impl Vault {
+    /// Create a new vault on an empty store.
+    pub async fn create(store: DynStore, password: &[u8], c: CreateOptions, opts: OpenOptions) -> VaultResult<Vault> {
+        let name = store.describe();
+        if store.stat(HEADER_KEY).await?.is_some() {
+            return Err(VaultError::AlreadyAVault { store: name });
+        }
+        if !store.list("").await?.is_empty() {
+            return Err(VaultError::NotEmpty { store: name });
+        }
+        let caps = store.capabilities();
+        let chunk = chunk_size_for(u64::from(c.chunk_size), caps.max_object_size).ok_or_else(|| {
+            VaultError::Invalid(format!(
+                "the store's max object size ({} bytes) is too small: Strata needs at least {} bytes per object",
+                caps.max_object_size.unwrap_or(0),
+                crate::format::blob::sealed_len(SEGMENT)
+            ))
+        })?;
+        let master = strata_crypto::MasterKey::generate()?;
+        let header = Header::create(&master, password, c.kdf, chunk as u32)?;
+        let keys = Arc::new(Keys::derive(&master)?);
+        let vault_id = header.vault_id_bytes()?;
+        let tree = Tree::new_root(now(), current_uid(), current_gid());
+        let head = meta::genesis_hash(&vault_id);
+        // Checkpoint 0 first, header last: the header's presence marks a
+        // complete vault.
+        let body = CheckpointBody {
+            version: 0,
+            head,
+            time: now(),
+            tree: tree.to_image(),
+        };
+        let parts = meta::seal_checkpoint(&keys, &vault_id, &body, caps.max_object_size)?;
+        let count = parts.len() as u32;
+        for (i, p) in parts.into_iter().enumerate() {
+            store.put(&format::checkpoint_key(0, i as u32, count), Bytes::from(p)).await?;
+        }
+        let hb = Bytes::from(header.to_bytes()?);
+        if caps.conditional_create {
+            if !store.put_if_absent(HEADER_KEY, hb).await? {
+                return Err(VaultError::AlreadyAVault { store: name });
+            }
+        } else {
+            store.put(HEADER_KEY, hb).await?;
+        }
+        let v = Vault::assemble(store, header, vault_id, keys, tree, 0, head, 0, opts);
+        v.save_seen()?;
+        info!(store = %v.store_name, "created vault");
+        Ok(v)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        store: DynStore,
+        header: Header,
+        vault_id: [u8; 16],
+        keys: Arc<Keys>,
+        tree: Tree,
+        version: u64,
+        head: [u8; 32],
+        checkpoint_version: u64,
+        opts: OpenOptions,
+    ) -> Vault {
+        let caps = store.capabilities();
+        let chunk_size = chunk_size_for(u64::from(header.chunk_size), caps.max_object_size)
+            .unwrap_or(SEGMENT) as u32;
+        Vault {
+            store_name: store.describe(),
+            store,
+            header: Mutex::new(header),
+            vault_id,
+            keys,
+            caps,
+            chunk_size,
+            opts,
+            inner: Mutex::new(Inner {
+                tree,
+                pending: Vec::new(),
+                freed: Vec::new(),
+                version,
+                head,
+                checkpoint_version,
+                records_since_checkpoint: 0,
+                poisoned: false,
+            }),
+            commit_lock: tokio::sync::Mutex::new(()),
+            data_lock: tokio::sync::RwLock::new(()),
+        }
+    }
+
+    /// Read the header of the vault on `store`.
+    pub async fn read_header(store: &DynStore) -> VaultResult<Header> {
+        let name = store.describe();
+        let bytes = match store.get(HEADER_KEY).await {
+            Ok(b) => b,
+            Err(e) if e.kind == StoreErrorKind::NotFound => return Err(VaultError::NotAVault { store: name }),
+            Err(e) => return Err(e.into()),
+        };
+        Header::parse(&bytes, &name)
+    }
+
+    /// Open an existing vault: newest complete checkpoint + replay of later logs.
+    pub async fn open(store: DynStore, password: &[u8], opts: OpenOptions) -> VaultResult<Vault> {
+        let name = store.describe();
+        let header = Vault::read_header(&store).await?;
+        let master = header.unlock(password, &name)?;
+        let keys = Arc::new(Keys::derive(&master)?);
+        drop(master);
+        let vault_id = header.vault_id_bytes()?;
+        let listing = list_meta(&store).await?;
+        let Some(&cv) = listing.complete_checkpoints().last() else {
+            return Err(VaultError::Missing {
+                object: format!("{name}/meta/checkpoint.*"),
+                file: None,
+                hint: "the vault has no complete checkpoint; restore meta/ from a backup".into(),
+            });
+        };
+        let mut parts = Vec::new();
+        if let Some((_, names)) = listing.checkpoints.get(&cv) {
+            for key in names.values() {
+                let bytes = store.get(key).await.map_err(|e| VaultError::from_get(e, key, "restore it from a backup"))?;
+                parts.push((key.clone(), bytes.to_vec()));
+            }
+        }
+        let body = meta::open_checkpoint(&keys, &vault_id, cv, &parts)?;
+        let first_part = parts.first().map(|p| p.0.clone()).unwrap_or_default();
+        let mut tree = Tree::from_image(body.tree).map_err(|e| VaultError::corrupt(&first_part, e))?;
+        let mut head = body.head;
+        let mut version = cv;
+        let seen = state::load(&state_dir(&opts), &header.vault_id)?;
+        let mut records = 0u64;
+        for (&v, key) in listing.logs.range(cv + 1..) {
+            if v != version + 1 {
+                return Err(VaultError::Missing {
+                    object: format::log_key(version + 1),
+                    file: None,
+                    hint: format!("the metadata log chain has a gap before {key}; the vault cannot be opened safely"),
+                });
+            }
+            let bytes = store.get(key).await.map_err(|e| VaultError::from_get(e, key, "restore it from a backup"))?;
+            let log = meta::open_log(&keys, &vault_id, v, &bytes, key)?;
+            if log.prev != head {
+                return Err(VaultError::corrupt(
+                    key,
+                    "log does not chain to the previous log (replayed, reordered or from another history)",
+                ));
+            }
+            for r in &log.records {
+                tree.apply(r)
+                    .map_err(|e| VaultError::corrupt(key, format!("record cannot be replayed: {e}")))?;
+                records += 1;
+            }
+            head = meta::object_hash(&bytes);
+            version = v;
+            if let Some(s) = &seen {
+                if s.version == v && s.head != hex::encode(head) && !opts.accept_rollback {
+                    return Err(VaultError::Fork { version: v });
+                }
+            }
+        }
+        if let Some(s) = &seen {
+            if version < s.version && !opts.accept_rollback {
+                return Err(VaultError::Rollback {
+                    seen: s.version,
+                    found: version,
+                });
+            }
+            if version == s.version && s.head != hex::encode(head) && !opts.accept_rollback {
+                return Err(VaultError::Fork { version });
+            }
+        }
+        let v = Vault::assemble(store, header, vault_id, keys, tree, version, head, cv, opts);
+        lock(&v.inner).records_since_checkpoint = records;
+        v.save_seen()?;
+        debug!(version, checkpoint = cv, "opened vault");
+        Ok(v)
+    }
+
+    fn save_seen(&self) -> VaultResult<()> {
+        let (version, head) = {
+            let g = lock(&self.inner);
+            (g.version, g.head)
+        };
+        let id = hex::encode(self.vault_id);
+        state::save(
+            &state_dir(&self.opts),
+            &id,
+            &SeenState {
+                version,
+                head: hex::encode(head),
+            },
+        )
+    }
+
+    /// The store this vault lives on.
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    /// Human-readable store name.
+    pub fn store_name(&self) -> &str {
+        &self.store_name
+    }
+
+    /// Vault id (hex).
+    pub fn vault_id(&self) -> String {
+        hex::encode(self.vault_id)
+    }
+
+    /// Chunk size used for new files.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// Current metadata version (last committed log).
+    pub fn version(&self) -> u64 {
+        lock(&self.inner).version
+    }
+
+    /// Run `f` with read access to the tree.
+    pub fn with_tree<R>(&self, f: impl FnOnce(&Tree) -> R) -> R {
+        f(&lock(&self.inner).tree)
+    }
+
+    /// A copy of one inode.
+    pub fn inode(&self, ino: u64) -> Option<Inode> {
+        lock(&self.inner).tree.get(ino).cloned()
+    }
+
+    /// Allocate an inode number for a `Create` record.
+    pub fn alloc_ino(&self) -> u64 {
+        lock(&self.inner).tree.alloc_ino()
+    }
+
+    /// Apply one record to the tree and queue it for the next commit.
+    pub fn apply(&self, r: Record) -> Result<(), ApplyError> {
+        let mut g = lock(&self.inner);
+        let freed = g.tree.apply(&r)?;
+        g.freed.extend(freed);
+        g.pending.push(r);
+        Ok(())
+    }
+
+    /// Number of records not yet committed.
+    pub fn pending_records(&self) -> usize {
+        lock(&self.inner).pending.len()
+    }
+
+    /// Make every applied record durable in the store. Afterwards, deletes
+    /// blobs that lost their last reference, and checkpoints when due.
+    pub async fn commit(&self) -> VaultResult<()> {
+        let _c = self.commit_lock.lock().await;
+        let (records, mut version, mut head) = {
+            let mut g = lock(&self.inner);
+            if g.poisoned {
+                return Err(VaultError::Poisoned);
+            }
+            (std::mem::take(&mut g.pending), g.version, g.head)
+        };
+        if !records.is_empty() {
+            let max = self.caps.max_object_size;
+            let limit = meta::max_body(max) as usize;
+            let mut batches: Vec<Vec<Record>> = vec![Vec::new()];
+            let mut size = 0usize;
+            for r in records {
+                let rs = postcard::to_stdvec(&r)
+                    .map_err(|e| VaultError::Invalid(format!("record encoding: {e}")))?
+                    .len();
+                if size + rs + 64 > limit && batches.last().is_some_and(|b| !b.is_empty()) {
+                    batches.push(Vec::new());
+                    size = 0;
+                }
+                if rs + 64 > limit {
+                    return Err(VaultError::Invalid(format!(
+                        "one metadata record ({rs} bytes) does not fit the store's max object size"
+                    )));
+                }
+                size += rs;
+                if let Some(b) = batches.last_mut() {
+                    b.push(r);
+                }
+            }
+            for batch in batches {
+                let n = batch.len() as u64;
+                let body = meta::encode_log(&LogBody {
+                    prev: head,
+                    time: now(),
+                    records: batch,
+                })?;
+                let obj = meta::seal_log(&self.keys, &self.vault_id, version + 1, &body, max)?;
+                let key = format::log_key(version + 1);
+                let res = if self.caps.conditional_create {
+                    self.store
+                        .put_if_absent(&key, Bytes::from(obj.clone()))
+                        .await
+                        .and_then(|created| {
+                            if created {
+                                Ok(())
+                            } else {
+                                Err(strata_store::StoreError {
+                                    kind: StoreErrorKind::AlreadyExists,
+                                    store: self.store_name.clone(),
+                                    op: "put",
+                                    key: Some(key.clone()),
+                                    message: "another writer committed this version first".into(),
+                                })
+                            }
+                        })
+                } else {
+                    self.store.put(&key, Bytes::from(obj.clone())).await
+                };
+                if let Err(e) = res {
+                    lock(&self.inner).poisoned = true;
+                    return Err(e.into());
+                }
+                version += 1;
+                head = meta::object_hash(&obj);
+                let mut g = lock(&self.inner);
+                g.version = version;
+                g.head = head;
+                g.records_since_checkpoint += n;
+            }
+            self.save_seen()?;
+        }
+        self.delete_freed().await?;
+        let due = lock(&self.inner).records_since_checkpoint >= self.opts.checkpoint_records;
+        if due {
+            self.checkpoint_locked().await?;
+        }
+        Ok(())
+    }
+
+    /// Delete blobs whose last reference is gone (committed), unless a writer
+    /// is busy (then they wait for the next commit or `gc`).
+    async fn delete_freed(&self) -> VaultResult<()> {
+        let Ok(_w) = self.data_lock.try_write() else {
+            return Ok(());
+        };
+        let doomed: Vec<BlobId> = {
+            let mut g = lock(&self.inner);
+            if !g.pending.is_empty() {
+                return Ok(()); // uncommitted records might reference them again
+            }
+            let freed = std::mem::take(&mut g.freed);
+            let set: HashSet<BlobId> = freed.into_iter().collect();
+            set.into_iter()
+                .filter(|id| g.tree.blob_refs(id) == 0)
+                .collect()
+        };
+        for id in doomed {
+            let key = format::blob_key(&id);
+            if let Err(e) = self.store.delete(&key).await {
+                warn!(%key, error = %e, "could not delete unreferenced blob; `strata gc` will retry");
+            }
+        }
+        Ok(())
+    }
+
+    /// Commit, then write a checkpoint of the whole tree and drop what it covers.
+    pub async fn checkpoint(&self) -> VaultResult<()> {
+        self.commit().await?;
+        let _c = self.commit_lock.lock().await;
+        self.checkpoint_locked().await
+    }
+
+    async fn checkpoint_locked(&self) -> VaultResult<()> {
+        let (body, old) = {
+            let g = lock(&self.inner);
+            if !g.pending.is_empty() {
+                return Ok(()); // only checkpoint a committed state
+            }
+            (
+                CheckpointBody {
+                    version: g.version,
+                    head: g.head,
+                    time: now(),
+                    tree: g.tree.to_image(),
+                },
+                g.checkpoint_version,
+            )
+        };
+        let version = body.version;
+        if version == old {
+            return Ok(());
+        }
+        let parts = meta::seal_checkpoint(&self.keys, &self.vault_id, &body, self.caps.max_object_size)?;
+        drop(body);
+        let count = parts.len() as u32;
+        for (i, p) in parts.into_iter().enumerate() {
+            self.store
+                .put(&format::checkpoint_key(version, i as u32, count), Bytes::from(p))
+                .await?;
+        }
+        {
+            let mut g = lock(&self.inner);
+            g.checkpoint_version = version;
+            g.records_since_checkpoint = 0;
+        }
+        info!(version, "checkpoint written");
+        self.cleanup_meta(version).await.map(|_| ())
+    }
+
+    /// Delete logs and checkpoints made obsolete by checkpoint `version`.
+    async fn cleanup_meta(&self, version: u64) -> VaultResult<usize> {
+        let listing = list_meta(&self.store).await?;
+        let mut n = 0;
+        let doomed = listing
+            .logs
+            .range(..=version)
+            .map(|(_, k)| k.clone())
+            .chain(
+                listing
+                    .checkpoints
+                    .range(..version)
+                    .flat_map(|(_, (_, parts))| parts.values().cloned()),
+            );
+        for key in doomed {
+            match self.store.delete(&key).await {
+                Ok(()) => n += 1,
+                Err(e) => warn!(%key, error = %e, "could not delete obsolete metadata object"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Remove obsolete metadata objects (leftovers of interrupted checkpoints).
+    pub(crate) async fn cleanup_obsolete_meta(&self) -> VaultResult<usize> {
+        let _c = self.commit_lock.lock().await;
+        let cv = lock(&self.inner).checkpoint_version;
+        let mut n = self.cleanup_meta(cv).await?;
+        // incomplete or newer-than-committed checkpoints are crash leftovers
+        let listing = list_meta(&self.store).await?;
+        let complete = listing.complete_checkpoints();
+        for (v, (_, parts)) in listing.checkpoints.range(cv + 1..) {
+            if !complete.contains(v) {
+                for key in parts.values() {
+                    if self.store.delete(key).await.is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Change the password: rewrap the master key in the header (nothing else
+    /// is rewritten). `old` must unlock the current header.
+    pub async fn change_password(&self, old: &[u8], new: &[u8], kdf: Option<KdfParams>) -> VaultResult<()> {
+        let current = Vault::read_header(&self.store).await?;
+        let master = current.unlock(old, &self.store_name)?;
+        let mut h = current.clone();
+        h.rewrap(&master, new, kdf.unwrap_or_else(|| current.kdf_params()))?;
+        // Verify before replacing the only copy of the wrapped key.
+        h.unlock(new, &self.store_name)?;
+        self.store.put(HEADER_KEY, Bytes::from(h.to_bytes()?)).await?;
+        *self.header.lock().unwrap_or_else(|e| e.into_inner()) = h;
+        Ok(())
+    }
+}
+
+fn state_dir(opts: &OpenOptions) -> PathBuf {
+    opts.state_dir.clone().unwrap_or_else(state::default_state_dir)
+}
+
+/// Owner of the root directory of a new vault: the creating user.
+pub(crate) fn current_uid() -> u32 {
+    proc_status_field("Uid:").unwrap_or(0)
+}
+
+pub(crate) fn current_gid() -> u32 {
+    proc_status_field("Gid:").unwrap_or(0)
+}
+
+fn proc_status_field(field: &str) -> Option<u32> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

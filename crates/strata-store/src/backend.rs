@@ -1,0 +1,637 @@
+//! The real backends: [`OpendalStore`] over an `opendal::Operator` for
+//! `memory://` (process-wide stores shared by name) and `file://` (a local
+//! directory, with durable, atomic writes done by this module itself).
+//!
+//! ## The `file://` data path
+//!
+//! opendal's fs writer fsyncs the file (and, with `atomic_write_dir`, writes a
+//! temp file and renames it), but never fsyncs the directory, so a put could
+//! be lost by a crash after it returned; its reader also streams in chunks
+//! that would have to be copied together again. So for `file://` the data
+//! path (put, put_if_absent, get, get_range, stat, delete) is plain `std::fs`
+//! on the blocking pool, and opendal is used for listing:
+//!
+//! * `put`: write the bytes to a fresh temp file in `<root>/.strata-tmp/`,
+//!   `fsync` it, `rename` it over the key's path (atomic: readers see the old
+//!   or the new object, never a partial one), then `fsync` the key's directory
+//!   (and, when directories had to be created, each new directory's parent),
+//!   so the object is durable when `put` returns.
+//! * `put_if_absent`: the same, but `hard_link` instead of `rename`; the link
+//!   fails if the key exists, which the kernel enforces atomically. Declared
+//!   only after a probe at open proves hard links work on that filesystem.
+//! * Temp files left by a crash are never listed and are swept at open once
+//!   they are an hour old. Keys under `.strata-tmp/` are reserved.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use opendal::{EntryMode, Operator};
+
+use crate::error::{StoreError, StoreErrorKind, StoreResult};
+use crate::{Capabilities, ObjectMeta, Store};
+
+/// First key segment reserved for the fs backend's temp files.
+const TMP_DIR: &str = ".strata-tmp";
+
+/// Temp files older than this are considered crash leftovers and swept at open.
+const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+
+/// Process-wide named memory stores: reopening `memory://NAME` sees the same objects.
+static MEMORY_STORES: LazyLock<Mutex<HashMap<String, Operator>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// A backend store reached through `opendal` (see the module docs for what
+/// the `file://` backend does itself).
+#[derive(Clone)]
+pub struct OpendalStore {
+    op: Operator,
+    description: String,
+    caps: Capabilities,
+    fs: Option<Arc<FsDirs>>,
+}
+
+/// Directories of a `file://` store.
+#[derive(Debug)]
+struct FsDirs {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl std::fmt::Debug for OpendalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpendalStore")
+            .field("description", &self.description)
+            .field("caps", &self.caps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpendalStore {
+    /// A store in the local directory `root` (made absolute). The directory is
+    /// created if missing, but its parent must exist.
+    pub fn fs(root: &Path) -> StoreResult<Self> {
+        let shown = format!("file://{}", root.display());
+        let root = std::path::absolute(root)
+            .map_err(|e| StoreError::from_io(&e, shown.as_str(), "open", None))?;
+        let description = format!("file://{}", root.display());
+        let open_err = |e: &io::Error, what: &str| {
+            let mut err = StoreError::from_io(e, description.as_str(), "open", None);
+            err.message = format!("{what}: {e}");
+            err
+        };
+
+        match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StoreError::new(
+                    StoreErrorKind::Other,
+                    description.as_str(),
+                    "open",
+                    None,
+                    "store root exists but is not a directory",
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let parent = root.parent().unwrap_or(Path::new("/"));
+                if !parent.is_dir() {
+                    return Err(StoreError::new(
+                        StoreErrorKind::NotFound,
+                        description.as_str(),
+                        "open",
+                        None,
+                        format!(
+                            "parent directory {} of the store root does not exist",
+                            parent.display()
+                        ),
+                    ));
+                }
+                match std::fs::create_dir(&root) {
+                    Ok(()) => {}
+                    // Lost a race with another opener: fine.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(open_err(&e, "cannot create store root")),
+                }
+                fsync_dir(parent).map_err(|e| open_err(&e, "cannot sync store root's parent"))?;
+            }
+            Err(e) => return Err(open_err(&e, "cannot access store root")),
+        }
+
+        let tmp = root.join(TMP_DIR);
+        if !tmp.is_dir() {
+            match std::fs::create_dir(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(open_err(&e, "cannot create temp directory")),
+            }
+            fsync_dir(&root).map_err(|e| open_err(&e, "cannot sync store root"))?;
+        }
+        sweep_stale_tmp(&tmp);
+        let hard_links = probe_hard_links(&tmp);
+
+        let root_str = root.to_str().ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Other,
+                description.as_str(),
+                "open",
+                None,
+                "store root path is not valid UTF-8",
+            )
+        })?;
+        let op = Operator::new(opendal::services::Fs::default().root(root_str))
+            .map_err(|e| StoreError::from_opendal(&e, description.as_str(), "open", None))?;
+
+        Ok(OpendalStore {
+            op,
+            description,
+            caps: Capabilities {
+                range_reads: true,
+                conditional_create: hard_links,
+                max_object_size: None,
+            },
+            fs: Some(Arc::new(FsDirs { root, tmp })),
+        })
+    }
+
+    /// An in-memory store. Stores are shared by `name` within the process
+    /// (reopening `memory://foo` sees the same objects); an empty `name` gives
+    /// a fresh private store.
+    pub fn memory(name: &str) -> StoreResult<Self> {
+        let description = format!("memory://{name}");
+        let build = || {
+            Operator::new(opendal::services::Memory::default())
+                .map_err(|e| StoreError::from_opendal(&e, description.as_str(), "open", None))
+        };
+        let op = if name.is_empty() {
+            build()?
+        } else {
+            let mut stores = MEMORY_STORES.lock().unwrap_or_else(|p| p.into_inner());
+            match stores.get(name) {
+                Some(op) => op.clone(),
+                None => {
+                    let op = build()?;
+                    stores.insert(name.to_owned(), op.clone());
+                    op
+                }
+            }
+        };
+        Ok(OpendalStore {
+            op,
+            description,
+            caps: Capabilities {
+                range_reads: true,
+                // opendal's memory service checks and inserts under one lock.
+                conditional_create: true,
+                max_object_size: None,
+            },
+            fs: None,
+        })
+    }
+
+    /// Replace the description used by `describe()` and in errors (e.g. by
+    /// the full store URL). Must not contain secrets.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// The root directory of a `file://` store (`None` for other backends).
+    pub fn fs_root(&self) -> Option<&Path> {
+        self.fs.as_deref().map(|d| d.root.as_path())
+    }
+
+    fn err_opendal(&self, e: &opendal::Error, op: &'static str, key: &str) -> StoreError {
+        StoreError::from_opendal(e, self.description.as_str(), op, Some(key))
+    }
+
+    fn err_io(&self, e: &io::Error, op: &'static str, key: &str) -> StoreError {
+        StoreError::from_io(e, self.description.as_str(), op, Some(key))
+    }
+
+    fn check_key(&self, op: &'static str, key: &str) -> StoreResult<()> {
+        validate_key(key)
+            .map_err(|why| StoreError::invalid_key(self.description.as_str(), op, key, why))
+    }
+
+    /// Run blocking fs work on the blocking pool.
+    async fn blocking<T, F>(&self, op: &'static str, key: &str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> io::Result<T> + Send + 'static,
+    {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.err_io(&e, op, key)),
+            Err(e) => Err(StoreError::new(
+                StoreErrorKind::Other,
+                self.description.as_str(),
+                op,
+                Some(key),
+                format!("blocking task failed: {e}"),
+            )),
+        }
+    }
+
+    async fn put_inner(&self, op: &'static str, key: &str, data: Bytes, if_absent: bool) -> StoreResult<bool> {
+        self.check_key(op, key)?;
+        if let Some(dirs) = &self.fs {
+            let dirs = dirs.clone();
+            let k = key.to_owned();
+            return self
+                .blocking(op, key, move || fs_put(&dirs, &k, &data, if_absent))
+                .await;
+        }
+        let res = if if_absent {
+            self.op.write_with(key, data).if_not_exists(true).await
+        } else {
+            self.op.write(key, data).await
+        };
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if if_absent && e.kind() == opendal::ErrorKind::ConditionNotMatch => Ok(false),
+            Err(e) => Err(self.err_opendal(&e, op, key)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for OpendalStore {
+    fn capabilities(&self) -> Capabilities {
+        self.caps.clone()
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        self.put_inner("put", key, data, false).await.map(|_| ())
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
+        if !self.caps.conditional_create {
+            return Err(StoreError::unsupported(
+                self.description.as_str(),
+                "put_if_absent",
+                Some(key),
+                "this filesystem does not support hard links, so conditional create cannot be enforced",
+            ));
+        }
+        self.put_inner("put_if_absent", key, data, true).await
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Bytes> {
+        self.check_key("get", key)?;
+        if let Some(dirs) = &self.fs {
+            let path = dirs.root.join(key);
+            return self.blocking("get", key, move || fs_read(&path, None)).await;
+        }
+        match self.op.read(key).await {
+            Ok(buf) => Ok(buf.to_bytes()),
+            Err(e) => Err(self.err_opendal(&e, "get", key)),
+        }
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        self.check_key("get_range", key)?;
+        if let Some(dirs) = &self.fs {
+            let path = dirs.root.join(key);
+            return self
+                .blocking("get_range", key, move || fs_read(&path, Some(range)))
+                .await;
+        }
+        // Clamp to the object's end ourselves so every backend behaves alike.
+        let size = match self.op.stat(key).await {
+            Ok(m) if m.mode() == EntryMode::FILE => m.content_length(),
+            Ok(_) => return Err(StoreError::not_found(self.description.as_str(), "get_range", key)),
+            Err(e) => return Err(self.err_opendal(&e, "get_range", key)),
+        };
+        let start = range.start.min(size);
+        let end = range.end.clamp(start, size);
+        if start == end {
+            return Ok(Bytes::new());
+        }
+        match self.op.read_with(key).range(start..end).await {
+            Ok(buf) => Ok(buf.to_bytes()),
+            Err(e) => Err(self.err_opendal(&e, "get_range", key)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        validate_prefix(prefix).map_err(|why| {
+            StoreError::invalid_key(self.description.as_str(), "list", prefix, why)
+        })?;
+        // List the deepest directory that contains every match, then filter:
+        // a prefix need not end on a `/` boundary.
+        let dir = match prefix.rfind('/') {
+            Some(i) => &prefix[..=i],
+            None => "",
+        };
+        let entries = match self.op.list_with(dir).recursive(true).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err_opendal(&e, "list", prefix)),
+        };
+        let mut out: Vec<ObjectMeta> = entries
+            .into_iter()
+            .filter(|e| e.metadata().mode() == EntryMode::FILE)
+            .filter_map(|e| {
+                let key = e.path().trim_start_matches('/');
+                let reserved = key == TMP_DIR
+                    || key
+                        .strip_prefix(TMP_DIR)
+                        .is_some_and(|rest| rest.starts_with('/'));
+                (key.starts_with(prefix) && !reserved).then(|| ObjectMeta {
+                    key: key.to_owned(),
+                    size: e.metadata().content_length(),
+                })
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        out.dedup_by(|a, b| a.key == b.key);
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.check_key("delete", key)?;
+        if let Some(dirs) = &self.fs {
+            let path = dirs.root.join(key);
+            return self.blocking("delete", key, move || fs_delete(&path)).await;
+        }
+        match self.op.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err_opendal(&e, "delete", key)),
+        }
+    }
+
+    async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.check_key("stat", key)?;
+        if let Some(dirs) = &self.fs {
+            let path = dirs.root.join(key);
+            let size = self.blocking("stat", key, move || fs_stat(&path)).await?;
+            return Ok(size.map(|size| ObjectMeta {
+                key: key.to_owned(),
+                size,
+            }));
+        }
+        match self.op.stat(key).await {
+            Ok(m) if m.mode() == EntryMode::FILE => Ok(Some(ObjectMeta {
+                key: key.to_owned(),
+                size: m.content_length(),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err_opendal(&e, "stat", key)),
+        }
+    }
+}
+
+/// Keys are relative, `/`-separated, non-empty segments of `[A-Za-z0-9._-]`,
+/// no `.`/`..` segments, and not under the reserved `.strata-tmp/`.
+fn validate_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("empty key");
+    }
+    if key.len() > 1024 {
+        return Err("key longer than 1024 bytes");
+    }
+    if !key.bytes().all(is_key_byte) {
+        return Err("keys may only contain A-Z a-z 0-9 . _ - /");
+    }
+    for (i, seg) in key.split('/').enumerate() {
+        match seg {
+            "" => return Err("empty path segment (leading, trailing or double '/')"),
+            "." | ".." => return Err("'.' and '..' segments are not allowed"),
+            TMP_DIR if i == 0 => return Err("keys under .strata-tmp/ are reserved"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A list prefix: empty, or key characters not starting with `/`.
+fn validate_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix.starts_with('/') {
+        return Err("prefix must not start with '/'");
+    }
+    if !prefix.bytes().all(is_key_byte) {
+        return Err("prefixes may only contain A-Z a-z 0-9 . _ - /");
+    }
+    if prefix.split('/').any(|s| s == "..") {
+        return Err("'..' segments are not allowed");
+    }
+    Ok(())
+}
+
+fn is_key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')
+}
+
+// ---------------------------------------------------------------------------
+// file:// data path (blocking; run on the blocking pool)
+// ---------------------------------------------------------------------------
+
+/// fsync a directory, making the entries created/renamed/removed in it durable.
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes a temp file on drop unless disarmed.
+struct TmpGuard<'a>(Option<&'a Path>);
+
+impl Drop for TmpGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn tmp_name(dir: &Path) -> PathBuf {
+    dir.join(format!("{:016x}{:016x}.tmp", rand::random::<u64>(), rand::random::<u64>()))
+}
+
+/// Make sure `dir` (inside `root`) exists, and that the entries of any
+/// directories created for it are durable.
+fn ensure_dir(root: &Path, dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while d != root && !d.is_dir() {
+        missing.push(d.to_path_buf());
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    for m in &missing {
+        if let Some(parent) = m.parent() {
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Durable, atomic whole-object write. Returns false when `if_absent` and the
+/// key already exists (nothing written then).
+fn fs_put(dirs: &FsDirs, key: &str, data: &[u8], if_absent: bool) -> io::Result<bool> {
+    let target = dirs.root.join(key);
+    let parent = target.parent().unwrap_or(&dirs.root);
+    ensure_dir(&dirs.root, parent)?;
+
+    let tmp = tmp_name(&dirs.tmp);
+    let mut guard = TmpGuard(Some(&tmp));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+
+    if if_absent {
+        match std::fs::hard_link(&tmp, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        // The guard removes the temp name; the object lives on under `target`.
+    } else {
+        std::fs::rename(&tmp, &target)?;
+        guard.0 = None;
+    }
+    drop(guard);
+    fsync_dir(parent)?;
+    Ok(true)
+}
+
+/// Read a whole object, or `range` of it clamped to its end.
+fn fs_read(path: &Path, range: Option<Range<u64>>) -> io::Result<Bytes> {
+    let f = std::fs::File::open(path).map_err(not_found_if_not_dir)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::from(io::ErrorKind::NotFound));
+    }
+    let size = meta.len();
+    let (start, end) = match range {
+        None => (0, size),
+        Some(r) => {
+            let start = r.start.min(size);
+            (start, r.end.clamp(start, size))
+        }
+    };
+    let len = usize::try_from(end - start)
+        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "object too large for memory"))?;
+    let mut buf = vec![0u8; len];
+    read_exact_at(&f, &mut buf, start)?;
+    Ok(Bytes::from(buf))
+}
+
+#[cfg(unix)]
+fn read_exact_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(mut f: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
+}
+
+/// A key whose "directory" part is a file (ENOTDIR) names no object.
+fn not_found_if_not_dir(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::NotADirectory || e.kind() == io::ErrorKind::IsADirectory {
+        io::Error::from(io::ErrorKind::NotFound)
+    } else {
+        e
+    }
+}
+
+fn fs_stat(path: &Path) -> io::Result<Option<u64>> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(Some(m.len())),
+        Ok(_) => Ok(None),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn fs_delete(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => match path.parent() {
+            Some(parent) => fsync_dir(parent),
+            None => Ok(()),
+        },
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Best effort: remove temp files left behind by crashed writers.
+fn sweep_stale_tmp(tmp: &Path) {
+    let Ok(rd) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TMP_AGE);
+        if old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether hard links work in `dir` (so `put_if_absent` can be enforced).
+fn probe_hard_links(dir: &Path) -> bool {
+    let a = tmp_name(dir);
+    let b = tmp_name(dir);
+    let ok = std::fs::File::create(&a).is_ok() && std::fs::hard_link(&a, &b).is_ok();
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_validation() {
+        for ok in ["a", "data/ab/cdef", "meta/x.json", "a-b_c.d/e"] {
+            assert_eq!(validate_key(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "", "/a", "a/", "a//b", "a/../b", "./a", "a b", "a\\b", ".strata-tmp/x", "é",
+        ] {
+            assert!(validate_key(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(validate_key("x/.strata-tmp/y").is_ok());
+        assert!(validate_prefix("").is_ok());
+        assert!(validate_prefix("data/").is_ok());
+        assert!(validate_prefix("/data").is_err());
+        assert!(validate_prefix("../x").is_err());
+    }
+}
