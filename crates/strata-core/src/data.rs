@@ -80,7 +80,10 @@ fn components(path: &str) -> VaultResult<Vec<&str>> {
             why: "contains a NUL byte".into(),
         });
     }
-    Ok(path.split('/').filter(|c| !c.is_empty() && *c != ".").collect())
+    Ok(path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect())
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -103,7 +106,9 @@ impl Vault {
         self.with_tree(|t| {
             let mut ino = ROOT_INO;
             for c in comps {
-                let node = t.get(ino).ok_or_else(|| VaultError::NotFound { path: path.into() })?;
+                let node = t
+                    .get(ino)
+                    .ok_or_else(|| VaultError::NotFound { path: path.into() })?;
                 if node.kind != Kind::Dir {
                     return Err(VaultError::NotADirectory { path: path.into() });
                 }
@@ -144,14 +149,17 @@ impl Vault {
     /// Look a path up and return a copy of its inode.
     pub fn stat_path(&self, path: &str) -> VaultResult<Inode> {
         let ino = self.resolve(path)?;
-        self.inode(ino).ok_or_else(|| VaultError::NotFound { path: path.into() })
+        self.inode(ino)
+            .ok_or_else(|| VaultError::NotFound { path: path.into() })
     }
 
     /// Entries of a directory, sorted by name.
     pub fn list_dir(&self, path: &str) -> VaultResult<Vec<(Vec<u8>, Inode)>> {
         let ino = self.resolve(path)?;
         self.with_tree(|t| {
-            let d = t.get(ino).ok_or_else(|| VaultError::NotFound { path: path.into() })?;
+            let d = t
+                .get(ino)
+                .ok_or_else(|| VaultError::NotFound { path: path.into() })?;
             if d.kind != Kind::Dir {
                 return Err(VaultError::NotADirectory { path: path.into() });
             }
@@ -171,7 +179,11 @@ impl Vault {
             rdev: 0,
             time: now(),
             target,
-            chunk_size: if kind == Kind::File { self.chunk_size } else { 0 },
+            chunk_size: if kind == Kind::File {
+                self.chunk_size
+            } else {
+                0
+            },
         }
     }
 
@@ -228,22 +240,36 @@ impl Vault {
         let ino = self
             .with_tree(|t| t.lookup(parent, &name))
             .ok_or_else(|| VaultError::NotFound { path: path.into() })?;
-        let node = self.inode(ino).ok_or_else(|| VaultError::NotFound { path: path.into() })?;
+        let node = self
+            .inode(ino)
+            .ok_or_else(|| VaultError::NotFound { path: path.into() })?;
         if node.kind == Kind::Dir && !node.entries.is_empty() {
             if !recursive {
                 return Err(VaultError::DirNotEmpty { path: path.into() });
             }
             for child in node.entries.keys() {
-                let cp = format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(child));
+                let cp = format!(
+                    "{}/{}",
+                    path.trim_end_matches('/'),
+                    String::from_utf8_lossy(child)
+                );
                 self.remove_entry(ino, child, &cp, true)?;
             }
         }
         self.remove_entry(parent, &name, path, recursive)
     }
 
-    fn remove_entry(&self, parent: u64, name: &[u8], path: &str, recursive: bool) -> VaultResult<()> {
+    fn remove_entry(
+        &self,
+        parent: u64,
+        name: &[u8],
+        path: &str,
+        recursive: bool,
+    ) -> VaultResult<()> {
         if recursive {
-            if let Some(node) = self.with_tree(|t| t.lookup(parent, name).and_then(|i| t.get(i).cloned())) {
+            if let Some(node) =
+                self.with_tree(|t| t.lookup(parent, name).and_then(|i| t.get(i).cloned()))
+            {
                 if node.kind == Kind::Dir {
                     for child in node.entries.keys() {
                         let cp = format!("{path}/{}", String::from_utf8_lossy(child));
@@ -269,7 +295,10 @@ impl Vault {
             return Err(VaultError::NotFound { path: from.into() });
         }
         let (new_parent, new_name) = match self.resolve(to) {
-            Ok(d) if self.inode(d).is_some_and(|n| n.kind == Kind::Dir) && !self.same_entry(parent, &name, d) => {
+            Ok(d)
+                if self.inode(d).is_some_and(|n| n.kind == Kind::Dir)
+                    && !self.same_entry(parent, &name, d) =>
+            {
                 (d, name.clone())
             }
             _ => self.resolve_parent(to)?,
@@ -300,7 +329,10 @@ impl Vault {
         progress: Option<Progress>,
     ) -> VaultResult<u64> {
         let (parent, name) = self.resolve_parent(path)?;
-        let existing = self.with_tree(|t| t.lookup(parent, &name).and_then(|i| t.get(i).map(|n| n.kind)));
+        let existing = self.with_tree(|t| {
+            t.lookup(parent, &name)
+                .and_then(|i| t.get(i).map(|n| n.kind))
+        });
         match existing {
             Some(Kind::Dir) => return Err(VaultError::IsADirectory { path: path.into() }),
             Some(_) if !overwrite => return Err(VaultError::Exists { path: path.into() }),
@@ -404,7 +436,8 @@ impl Vault {
             .map(|r| {
                 let progress = progress.clone();
                 async move {
-                    let data = r.map_err(|e| VaultError::io(format!("reading the source of {path}"), e))?;
+                    let data =
+                        r.map_err(|e| VaultError::io(format!("reading the source of {path}"), e))?;
                     let n = data.len() as u64;
                     let c = self.upload_chunk(data).await?;
                     if let Some(p) = &progress {
@@ -434,14 +467,19 @@ impl Vault {
         let (id, data) = tokio::task::spawn_blocking(move || (keys.blob_id(&data), data))
             .await
             .map_err(|e| VaultError::Invalid(format!("hashing task failed: {e}")))?;
-        let cref = ChunkRef { id, blob_len: len, len };
+        let cref = ChunkRef {
+            id,
+            blob_len: len,
+            len,
+        };
         if self.with_tree(|t| t.blob_refs(&id)) > 0 {
             return Ok(Some(cref)); // dedup: already stored and referenced
         }
         let keys = self.keys.clone();
-        let sealed = tokio::task::spawn_blocking(move || blob::seal_with_id(&keys, &id, &data, max))
-            .await
-            .map_err(|e| VaultError::Invalid(format!("encryption task failed: {e}")))??;
+        let sealed =
+            tokio::task::spawn_blocking(move || blob::seal_with_id(&keys, &id, &data, max))
+                .await
+                .map_err(|e| VaultError::Invalid(format!("encryption task failed: {e}")))??;
         self.store.put(&blob_key(&id), Bytes::from(sealed)).await?;
         Ok(Some(cref))
     }
@@ -469,7 +507,11 @@ impl Vault {
                         object: k2,
                         range: Some(r.clone()),
                         file: None,
-                        detail: format!("object is truncated (got {} of {} bytes)", bytes.len(), r.end - r.start),
+                        detail: format!(
+                            "object is truncated (got {} of {} bytes)",
+                            bytes.len(),
+                            r.end - r.start
+                        ),
                     });
                 }
                 blob::open_segments(&keys, &id, blob_len, s0, &bytes, &k2)
@@ -479,12 +521,18 @@ impl Vault {
             let off = (a - s0 * SEGMENT) as usize;
             Ok(plain[off..off + (b - a) as usize].to_vec())
         } else {
-            let bytes = self.store.get(&key).await.map_err(|e| VaultError::from_get(e, &key, hint))?;
+            let bytes = self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| VaultError::from_get(e, &key, hint))?;
             let keys = self.keys.clone();
             let id = c.id;
-            let plain = tokio::task::spawn_blocking(move || blob::open_whole(&keys, &id, blob_len, &bytes, &key))
-                .await
-                .map_err(|e| VaultError::Invalid(format!("decryption task failed: {e}")))??;
+            let plain = tokio::task::spawn_blocking(move || {
+                blob::open_whole(&keys, &id, blob_len, &bytes, &key)
+            })
+            .await
+            .map_err(|e| VaultError::Invalid(format!("decryption task failed: {e}")))??;
             Ok(plain[a as usize..b as usize].to_vec())
         }
     }
@@ -492,7 +540,10 @@ impl Vault {
     /// Plaintext of file bytes `a..b` within chunk `ci` (holes and bytes past
     /// the chunk's valid length read as zeros).
     async fn read_chunk(&self, node: &Inode, ci: u64, a: u64, b: u64) -> VaultResult<Vec<u8>> {
-        let slot = usize::try_from(ci).ok().and_then(|i| node.chunks.get(i).copied()).flatten();
+        let slot = usize::try_from(ci)
+            .ok()
+            .and_then(|i| node.chunks.get(i).copied())
+            .flatten();
         let Some(c) = slot else {
             return Ok(vec![0u8; (b - a) as usize]);
         };
@@ -518,7 +569,11 @@ impl Vault {
             let ci = pos / cs;
             let cstart = ci * cs;
             let stop = end.min(cstart + cs);
-            out.extend_from_slice(&self.read_chunk(node, ci, pos - cstart, stop - cstart).await?);
+            out.extend_from_slice(
+                &self
+                    .read_chunk(node, ci, pos - cstart, stop - cstart)
+                    .await?,
+            );
             pos = stop;
         }
         Ok(out)
@@ -562,7 +617,12 @@ impl Vault {
             while let Some((ino, p)) = stack.pop() {
                 if let Some(n) = t.get(ino) {
                     for (name, child) in &n.entries {
-                        let cp = format!("{}{}{}", p, if p.ends_with('/') { "" } else { "/" }, String::from_utf8_lossy(name));
+                        let cp = format!(
+                            "{}{}{}",
+                            p,
+                            if p.ends_with('/') { "" } else { "/" },
+                            String::from_utf8_lossy(name)
+                        );
                         if !out.contains_key(child) {
                             stack.push((*child, cp.clone()));
                             out.insert(*child, cp);

@@ -12,13 +12,17 @@ pub enum VaultError {
     #[error("wrong password for vault at {store} (nothing was changed)")]
     WrongPassword { store: String },
 
-    #[error("{store} is not a Strata vault (no strata.vault header); create one with `strata init`")]
+    #[error(
+        "{store} is not a Strata vault (no strata.vault header); create one with `strata init`"
+    )]
     NotAVault { store: String },
 
     #[error("{store} already holds a Strata vault; refusing to overwrite it")]
     AlreadyAVault { store: String },
 
-    #[error("{store} is not empty and is not a Strata vault; use an empty location for a new vault")]
+    #[error(
+        "{store} is not empty and is not a Strata vault; use an empty location for a new vault"
+    )]
     NotEmpty { store: String },
 
     #[error("vault header {store}/strata.vault: {detail}")]

@@ -109,10 +109,13 @@ impl Vault {
     pub async fn gc(&self) -> VaultResult<GcReport> {
         self.commit().await?;
         let _w = self.data_lock.write().await;
-        let referenced: HashSet<BlobId> = self.with_tree(|t| t.referenced_blobs().into_keys().collect());
+        let referenced: HashSet<BlobId> =
+            self.with_tree(|t| t.referenced_blobs().into_keys().collect());
         let mut r = GcReport::default();
         for o in self.store.list(DATA_PREFIX).await? {
-            let Some(id) = parse_blob_key(&o.key) else { continue };
+            let Some(id) = parse_blob_key(&o.key) else {
+                continue;
+            };
             if !referenced.contains(&id) {
                 self.store.delete(&o.key).await?;
                 r.blobs_deleted += 1;
@@ -126,14 +129,21 @@ impl Vault {
 
     /// Verify that every referenced blob exists with the expected size; with
     /// `read_data`, also download and authenticate every segment.
-    pub async fn check(&self, read_data: bool, progress: Option<crate::data::Progress>) -> VaultResult<CheckReport> {
+    pub async fn check(
+        &self,
+        read_data: bool,
+        progress: Option<crate::data::Progress>,
+    ) -> VaultResult<CheckReport> {
         let refs = self.with_tree(|t| t.referenced_blobs());
         let paths = self.paths();
         let mut users: HashMap<BlobId, Vec<String>> = HashMap::new();
         self.with_tree(|t| {
             for n in t.inodes() {
                 for c in n.chunks.iter().flatten() {
-                    let p = paths.get(&n.ino).cloned().unwrap_or_else(|| format!("<inode {}>", n.ino));
+                    let p = paths
+                        .get(&n.ino)
+                        .cloned()
+                        .unwrap_or_else(|| format!("<inode {}>", n.ino));
                     let v = users.entry(c.id).or_default();
                     if !v.contains(&p) {
                         v.push(p);
@@ -164,14 +174,16 @@ impl Vault {
                     files,
                     problem: "missing from the store".into(),
                 }),
-                Some(&size) if size < blob::sealed_len(u64::from(c.blob_len)) => report.damaged.push(Damage {
-                    object: key,
-                    files,
-                    problem: format!(
-                        "truncated: {size} bytes, expected {}",
-                        stored_len(u64::from(c.blob_len), max)
-                    ),
-                }),
+                Some(&size) if size < blob::sealed_len(u64::from(c.blob_len)) => {
+                    report.damaged.push(Damage {
+                        object: key,
+                        files,
+                        problem: format!(
+                            "truncated: {size} bytes, expected {}",
+                            stored_len(u64::from(c.blob_len), max)
+                        ),
+                    })
+                }
                 Some(_) => {
                     if read_data {
                         to_read.push((*id, *c, key, files));
@@ -222,8 +234,10 @@ impl Vault {
         let keys = self.keys.clone();
         let id = *id;
         let key = key.to_string();
-        tokio::task::spawn_blocking(move || blob::open_whole(&keys, &id, blob_len, &bytes, &key).map(|_| ()))
-            .await
-            .map_err(|e| VaultError::Invalid(format!("verification task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            blob::open_whole(&keys, &id, blob_len, &bytes, &key).map(|_| ())
+        })
+        .await
+        .map_err(|e| VaultError::Invalid(format!("verification task failed: {e}")))?
     }
 }

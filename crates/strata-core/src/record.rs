@@ -75,7 +75,11 @@ pub enum Record {
         attr: NewInode,
     },
     /// Add another name for an existing (non-directory) inode.
-    Link { ino: u64, parent: u64, name: Vec<u8> },
+    Link {
+        ino: u64,
+        parent: u64,
+        name: Vec<u8>,
+    },
     /// Remove the entry `parent/name`. The inode goes away when its link count
     /// reaches 0, unless `keep_orphan` (an open file, see [`Record::Forget`]).
     Unlink {
@@ -120,7 +124,13 @@ pub enum Record {
         value: Vec<u8>,
         time: Ts,
     },
-    RemoveXattr { ino: u64, name: Vec<u8>, time: Ts },
+    RemoveXattr {
+        ino: u64,
+        name: Vec<u8>,
+        time: Ts,
+    },
     /// Drop an orphaned inode (unlinked while open, now closed).
-    Forget { ino: u64 },
+    Forget {
+        ino: u64,
+    },
 }

@@ -37,7 +37,10 @@ pub fn load(dir: &Path, vault_id: &str) -> VaultResult<Option<SeenState>> {
     match std::fs::read(&p) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             VaultError::io(
-                format!("local state file {} is damaged (delete it to reset)", p.display()),
+                format!(
+                    "local state file {} is damaged (delete it to reset)",
+                    p.display()
+                ),
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             )
         }),
@@ -48,11 +51,14 @@ pub fn load(dir: &Path, vault_id: &str) -> VaultResult<Option<SeenState>> {
 
 /// Record the newest state (write to a temp file, then rename).
 pub fn save(dir: &Path, vault_id: &str, s: &SeenState) -> VaultResult<()> {
-    std::fs::create_dir_all(dir).map_err(|e| VaultError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| VaultError::io(format!("creating {}", dir.display()), e))?;
     let p = path_for(dir, vault_id);
     let tmp = p.with_extension("json.tmp");
     let body = serde_json::to_vec(s).map_err(|e| VaultError::Invalid(e.to_string()))?;
-    std::fs::write(&tmp, body).map_err(|e| VaultError::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, &p).map_err(|e| VaultError::io(format!("renaming {}", tmp.display()), e))?;
+    std::fs::write(&tmp, body)
+        .map_err(|e| VaultError::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, &p)
+        .map_err(|e| VaultError::io(format!("renaming {}", tmp.display()), e))?;
     Ok(())
 }

@@ -145,7 +145,10 @@ impl Tree {
         for i in inodes.values() {
             for child in i.entries.values() {
                 if !inodes.contains_key(child) {
-                    return Err(format!("entry of inode {} points to missing inode {child}", i.ino));
+                    return Err(format!(
+                        "entry of inode {} points to missing inode {child}",
+                        i.ino
+                    ));
                 }
             }
         }
@@ -254,8 +257,17 @@ impl Tree {
     }
 
     /// Decrement links of `ino` after an entry pointing to it was removed.
-    fn release_link(&mut self, parent: u64, ino: u64, keep_orphan: bool, time: Ts, freed: &mut Vec<BlobId>) {
-        let Some(node) = self.inodes.get_mut(&ino) else { return };
+    fn release_link(
+        &mut self,
+        parent: u64,
+        ino: u64,
+        keep_orphan: bool,
+        time: Ts,
+        freed: &mut Vec<BlobId>,
+    ) {
+        let Some(node) = self.inodes.get_mut(&ino) else {
+            return;
+        };
         node.ctime = time;
         if node.kind == Kind::Dir {
             node.nlink = 0;
@@ -274,7 +286,10 @@ impl Tree {
     pub fn validate(&self, r: &Record) -> Result<(), ApplyError> {
         match r {
             Record::Create {
-                ino, parent, name, attr,
+                ino,
+                parent,
+                name,
+                attr,
             } => {
                 valid_name(name)?;
                 let d = self.dir(*parent)?;
@@ -300,17 +315,30 @@ impl Tree {
                 }
             }
             Record::Unlink { parent, name, .. } => {
-                let child = self.dir(*parent)?.entries.get(name).ok_or(ApplyError::NotFound)?;
+                let child = self
+                    .dir(*parent)?
+                    .entries
+                    .get(name)
+                    .ok_or(ApplyError::NotFound)?;
                 let c = self.inodes.get(child).ok_or(ApplyError::NotFound)?;
                 if c.kind == Kind::Dir && !c.entries.is_empty() {
                     return Err(ApplyError::NotEmpty);
                 }
             }
             Record::Rename {
-                parent, name, new_parent, new_name, flags, ..
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+                ..
             } => {
                 valid_name(new_name)?;
-                let src = *self.dir(*parent)?.entries.get(name).ok_or(ApplyError::NotFound)?;
+                let src = *self
+                    .dir(*parent)?
+                    .entries
+                    .get(name)
+                    .ok_or(ApplyError::NotFound)?;
                 let dst = self.dir(*new_parent)?.entries.get(new_name).copied();
                 let src_node = self.inodes.get(&src).ok_or(ApplyError::NotFound)?;
                 if flags & RENAME_EXCHANGE != 0 {
@@ -346,20 +374,36 @@ impl Tree {
             Record::SetAttr { ino, size, .. } => {
                 let n = self.inodes.get(ino).ok_or(ApplyError::NotFound)?;
                 if size.is_some() && n.kind != Kind::File {
-                    return Err(if n.kind == Kind::Dir { ApplyError::IsDir } else { ApplyError::Invalid });
+                    return Err(if n.kind == Kind::Dir {
+                        ApplyError::IsDir
+                    } else {
+                        ApplyError::Invalid
+                    });
                 }
             }
-            Record::SetChunks { ino, first, chunks, size, .. } => {
+            Record::SetChunks {
+                ino,
+                first,
+                chunks,
+                size,
+                ..
+            } => {
                 let n = self.inodes.get(ino).ok_or(ApplyError::NotFound)?;
                 if n.kind != Kind::File || n.chunk_size == 0 {
                     return Err(ApplyError::Invalid);
                 }
                 let cs = u64::from(n.chunk_size);
-                let end = first.checked_add(chunks.len() as u64).ok_or(ApplyError::Invalid)?;
+                let end = first
+                    .checked_add(chunks.len() as u64)
+                    .ok_or(ApplyError::Invalid)?;
                 if end.saturating_sub(1).saturating_mul(cs) > *size && !chunks.is_empty() {
                     return Err(ApplyError::Invalid);
                 }
-                if chunks.iter().flatten().any(|c| c.len > c.blob_len || u64::from(c.len) > cs) {
+                if chunks
+                    .iter()
+                    .flatten()
+                    .any(|c| c.len > c.blob_len || u64::from(c.len) > cs)
+                {
                     return Err(ApplyError::Invalid);
                 }
             }
@@ -385,7 +429,10 @@ impl Tree {
         let mut freed = Vec::new();
         match r {
             Record::Create {
-                ino, parent, name, attr,
+                ino,
+                parent,
+                name,
+                attr,
             } => self.apply_create(*ino, *parent, name, attr),
             Record::Link { ino, parent, name } => {
                 let now = self.inodes.get(ino).map(|n| n.ctime).unwrap_or_default();
@@ -399,7 +446,10 @@ impl Tree {
                 }
             }
             Record::Unlink {
-                parent, name, keep_orphan, time,
+                parent,
+                name,
+                keep_orphan,
+                time,
             } => {
                 let d = self.node_mut(*parent)?;
                 let child = d.entries.remove(name).ok_or(ApplyError::NotFound)?;
@@ -408,10 +458,30 @@ impl Tree {
                 self.release_link(*parent, child, *keep_orphan, *time, &mut freed);
             }
             Record::Rename {
-                parent, name, new_parent, new_name, flags, time,
-            } => self.apply_rename(*parent, name, *new_parent, new_name, *flags, *time, &mut freed),
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+                time,
+            } => self.apply_rename(
+                *parent,
+                name,
+                *new_parent,
+                new_name,
+                *flags,
+                *time,
+                &mut freed,
+            ),
             Record::SetAttr {
-                ino, perm, uid, gid, size, atime, mtime, ctime,
+                ino,
+                perm,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+                ctime,
             } => {
                 if let Some(sz) = size {
                     self.truncate(*ino, *sz, &mut freed);
@@ -435,7 +505,11 @@ impl Tree {
                 n.ctime = *ctime;
             }
             Record::SetChunks {
-                ino, first, chunks, size, mtime,
+                ino,
+                first,
+                chunks,
+                size,
+                mtime,
             } => {
                 let first = usize::try_from(*first).map_err(|_| ApplyError::Invalid)?;
                 let mut old = Vec::new();
@@ -444,7 +518,8 @@ impl Tree {
                     if n.chunks.len() < first + chunks.len() {
                         n.chunks.resize(first + chunks.len(), None);
                     }
-                    for (slot, new) in n.chunks[first..first + chunks.len()].iter_mut().zip(chunks) {
+                    for (slot, new) in n.chunks[first..first + chunks.len()].iter_mut().zip(chunks)
+                    {
                         if let Some(o) = slot.take() {
                             old.push(o);
                         }
@@ -463,7 +538,10 @@ impl Tree {
                 self.truncate(*ino, *size, &mut freed);
             }
             Record::SetXattr {
-                ino, name, value, time,
+                ino,
+                name,
+                value,
+                time,
             } => {
                 let n = self.node_mut(*ino)?;
                 n.xattrs.insert(name.clone(), value.clone());
@@ -496,7 +574,11 @@ impl Tree {
             btime: a.time,
             target: a.target.clone(),
             xattrs: BTreeMap::new(),
-            chunk_size: if a.kind == Kind::File { a.chunk_size } else { 0 },
+            chunk_size: if a.kind == Kind::File {
+                a.chunk_size
+            } else {
+                0
+            },
             chunks: Vec::new(),
             entries: BTreeMap::new(),
             parent,
@@ -524,7 +606,9 @@ impl Tree {
         time: Ts,
         freed: &mut Vec<BlobId>,
     ) {
-        let Some(src) = self.lookup(parent, name) else { return };
+        let Some(src) = self.lookup(parent, name) else {
+            return;
+        };
         let dst = self.lookup(new_parent, new_name);
         if dst == Some(src) {
             return; // same inode: POSIX says do nothing
@@ -644,14 +728,46 @@ mod tests {
     fn create_link_unlink_refcounts() {
         let mut t = Tree::new_root(0, 0, 0);
         let f = t.alloc_ino();
-        t.apply(&Record::Create { ino: f, parent: ROOT_INO, name: b"a".to_vec(), attr: file_attr(1) }).unwrap();
-        t.apply(&Record::SetChunks { ino: f, first: 0, chunks: vec![Some(cref(1, 4)), Some(cref(1, 2))], size: 6, mtime: 2 }).unwrap();
+        t.apply(&Record::Create {
+            ino: f,
+            parent: ROOT_INO,
+            name: b"a".to_vec(),
+            attr: file_attr(1),
+        })
+        .unwrap();
+        t.apply(&Record::SetChunks {
+            ino: f,
+            first: 0,
+            chunks: vec![Some(cref(1, 4)), Some(cref(1, 2))],
+            size: 6,
+            mtime: 2,
+        })
+        .unwrap();
         assert_eq!(t.blob_refs(&BlobId([1; 32])), 2);
-        t.apply(&Record::Link { ino: f, parent: ROOT_INO, name: b"b".to_vec() }).unwrap();
+        t.apply(&Record::Link {
+            ino: f,
+            parent: ROOT_INO,
+            name: b"b".to_vec(),
+        })
+        .unwrap();
         assert_eq!(t.get(f).unwrap().nlink, 2);
-        let freed = t.apply(&Record::Unlink { parent: ROOT_INO, name: b"a".to_vec(), keep_orphan: false, time: 3 }).unwrap();
+        let freed = t
+            .apply(&Record::Unlink {
+                parent: ROOT_INO,
+                name: b"a".to_vec(),
+                keep_orphan: false,
+                time: 3,
+            })
+            .unwrap();
         assert!(freed.is_empty());
-        let freed = t.apply(&Record::Unlink { parent: ROOT_INO, name: b"b".to_vec(), keep_orphan: false, time: 3 }).unwrap();
+        let freed = t
+            .apply(&Record::Unlink {
+                parent: ROOT_INO,
+                name: b"b".to_vec(),
+                keep_orphan: false,
+                time: 3,
+            })
+            .unwrap();
         assert_eq!(freed, vec![BlobId([1; 32])]);
         assert!(t.get(f).is_none());
     }
@@ -660,9 +776,33 @@ mod tests {
     fn truncate_clamps_partial_chunk() {
         let mut t = Tree::new_root(0, 0, 0);
         let f = t.alloc_ino();
-        t.apply(&Record::Create { ino: f, parent: ROOT_INO, name: b"a".to_vec(), attr: file_attr(1) }).unwrap();
-        t.apply(&Record::SetChunks { ino: f, first: 0, chunks: vec![Some(cref(1, 4)), Some(cref(2, 4))], size: 8, mtime: 2 }).unwrap();
-        let freed = t.apply(&Record::SetAttr { ino: f, perm: None, uid: None, gid: None, size: Some(3), atime: None, mtime: None, ctime: 3 }).unwrap();
+        t.apply(&Record::Create {
+            ino: f,
+            parent: ROOT_INO,
+            name: b"a".to_vec(),
+            attr: file_attr(1),
+        })
+        .unwrap();
+        t.apply(&Record::SetChunks {
+            ino: f,
+            first: 0,
+            chunks: vec![Some(cref(1, 4)), Some(cref(2, 4))],
+            size: 8,
+            mtime: 2,
+        })
+        .unwrap();
+        let freed = t
+            .apply(&Record::SetAttr {
+                ino: f,
+                perm: None,
+                uid: None,
+                gid: None,
+                size: Some(3),
+                atime: None,
+                mtime: None,
+                ctime: 3,
+            })
+            .unwrap();
         assert_eq!(freed, vec![BlobId([2; 32])]);
         assert_eq!(t.get(f).unwrap().chunks, vec![Some(cref(1, 3))]);
     }
@@ -673,14 +813,40 @@ mod tests {
         let d = t.alloc_ino();
         let mut dir = file_attr(1);
         dir.kind = Kind::Dir;
-        t.apply(&Record::Create { ino: d, parent: ROOT_INO, name: b"d".to_vec(), attr: dir.clone() }).unwrap();
+        t.apply(&Record::Create {
+            ino: d,
+            parent: ROOT_INO,
+            name: b"d".to_vec(),
+            attr: dir.clone(),
+        })
+        .unwrap();
         let e = t.alloc_ino();
-        t.apply(&Record::Create { ino: e, parent: d, name: b"e".to_vec(), attr: dir }).unwrap();
+        t.apply(&Record::Create {
+            ino: e,
+            parent: d,
+            name: b"e".to_vec(),
+            attr: dir,
+        })
+        .unwrap();
         // moving a directory into its own subdirectory is invalid
-        let r = Record::Rename { parent: ROOT_INO, name: b"d".to_vec(), new_parent: e, new_name: b"x".to_vec(), flags: 0, time: 2 };
+        let r = Record::Rename {
+            parent: ROOT_INO,
+            name: b"d".to_vec(),
+            new_parent: e,
+            new_name: b"x".to_vec(),
+            flags: 0,
+            time: 2,
+        };
         assert_eq!(t.apply(&r), Err(ApplyError::Invalid));
         assert_eq!(t.get(ROOT_INO).unwrap().nlink, 3);
-        let r = Record::Rename { parent: d, name: b"e".to_vec(), new_parent: ROOT_INO, new_name: b"e".to_vec(), flags: 0, time: 2 };
+        let r = Record::Rename {
+            parent: d,
+            name: b"e".to_vec(),
+            new_parent: ROOT_INO,
+            new_name: b"e".to_vec(),
+            flags: 0,
+            time: 2,
+        };
         t.apply(&r).unwrap();
         assert_eq!(t.get(ROOT_INO).unwrap().nlink, 4);
         assert_eq!(t.get(d).unwrap().nlink, 2);

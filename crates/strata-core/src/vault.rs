@@ -113,7 +113,9 @@ impl MetaListing {
     fn complete_checkpoints(&self) -> Vec<u64> {
         self.checkpoints
             .iter()
-            .filter(|(_, (count, parts))| parts.len() as u32 == *count && parts.keys().all(|p| p < count))
+            .filter(|(_, (count, parts))| {
+                parts.len() as u32 == *count && parts.keys().all(|p| p < count)
+            })
             .map(|(v, _)| *v)
             .collect()
     }
@@ -129,8 +131,15 @@ async fn list_meta(store: &DynStore) -> VaultResult<MetaListing> {
             Some(MetaName::Log(v)) => {
                 l.logs.insert(v, o.key);
             }
-            Some(MetaName::Checkpoint { version, part, count }) => {
-                let e = l.checkpoints.entry(version).or_insert((count, BTreeMap::new()));
+            Some(MetaName::Checkpoint {
+                version,
+                part,
+                count,
+            }) => {
+                let e = l
+                    .checkpoints
+                    .entry(version)
+                    .or_insert((count, BTreeMap::new()));
                 if e.0 == count {
                     e.1.insert(part, o.key);
                 }
@@ -143,7 +152,12 @@ async fn list_meta(store: &DynStore) -> VaultResult<MetaListing> {
 
 impl Vault {
     /// Create a new vault on an empty store.
-    pub async fn create(store: DynStore, password: &[u8], c: CreateOptions, opts: OpenOptions) -> VaultResult<Vault> {
+    pub async fn create(
+        store: DynStore,
+        password: &[u8],
+        c: CreateOptions,
+        opts: OpenOptions,
+    ) -> VaultResult<Vault> {
         let name = store.describe();
         if store.stat(HEADER_KEY).await?.is_some() {
             return Err(VaultError::AlreadyAVault { store: name });
@@ -176,7 +190,9 @@ impl Vault {
         let parts = meta::seal_checkpoint(&keys, &vault_id, &body, caps.max_object_size)?;
         let count = parts.len() as u32;
         for (i, p) in parts.into_iter().enumerate() {
-            store.put(&format::checkpoint_key(0, i as u32, count), Bytes::from(p)).await?;
+            store
+                .put(&format::checkpoint_key(0, i as u32, count), Bytes::from(p))
+                .await?;
         }
         let hb = Bytes::from(header.to_bytes()?);
         if caps.conditional_create {
@@ -236,7 +252,9 @@ impl Vault {
         let name = store.describe();
         let bytes = match store.get(HEADER_KEY).await {
             Ok(b) => b,
-            Err(e) if e.kind == StoreErrorKind::NotFound => return Err(VaultError::NotAVault { store: name }),
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                return Err(VaultError::NotAVault { store: name })
+            }
             Err(e) => return Err(e.into()),
         };
         Header::parse(&bytes, &name)
@@ -261,13 +279,17 @@ impl Vault {
         let mut parts = Vec::new();
         if let Some((_, names)) = listing.checkpoints.get(&cv) {
             for key in names.values() {
-                let bytes = store.get(key).await.map_err(|e| VaultError::from_get(e, key, "restore it from a backup"))?;
+                let bytes = store
+                    .get(key)
+                    .await
+                    .map_err(|e| VaultError::from_get(e, key, "restore it from a backup"))?;
                 parts.push((key.clone(), bytes.to_vec()));
             }
         }
         let body = meta::open_checkpoint(&keys, &vault_id, cv, &parts)?;
         let first_part = parts.first().map(|p| p.0.clone()).unwrap_or_default();
-        let mut tree = Tree::from_image(body.tree).map_err(|e| VaultError::corrupt(&first_part, e))?;
+        let mut tree =
+            Tree::from_image(body.tree).map_err(|e| VaultError::corrupt(&first_part, e))?;
         let mut head = body.head;
         let mut version = cv;
         let seen = state::load(&state_dir(&opts), &header.vault_id)?;
@@ -280,7 +302,10 @@ impl Vault {
                     hint: format!("the metadata log chain has a gap before {key}; the vault cannot be opened safely"),
                 });
             }
-            let bytes = store.get(key).await.map_err(|e| VaultError::from_get(e, key, "restore it from a backup"))?;
+            let bytes = store
+                .get(key)
+                .await
+                .map_err(|e| VaultError::from_get(e, key, "restore it from a backup"))?;
             let log = meta::open_log(&keys, &vault_id, v, &bytes, key)?;
             if log.prev != head {
                 return Err(VaultError::corrupt(
@@ -289,8 +314,9 @@ impl Vault {
                 ));
             }
             for r in &log.records {
-                tree.apply(r)
-                    .map_err(|e| VaultError::corrupt(key, format!("record cannot be replayed: {e}")))?;
+                tree.apply(r).map_err(|e| {
+                    VaultError::corrupt(key, format!("record cannot be replayed: {e}"))
+                })?;
                 records += 1;
             }
             head = meta::object_hash(&bytes);
@@ -526,12 +552,16 @@ impl Vault {
         if version == old {
             return Ok(());
         }
-        let parts = meta::seal_checkpoint(&self.keys, &self.vault_id, &body, self.caps.max_object_size)?;
+        let parts =
+            meta::seal_checkpoint(&self.keys, &self.vault_id, &body, self.caps.max_object_size)?;
         drop(body);
         let count = parts.len() as u32;
         for (i, p) in parts.into_iter().enumerate() {
             self.store
-                .put(&format::checkpoint_key(version, i as u32, count), Bytes::from(p))
+                .put(
+                    &format::checkpoint_key(version, i as u32, count),
+                    Bytes::from(p),
+                )
                 .await?;
         }
         {
@@ -588,21 +618,30 @@ impl Vault {
 
     /// Change the password: rewrap the master key in the header (nothing else
     /// is rewritten). `old` must unlock the current header.
-    pub async fn change_password(&self, old: &[u8], new: &[u8], kdf: Option<KdfParams>) -> VaultResult<()> {
+    pub async fn change_password(
+        &self,
+        old: &[u8],
+        new: &[u8],
+        kdf: Option<KdfParams>,
+    ) -> VaultResult<()> {
         let current = Vault::read_header(&self.store).await?;
         let master = current.unlock(old, &self.store_name)?;
         let mut h = current.clone();
         h.rewrap(&master, new, kdf.unwrap_or_else(|| current.kdf_params()))?;
         // Verify before replacing the only copy of the wrapped key.
         h.unlock(new, &self.store_name)?;
-        self.store.put(HEADER_KEY, Bytes::from(h.to_bytes()?)).await?;
+        self.store
+            .put(HEADER_KEY, Bytes::from(h.to_bytes()?))
+            .await?;
         *self.header.lock().unwrap_or_else(|e| e.into_inner()) = h;
         Ok(())
     }
 }
 
 fn state_dir(opts: &OpenOptions) -> PathBuf {
-    opts.state_dir.clone().unwrap_or_else(state::default_state_dir)
+    opts.state_dir
+        .clone()
+        .unwrap_or_else(state::default_state_dir)
 }
 
 /// Owner of the root directory of a new vault: the creating user.

@@ -47,7 +47,9 @@ impl std::fmt::Debug for MasterKey {
 }
 
 /// Name of a data blob: keyed BLAKE3 of the blob's plaintext chunk.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct BlobId(pub [u8; 32]);
 
 impl BlobId {
@@ -88,7 +90,9 @@ fn aead_key(master: &MasterKey, ctx: &str) -> Result<LessSafeKey, CryptoError> {
     let mut k = blake3::derive_key(ctx, master.as_bytes());
     let unbound = UnboundKey::new(&AES_256_GCM, &k);
     k.zeroize();
-    Ok(LessSafeKey::new(unbound.map_err(|_| CryptoError::Malformed("key"))?))
+    Ok(LessSafeKey::new(
+        unbound.map_err(|_| CryptoError::Malformed("key"))?,
+    ))
 }
 
 fn seg_nonce_input(blob: &BlobId, index: u32, last: bool) -> [u8; 45] {
@@ -233,12 +237,19 @@ mod tests {
         let tag = k.seal_segment(&id, 3, false, &mut buf).unwrap();
         buf.extend_from_slice(&tag);
         // wrong index, wrong last flag, wrong blob all fail
-        for (bid, idx, last) in [(id, 4, false), (id, 3, true), (k.blob_id(b"other"), 3, false)] {
+        for (bid, idx, last) in [
+            (id, 4, false),
+            (id, 3, true),
+            (k.blob_id(b"other"), 3, false),
+        ] {
             let mut c = buf.clone();
             assert!(k.open_segment(&bid, idx, last, &mut c).is_err());
         }
         let mut c = buf.clone();
-        assert_eq!(k.open_segment(&id, 3, false, &mut c).unwrap(), b"hello segment");
+        assert_eq!(
+            k.open_segment(&id, 3, false, &mut c).unwrap(),
+            b"hello segment"
+        );
         let mut c = buf.clone();
         c[0] ^= 1;
         assert!(k.open_segment(&id, 3, false, &mut c).is_err());

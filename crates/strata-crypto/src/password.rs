@@ -93,7 +93,8 @@ pub fn derive_kek(password: &[u8], salt: &[u8], params: KdfParams) -> Result<Kek
 }
 
 fn kek_cipher(kek: &Kek) -> Result<LessSafeKey, CryptoError> {
-    let k = UnboundKey::new(&AES_256_GCM, kek.0.as_ref()).map_err(|_| CryptoError::Malformed("key"))?;
+    let k =
+        UnboundKey::new(&AES_256_GCM, kek.0.as_ref()).map_err(|_| CryptoError::Malformed("key"))?;
     Ok(LessSafeKey::new(k))
 }
 

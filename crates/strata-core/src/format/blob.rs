@@ -74,7 +74,12 @@ pub fn seal(keys: &Keys, chunk: &[u8], max: Option<u64>) -> VaultResult<(BlobId,
 }
 
 /// Seal `chunk` whose id is already known.
-pub fn seal_with_id(keys: &Keys, id: &BlobId, chunk: &[u8], max: Option<u64>) -> VaultResult<Vec<u8>> {
+pub fn seal_with_id(
+    keys: &Keys,
+    id: &BlobId,
+    chunk: &[u8],
+    max: Option<u64>,
+) -> VaultResult<Vec<u8>> {
     if chunk.is_empty() {
         return Err(VaultError::Invalid("empty chunk".into()));
     }
@@ -140,7 +145,13 @@ pub fn open_segments(
 }
 
 /// Open a whole stored blob (as fetched without ranges).
-pub fn open_whole(keys: &Keys, id: &BlobId, blob_len: u64, bytes: &[u8], object: &str) -> VaultResult<Vec<u8>> {
+pub fn open_whole(
+    keys: &Keys,
+    id: &BlobId,
+    blob_len: u64,
+    bytes: &[u8],
+    object: &str,
+) -> VaultResult<Vec<u8>> {
     let end = sealed_len(blob_len) as usize;
     if bytes.len() < end || &bytes[..HDR as usize] != MAGIC {
         return Err(VaultError::Corrupt {
@@ -216,7 +227,15 @@ mod tests {
         assert!(open_whole(&k, &id, len, &swapped, "x").is_err());
         // claiming the blob ends earlier (truncation) breaks the last flag
         let r = segment_range(len, 0, 2);
-        assert!(open_segments(&k, &id, 3 * SEGMENT, 0, &blob[r.start as usize..r.end as usize], "x").is_err());
+        assert!(open_segments(
+            &k,
+            &id,
+            3 * SEGMENT,
+            0,
+            &blob[r.start as usize..r.end as usize],
+            "x"
+        )
+        .is_err());
         assert!(open_whole(&k, &id, len, &blob[..blob.len() / 2], "x").is_err());
         // another blob's id
         let (id2, _) = seal(&k, b"other", None).unwrap();

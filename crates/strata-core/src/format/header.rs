@@ -4,7 +4,9 @@
 //! wrapping's associated data, so editing any of them makes unlocking fail.
 
 use serde::{Deserialize, Serialize};
-use strata_crypto::{derive_kek, unwrap_master_key, wrap_master_key, KdfParams, MasterKey, SALT_LEN};
+use strata_crypto::{
+    derive_kek, unwrap_master_key, wrap_master_key, KdfParams, MasterKey, SALT_LEN,
+};
 
 use super::FORMAT_VERSION;
 use crate::error::{VaultError, VaultResult};
@@ -64,7 +66,12 @@ impl Header {
     }
 
     /// Wrap `master` under a new password with a fresh salt.
-    pub fn rewrap(&mut self, master: &MasterKey, password: &[u8], kdf: KdfParams) -> VaultResult<()> {
+    pub fn rewrap(
+        &mut self,
+        master: &MasterKey,
+        password: &[u8],
+        kdf: KdfParams,
+    ) -> VaultResult<()> {
         let mut salt = [0u8; SALT_LEN];
         strata_crypto::random_bytes(&mut salt)?;
         self.kdf = KdfSection {
@@ -122,7 +129,8 @@ impl Header {
         }
         let salt = hex::decode(&self.kdf.salt).map_err(|_| bad("salt is not hex"))?;
         let wrapped = hex::decode(&self.wrapped_key).map_err(|_| bad("wrapped key is not hex"))?;
-        let kek = derive_kek(password, &salt, self.kdf_params()).map_err(|e| bad(&e.to_string()))?;
+        let kek =
+            derive_kek(password, &salt, self.kdf_params()).map_err(|e| bad(&e.to_string()))?;
         unwrap_master_key(&kek, &wrapped, &self.associated_data()).map_err(|e| match e {
             strata_crypto::CryptoError::Authentication => VaultError::WrongPassword {
                 store: store.to_string(),
@@ -171,9 +179,15 @@ mod tests {
         let bytes = h.to_bytes().unwrap();
         let back = Header::parse(&bytes, "s").unwrap();
         assert!(back.unlock(b"pw", "s").is_ok());
-        assert!(matches!(back.unlock(b"nope", "s"), Err(VaultError::WrongPassword { .. })));
+        assert!(matches!(
+            back.unlock(b"nope", "s"),
+            Err(VaultError::WrongPassword { .. })
+        ));
         let mut t = back.clone();
         t.chunk_size = 4096;
-        assert!(t.unlock(b"pw", "s").is_err(), "chunk size is bound to the key");
+        assert!(
+            t.unlock(b"pw", "s").is_err(),
+            "chunk size is bound to the key"
+        );
     }
 }

@@ -80,7 +80,13 @@ pub fn max_body(max: Option<u64>) -> u64 {
     }
 }
 
-fn seal_object(keys: &Keys, magic: &[u8; 8], ad: &[u8], body: &[u8], max: Option<u64>) -> VaultResult<Vec<u8>> {
+fn seal_object(
+    keys: &Keys,
+    magic: &[u8; 8],
+    ad: &[u8],
+    body: &[u8],
+    max: Option<u64>,
+) -> VaultResult<Vec<u8>> {
     let want = padme(body.len() as u64 + OVERHEAD);
     let total = match max {
         Some(m) if want > m => m.max(body.len() as u64 + OVERHEAD),
@@ -88,7 +94,8 @@ fn seal_object(keys: &Keys, magic: &[u8; 8], ad: &[u8], body: &[u8], max: Option
     };
     let plain_len = (total - OVERHEAD + 4) as usize;
     let mut plain = Vec::with_capacity(plain_len);
-    let len = u32::try_from(body.len()).map_err(|_| VaultError::Invalid("metadata object too large".into()))?;
+    let len = u32::try_from(body.len())
+        .map_err(|_| VaultError::Invalid("metadata object too large".into()))?;
     plain.extend_from_slice(&len.to_be_bytes());
     plain.extend_from_slice(body);
     plain.resize(plain_len, 0);
@@ -99,9 +106,18 @@ fn seal_object(keys: &Keys, magic: &[u8; 8], ad: &[u8], body: &[u8], max: Option
     Ok(out)
 }
 
-fn open_object(keys: &Keys, magic: &[u8; 8], ad: &[u8], bytes: &[u8], object: &str) -> VaultResult<Vec<u8>> {
+fn open_object(
+    keys: &Keys,
+    magic: &[u8; 8],
+    ad: &[u8],
+    bytes: &[u8],
+    object: &str,
+) -> VaultResult<Vec<u8>> {
     if bytes.len() < OVERHEAD as usize || &bytes[..8] != magic {
-        return Err(VaultError::corrupt(object, "not a Strata metadata object (bad magic or truncated)"));
+        return Err(VaultError::corrupt(
+            object,
+            "not a Strata metadata object (bad magic or truncated)",
+        ));
     }
     let plain = keys.open_meta(ad, &bytes[8..]).map_err(|_| {
         VaultError::corrupt(
@@ -123,13 +139,26 @@ pub fn encode_log(body: &LogBody) -> VaultResult<Vec<u8>> {
     postcard::to_stdvec(body).map_err(|e| VaultError::Invalid(format!("log encoding: {e}")))
 }
 
-pub fn seal_log(keys: &Keys, vault_id: &[u8; 16], version: u64, body: &[u8], max: Option<u64>) -> VaultResult<Vec<u8>> {
+pub fn seal_log(
+    keys: &Keys,
+    vault_id: &[u8; 16],
+    version: u64,
+    body: &[u8],
+    max: Option<u64>,
+) -> VaultResult<Vec<u8>> {
     seal_object(keys, LOG_MAGIC, &log_ad(vault_id, version), body, max)
 }
 
-pub fn open_log(keys: &Keys, vault_id: &[u8; 16], version: u64, bytes: &[u8], object: &str) -> VaultResult<LogBody> {
+pub fn open_log(
+    keys: &Keys,
+    vault_id: &[u8; 16],
+    version: u64,
+    bytes: &[u8],
+    object: &str,
+) -> VaultResult<LogBody> {
     let body = open_object(keys, LOG_MAGIC, &log_ad(vault_id, version), bytes, object)?;
-    postcard::from_bytes(&body).map_err(|e| VaultError::corrupt(object, format!("undecodable log body: {e}")))
+    postcard::from_bytes(&body)
+        .map_err(|e| VaultError::corrupt(object, format!("undecodable log body: {e}")))
 }
 
 /// Seal a checkpoint into parts, each ≤ `max` bytes.
@@ -139,13 +168,18 @@ pub fn seal_checkpoint(
     body: &CheckpointBody,
     max: Option<u64>,
 ) -> VaultResult<Vec<Vec<u8>>> {
-    let bytes = postcard::to_stdvec(body).map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?;
+    let bytes = postcard::to_stdvec(body)
+        .map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?;
     let per = usize::try_from(max_body(max)).unwrap_or(usize::MAX).max(1);
     let count = bytes.len().div_ceil(per).max(1);
     let count32 = u32::try_from(count)
         .ok()
         .filter(|c| *c <= 0xffff)
-        .ok_or_else(|| VaultError::Invalid("checkpoint needs more than 65535 parts; raise max-object-size".into()))?;
+        .ok_or_else(|| {
+            VaultError::Invalid(
+                "checkpoint needs more than 65535 parts; raise max-object-size".into(),
+            )
+        })?;
     let mut parts = Vec::with_capacity(count);
     for i in 0..count {
         let slice = &bytes[(i * per).min(bytes.len())..((i + 1) * per).min(bytes.len())];
@@ -162,17 +196,21 @@ pub fn open_checkpoint(
     version: u64,
     parts: &[(String, Vec<u8>)],
 ) -> VaultResult<CheckpointBody> {
-    let count = u32::try_from(parts.len()).map_err(|_| VaultError::Invalid("too many parts".into()))?;
+    let count =
+        u32::try_from(parts.len()).map_err(|_| VaultError::Invalid("too many parts".into()))?;
     let mut all = Vec::new();
     for (i, (name, bytes)) in parts.iter().enumerate() {
         let ad = ckpt_ad(vault_id, version, i as u32, count);
         all.extend_from_slice(&open_object(keys, CKPT_MAGIC, &ad, bytes, name)?);
     }
     let first = parts.first().map(|p| p.0.as_str()).unwrap_or("checkpoint");
-    let body: CheckpointBody =
-        postcard::from_bytes(&all).map_err(|e| VaultError::corrupt(first, format!("undecodable checkpoint: {e}")))?;
+    let body: CheckpointBody = postcard::from_bytes(&all)
+        .map_err(|e| VaultError::corrupt(first, format!("undecodable checkpoint: {e}")))?;
     if body.version != version {
-        return Err(VaultError::corrupt(first, "checkpoint version does not match its name"));
+        return Err(VaultError::corrupt(
+            first,
+            "checkpoint version does not match its name",
+        ));
     }
     Ok(body)
 }

@@ -80,7 +80,11 @@ mod tests {
         assert_eq!(parse_meta_key(&log_key(42)), Some(MetaName::Log(42)));
         assert_eq!(
             parse_meta_key(&checkpoint_key(7, 1, 3)),
-            Some(MetaName::Checkpoint { version: 7, part: 1, count: 3 })
+            Some(MetaName::Checkpoint {
+                version: 7,
+                part: 1,
+                count: 3
+            })
         );
         assert_eq!(parse_meta_key("meta/log.12"), None);
         let id = strata_crypto::BlobId([0xab; 32]);
