@@ -284,6 +284,7 @@ impl Vault {
             keep_orphan: false,
             time: now(),
         })
+        .map(|_| ())
         .map_err(|e| apply_error(e, path))
     }
 
@@ -311,6 +312,7 @@ impl Vault {
             flags: 0,
             time: now(),
         })
+        .map(|_| ())
         .map_err(|e| apply_error(e, to))
     }
 

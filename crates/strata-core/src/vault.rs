@@ -71,6 +71,10 @@ impl Default for OpenOptions {
 pub(crate) struct Inner {
     pub(crate) tree: Tree,
     pending: Vec<Record>,
+    /// Sequence number of `pending[0]` (records are numbered in apply order).
+    pending_first_seq: u64,
+    /// Sequence number of the newest committed record.
+    writer_seq: u64,
     freed: Vec<BlobId>,
     version: u64,
     head: [u8; 32],
@@ -184,6 +188,7 @@ impl Vault {
         let body = CheckpointBody {
             version: 0,
             head,
+            writer_seq: 0,
             time: now(),
             tree: tree.to_image(),
         };
@@ -202,7 +207,7 @@ impl Vault {
         } else {
             store.put(HEADER_KEY, hb).await?;
         }
-        let v = Vault::assemble(store, header, vault_id, keys, tree, 0, head, 0, opts);
+        let v = Vault::assemble(store, header, vault_id, keys, tree, 0, head, 0, 0, opts);
         v.save_seen()?;
         info!(store = %v.store_name, "created vault");
         Ok(v)
@@ -218,6 +223,7 @@ impl Vault {
         version: u64,
         head: [u8; 32],
         checkpoint_version: u64,
+        writer_seq: u64,
         opts: OpenOptions,
     ) -> Vault {
         let caps = store.capabilities();
@@ -235,6 +241,8 @@ impl Vault {
             inner: Mutex::new(Inner {
                 tree,
                 pending: Vec::new(),
+                pending_first_seq: writer_seq + 1,
+                writer_seq,
                 freed: Vec::new(),
                 version,
                 head,
@@ -292,6 +300,7 @@ impl Vault {
             Tree::from_image(body.tree).map_err(|e| VaultError::corrupt(&first_part, e))?;
         let mut head = body.head;
         let mut version = cv;
+        let mut writer_seq = body.writer_seq;
         let seen = state::load(&state_dir(&opts), &header.vault_id)?;
         let mut records = 0u64;
         for (&v, key) in listing.logs.range(cv + 1..) {
@@ -321,6 +330,7 @@ impl Vault {
             }
             head = meta::object_hash(&bytes);
             version = v;
+            writer_seq = log.writer_seq;
             if let Some(s) = &seen {
                 if s.version == v && s.head != hex::encode(head) && !opts.accept_rollback {
                     return Err(VaultError::Fork { version: v });
@@ -338,7 +348,7 @@ impl Vault {
                 return Err(VaultError::Fork { version });
             }
         }
-        let v = Vault::assemble(store, header, vault_id, keys, tree, version, head, cv, opts);
+        let v = Vault::assemble(store, header, vault_id, keys, tree, version, head, cv, writer_seq, opts);
         lock(&v.inner).records_since_checkpoint = records;
         v.save_seen()?;
         debug!(version, checkpoint = cv, "opened vault");
@@ -402,12 +412,27 @@ impl Vault {
     }
 
     /// Apply one record to the tree and queue it for the next commit.
-    pub fn apply(&self, r: Record) -> Result<(), ApplyError> {
+    /// Returns the record's sequence number (see [`Vault::writer_seq`]).
+    pub fn apply(&self, r: Record) -> Result<u64, ApplyError> {
         let mut g = lock(&self.inner);
         let freed = g.tree.apply(&r)?;
         g.freed.extend(freed);
         g.pending.push(r);
-        Ok(())
+        Ok(g.pending_first_seq + g.pending.len() as u64 - 1)
+    }
+
+    /// Sequence number of the newest record durable in the store. Records
+    /// are numbered in apply order across sessions (the number is stored in
+    /// every log and checkpoint), so a local journal can tell which of its
+    /// records the store already has.
+    pub fn writer_seq(&self) -> u64 {
+        lock(&self.inner).writer_seq
+    }
+
+    /// Sequence number the next applied record will get.
+    pub fn next_seq(&self) -> u64 {
+        let g = lock(&self.inner);
+        g.pending_first_seq + g.pending.len() as u64
     }
 
     /// Number of records not yet committed.
@@ -419,13 +444,17 @@ impl Vault {
     /// blobs that lost their last reference, and checkpoints when due.
     pub async fn commit(&self) -> VaultResult<()> {
         let _c = self.commit_lock.lock().await;
-        let (records, mut version, mut head) = {
+        let (records, first_seq, mut version, mut head) = {
             let mut g = lock(&self.inner);
             if g.poisoned {
                 return Err(VaultError::Poisoned);
             }
-            (std::mem::take(&mut g.pending), g.version, g.head)
+            let first = g.pending_first_seq;
+            let recs = std::mem::take(&mut g.pending);
+            g.pending_first_seq = first + recs.len() as u64;
+            (recs, first, g.version, g.head)
         };
+        let mut seq = first_seq.saturating_sub(1);
         if !records.is_empty() {
             let max = self.caps.max_object_size;
             let limit = meta::max_body(max) as usize;
@@ -451,8 +480,10 @@ impl Vault {
             }
             for batch in batches {
                 let n = batch.len() as u64;
+                seq += n;
                 let body = meta::encode_log(&LogBody {
                     prev: head,
+                    writer_seq: seq,
                     time: now(),
                     records: batch,
                 })?;
@@ -487,6 +518,7 @@ impl Vault {
                 let mut g = lock(&self.inner);
                 g.version = version;
                 g.head = head;
+                g.writer_seq = seq;
                 g.records_since_checkpoint += n;
             }
             self.save_seen()?;
@@ -542,6 +574,7 @@ impl Vault {
                 CheckpointBody {
                     version: g.version,
                     head: g.head,
+                    writer_seq: g.writer_seq,
                     time: now(),
                     tree: g.tree.to_image(),
                 },

@@ -29,6 +29,9 @@ pub const OVERHEAD: u64 = 8 + NONCE_LEN as u64 + TAG_LEN as u64 + 4;
 pub struct LogBody {
     /// Hash of the previous log object (or the checkpoint's head hash).
     pub prev: [u8; 32],
+    /// Sequence number of the last record in this log (records are numbered
+    /// in the order the writer applied them, across sessions).
+    pub writer_seq: u64,
     pub time: Ts,
     pub records: Vec<Record>,
 }
@@ -39,6 +42,8 @@ pub struct CheckpointBody {
     pub version: u64,
     /// Hash of log `version` (for version 0: the genesis hash).
     pub head: [u8; 32],
+    /// Sequence number of the last record the checkpoint covers.
+    pub writer_seq: u64,
     pub time: Ts,
     pub tree: TreeImage,
 }
