@@ -91,9 +91,6 @@ pub enum VaultError {
 
     #[error("crypto: {0}")]
     Crypto(#[from] strata_crypto::CryptoError),
-
-    #[error("the vault was left in an unknown state by an earlier failed commit; reopen it")]
-    Poisoned,
 }
 
 impl From<StoreError> for VaultError {

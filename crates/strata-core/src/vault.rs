@@ -80,7 +80,17 @@ pub(crate) struct Inner {
     head: [u8; 32],
     checkpoint_version: u64,
     records_since_checkpoint: u64,
-    poisoned: bool,
+    /// Sealed logs not yet confirmed by the store, oldest first.
+    staged: Vec<StagedLog>,
+}
+
+/// A sealed log object waiting to be (re)sent.
+#[derive(Clone)]
+struct StagedLog {
+    version: u64,
+    bytes: Bytes,
+    records: u64,
+    last_seq: u64,
 }
 
 /// An open vault.
@@ -99,7 +109,7 @@ pub struct Vault {
     commit_lock: tokio::sync::Mutex<()>,
     /// Writers hold it shared while uploading+referencing blobs; blob deletion
     /// takes it exclusively (so a blob is never deleted under a writer).
-    pub(crate) data_lock: tokio::sync::RwLock<()>,
+    pub(crate) data_lock: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -248,10 +258,10 @@ impl Vault {
                 head,
                 checkpoint_version,
                 records_since_checkpoint: 0,
-                poisoned: false,
+                staged: Vec::new(),
             }),
             commit_lock: tokio::sync::Mutex::new(()),
-            data_lock: tokio::sync::RwLock::new(()),
+            data_lock: Arc::new(tokio::sync::RwLock::new(())),
         }
     }
 
@@ -435,92 +445,26 @@ impl Vault {
         g.pending_first_seq + g.pending.len() as u64
     }
 
-    /// Number of records not yet committed.
-    pub fn pending_records(&self) -> usize {
-        lock(&self.inner).pending.len()
-    }
 
     /// Make every applied record durable in the store. Afterwards, deletes
     /// blobs that lost their last reference, and checkpoints when due.
     pub async fn commit(&self) -> VaultResult<()> {
         let _c = self.commit_lock.lock().await;
-        let (records, first_seq, mut version, mut head) = {
+        self.stage_pending()?;
+        // Send staged logs in order. A failed put leaves them staged: the next
+        // commit re-sends the *same bytes*, so whether or not the failed
+        // attempt landed, the store ends up with one consistent chain.
+        loop {
+            let next = lock(&self.inner).staged.first().cloned();
+            let Some(s) = next else { break };
+            self.put_log(&s).await?;
             let mut g = lock(&self.inner);
-            if g.poisoned {
-                return Err(VaultError::Poisoned);
-            }
-            let first = g.pending_first_seq;
-            let recs = std::mem::take(&mut g.pending);
-            g.pending_first_seq = first + recs.len() as u64;
-            (recs, first, g.version, g.head)
-        };
-        let mut seq = first_seq.saturating_sub(1);
-        if !records.is_empty() {
-            let max = self.caps.max_object_size;
-            let limit = meta::max_body(max) as usize;
-            let mut batches: Vec<Vec<Record>> = vec![Vec::new()];
-            let mut size = 0usize;
-            for r in records {
-                let rs = postcard::to_stdvec(&r)
-                    .map_err(|e| VaultError::Invalid(format!("record encoding: {e}")))?
-                    .len();
-                if size + rs + 64 > limit && batches.last().is_some_and(|b| !b.is_empty()) {
-                    batches.push(Vec::new());
-                    size = 0;
-                }
-                if rs + 64 > limit {
-                    return Err(VaultError::Invalid(format!(
-                        "one metadata record ({rs} bytes) does not fit the store's max object size"
-                    )));
-                }
-                size += rs;
-                if let Some(b) = batches.last_mut() {
-                    b.push(r);
-                }
-            }
-            for batch in batches {
-                let n = batch.len() as u64;
-                seq += n;
-                let body = meta::encode_log(&LogBody {
-                    prev: head,
-                    writer_seq: seq,
-                    time: now(),
-                    records: batch,
-                })?;
-                let obj = meta::seal_log(&self.keys, &self.vault_id, version + 1, &body, max)?;
-                let key = format::log_key(version + 1);
-                let res = if self.caps.conditional_create {
-                    self.store
-                        .put_if_absent(&key, Bytes::from(obj.clone()))
-                        .await
-                        .and_then(|created| {
-                            if created {
-                                Ok(())
-                            } else {
-                                Err(strata_store::StoreError {
-                                    kind: StoreErrorKind::AlreadyExists,
-                                    store: self.store_name.clone(),
-                                    op: "put",
-                                    key: Some(key.clone()),
-                                    message: "another writer committed this version first".into(),
-                                })
-                            }
-                        })
-                } else {
-                    self.store.put(&key, Bytes::from(obj.clone())).await
-                };
-                if let Err(e) = res {
-                    lock(&self.inner).poisoned = true;
-                    return Err(e.into());
-                }
-                version += 1;
-                head = meta::object_hash(&obj);
-                let mut g = lock(&self.inner);
-                g.version = version;
-                g.head = head;
-                g.writer_seq = seq;
-                g.records_since_checkpoint += n;
-            }
+            g.staged.remove(0);
+            g.version = s.version;
+            g.head = meta::object_hash(&s.bytes);
+            g.writer_seq = s.last_seq;
+            g.records_since_checkpoint += s.records;
+            drop(g);
             self.save_seen()?;
         }
         self.delete_freed().await?;
@@ -531,6 +475,101 @@ impl Vault {
         Ok(())
     }
 
+    /// Seal pending records into log objects (chained after any still-staged
+    /// ones), each within the store's object-size limit.
+    fn stage_pending(&self) -> VaultResult<()> {
+        let mut g = lock(&self.inner);
+        if g.pending.is_empty() {
+            return Ok(());
+        }
+        let max = self.caps.max_object_size;
+        let limit = meta::max_body(max) as usize;
+        let mut batches: Vec<Vec<Record>> = vec![Vec::new()];
+        let mut size = 0usize;
+        for r in &g.pending {
+            let rs = postcard::to_stdvec(r)
+                .map_err(|e| VaultError::Invalid(format!("record encoding: {e}")))?
+                .len();
+            if rs + 64 > limit {
+                return Err(VaultError::Invalid(format!(
+                    "one metadata record ({rs} bytes) does not fit the store's max object size"
+                )));
+            }
+            if size + rs + 64 > limit && batches.last().is_some_and(|b| !b.is_empty()) {
+                batches.push(Vec::new());
+                size = 0;
+            }
+            size += rs;
+            if let Some(b) = batches.last_mut() {
+                b.push(r.clone());
+            }
+        }
+        let (mut version, mut head, mut seq) = match g.staged.last() {
+            Some(s) => (s.version, meta::object_hash(&s.bytes), s.last_seq),
+            None => (g.version, g.head, g.writer_seq),
+        };
+        let mut staged = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let n = batch.len() as u64;
+            seq += n;
+            version += 1;
+            let body = meta::encode_log(&LogBody {
+                prev: head,
+                writer_seq: seq,
+                time: now(),
+                records: batch,
+            })?;
+            let bytes = Bytes::from(meta::seal_log(&self.keys, &self.vault_id, version, &body, max)?);
+            head = meta::object_hash(&bytes);
+            staged.push(StagedLog {
+                version,
+                bytes,
+                records: n,
+                last_seq: seq,
+            });
+        }
+        let n = g.pending.len() as u64;
+        g.pending.clear();
+        g.pending_first_seq += n;
+        g.staged.extend(staged);
+        Ok(())
+    }
+
+    async fn put_log(&self, s: &StagedLog) -> VaultResult<()> {
+        let key = format::log_key(s.version);
+        if !self.caps.conditional_create {
+            return Ok(self.store.put(&key, s.bytes.clone()).await?);
+        }
+        if self.store.put_if_absent(&key, s.bytes.clone()).await? {
+            return Ok(());
+        }
+        // Already there: our own earlier attempt landed, or another writer won.
+        let existing = self.store.get(&key).await?;
+        if existing == s.bytes {
+            return Ok(());
+        }
+        Err(VaultError::Store(strata_store::StoreError {
+            kind: StoreErrorKind::AlreadyExists,
+            store: self.store_name.clone(),
+            op: "put",
+            key: Some(key),
+            message: "another writer committed this metadata version first; reopen the vault".into(),
+        }))
+    }
+
+    /// Hold this while uploading chunks with [`Vault::upload_chunk`] until the
+    /// records referencing them are applied: blobs are never deleted (as
+    /// unreferenced) under a writer that is about to reference them.
+    pub async fn data_guard(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.data_lock.clone().read_owned().await
+    }
+
+    /// Records applied but not yet durable in the store (queued + staged).
+    pub fn uncommitted_records(&self) -> u64 {
+        let g = lock(&self.inner);
+        g.pending.len() as u64 + g.staged.iter().map(|s| s.records).sum::<u64>()
+    }
+
     /// Delete blobs whose last reference is gone (committed), unless a writer
     /// is busy (then they wait for the next commit or `gc`).
     async fn delete_freed(&self) -> VaultResult<()> {
@@ -539,7 +578,7 @@ impl Vault {
         };
         let doomed: Vec<BlobId> = {
             let mut g = lock(&self.inner);
-            if !g.pending.is_empty() {
+            if !g.pending.is_empty() || !g.staged.is_empty() {
                 return Ok(()); // uncommitted records might reference them again
             }
             let freed = std::mem::take(&mut g.freed);
@@ -567,7 +606,7 @@ impl Vault {
     async fn checkpoint_locked(&self) -> VaultResult<()> {
         let (body, old) = {
             let g = lock(&self.inner);
-            if !g.pending.is_empty() {
+            if !g.pending.is_empty() || !g.staged.is_empty() {
                 return Ok(()); // only checkpoint a committed state
             }
             (

@@ -675,8 +675,9 @@ async fn crash_between_blob_upload_and_log_commit() {
     );
     let err = v.commit().await.unwrap_err();
     assert!(err.to_string().contains("injected"), "{err}");
-    assert!(matches!(v.commit().await, Err(VaultError::Poisoned)));
-    drop(v);
+    assert!(v.commit().await.is_err(), "still failing");
+    assert_eq!(v.uncommitted_records(), 3);
+    drop(v); // the process dies with the log unsent
     // Reopen: consistent, without the uncommitted file; gc removes orphans.
     let v = reopen(&e).await.unwrap();
     assert_eq!(
@@ -701,6 +702,34 @@ async fn crash_between_blob_upload_and_log_commit() {
         get(&v, "/kept").await.unwrap(),
         b"committed before the crash"
     );
+}
+
+#[tokio::test]
+async fn failed_commit_is_resent_when_the_store_recovers() {
+    let e = env("");
+    let v = create(&e, 1 << 20).await;
+    drop(v);
+    let plan = FaultPlan::new();
+    let faulty: DynStore = Arc::new(FaultStore::new(e.store.clone(), plan.clone()));
+    let v = Vault::open(faulty, PW, opts(&e)).await.unwrap();
+    // the first log put lands but its reply is lost; then the store is down
+    plan.lose_put_replies(1);
+    v.mkdir("/d1", 0o755, false).unwrap();
+    assert!(v.commit().await.is_err());
+    plan.crash();
+    v.mkdir("/d2", 0o755, false).unwrap();
+    assert!(v.commit().await.is_err());
+    plan.clear();
+    v.mkdir("/d3", 0o755, false).unwrap();
+    v.commit().await.unwrap();
+    assert_eq!(v.uncommitted_records(), 0);
+    let seq = v.writer_seq();
+    assert_eq!(seq, 3);
+    drop(v);
+    let v = reopen(&e).await.unwrap();
+    let names: Vec<_> = v.list_dir("/").unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec![b"d1".to_vec(), b"d2".to_vec(), b"d3".to_vec()]);
+    assert_eq!(v.writer_seq(), seq);
 }
 
 #[tokio::test]
