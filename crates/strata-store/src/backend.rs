@@ -236,7 +236,13 @@ impl OpendalStore {
         }
     }
 
-    async fn put_inner(&self, op: &'static str, key: &str, data: Bytes, if_absent: bool) -> StoreResult<bool> {
+    async fn put_inner(
+        &self,
+        op: &'static str,
+        key: &str,
+        data: Bytes,
+        if_absent: bool,
+    ) -> StoreResult<bool> {
         self.check_key(op, key)?;
         if let Some(dirs) = &self.fs {
             let dirs = dirs.clone();
@@ -288,7 +294,9 @@ impl Store for OpendalStore {
         self.check_key("get", key)?;
         if let Some(dirs) = &self.fs {
             let path = dirs.root.join(key);
-            return self.blocking("get", key, move || fs_read(&path, None)).await;
+            return self
+                .blocking("get", key, move || fs_read(&path, None))
+                .await;
         }
         match self.op.read(key).await {
             Ok(buf) => Ok(buf.to_bytes()),
@@ -307,7 +315,13 @@ impl Store for OpendalStore {
         // Clamp to the object's end ourselves so every backend behaves alike.
         let size = match self.op.stat(key).await {
             Ok(m) if m.mode() == EntryMode::FILE => m.content_length(),
-            Ok(_) => return Err(StoreError::not_found(self.description.as_str(), "get_range", key)),
+            Ok(_) => {
+                return Err(StoreError::not_found(
+                    self.description.as_str(),
+                    "get_range",
+                    key,
+                ))
+            }
             Err(e) => return Err(self.err_opendal(&e, "get_range", key)),
         };
         let start = range.start.min(size);
@@ -453,7 +467,11 @@ impl Drop for TmpGuard<'_> {
 }
 
 fn tmp_name(dir: &Path) -> PathBuf {
-    dir.join(format!("{:016x}{:016x}.tmp", rand::random::<u64>(), rand::random::<u64>()))
+    dir.join(format!(
+        "{:016x}{:016x}.tmp",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    ))
 }
 
 /// Make sure `dir` (inside `root`) exists, and that the entries of any
@@ -530,7 +548,10 @@ fn fs_read(path: &Path, range: Option<Range<u64>>) -> io::Result<Bytes> {
     };
     let len = usize::try_from(end - start)
         .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "object too large for memory"))?;
-    let mut buf = vec![0u8; len];
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "object too large for memory"))?;
+    buf.resize(len, 0);
     read_exact_at(&f, &mut buf, start)?;
     Ok(Bytes::from(buf))
 }
@@ -561,7 +582,12 @@ fn fs_stat(path: &Path) -> io::Result<Option<u64>> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(Some(m.len())),
         Ok(_) => Ok(None),
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
             Ok(None)
         }
         Err(e) => Err(e),
@@ -577,7 +603,9 @@ fn fs_delete(path: &Path) -> io::Result<()> {
         Err(e)
             if matches!(
                 e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::NotADirectory
+                    | io::ErrorKind::IsADirectory
             ) =>
         {
             Ok(())
@@ -624,7 +652,16 @@ mod tests {
             assert_eq!(validate_key(ok), Ok(()), "{ok}");
         }
         for bad in [
-            "", "/a", "a/", "a//b", "a/../b", "./a", "a b", "a\\b", ".strata-tmp/x", "é",
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "a/../b",
+            "./a",
+            "a b",
+            "a\\b",
+            ".strata-tmp/x",
+            "é",
         ] {
             assert!(validate_key(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -133,7 +133,13 @@ impl StoreError {
     }
 
     /// `put` of an object of `size` bytes above the store's `limit`.
-    pub fn too_large(store: impl Into<String>, op: &'static str, key: &str, size: u64, limit: u64) -> Self {
+    pub fn too_large(
+        store: impl Into<String>,
+        op: &'static str,
+        key: &str,
+        size: u64,
+        limit: u64,
+    ) -> Self {
         Self::new(
             StoreErrorKind::TooLarge,
             store,
@@ -253,7 +259,10 @@ mod tests {
             map(Error::new(K::PermissionDenied, "x")),
             StoreErrorKind::PermissionDenied
         );
-        assert_eq!(map(Error::new(K::RateLimited, "x")), StoreErrorKind::Transient);
+        assert_eq!(
+            map(Error::new(K::RateLimited, "x")),
+            StoreErrorKind::Transient
+        );
         assert_eq!(
             map(Error::new(K::Unexpected, "x").set_temporary()),
             StoreErrorKind::Transient
@@ -267,7 +276,10 @@ mod tests {
             map(Error::new(K::AlreadyExists, "x")),
             StoreErrorKind::AlreadyExists
         );
-        assert_eq!(map(Error::new(K::Unsupported, "x")), StoreErrorKind::Unsupported);
+        assert_eq!(
+            map(Error::new(K::Unsupported, "x")),
+            StoreErrorKind::Unsupported
+        );
     }
 
     #[test]

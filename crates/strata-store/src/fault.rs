@@ -148,10 +148,17 @@ impl FaultPlan {
 
     fn pick(s: &mut FaultState, op: FaultOp, key: &str) -> Option<(StoreErrorKind, String)> {
         if s.crashed && op.is_write() {
-            return Some((StoreErrorKind::Other, "injected fault: store crashed".into()));
+            return Some((
+                StoreErrorKind::Other,
+                "injected fault: store crashed".into(),
+            ));
         }
         if op == FaultOp::Put {
-            for pf in s.prefix_puts.iter_mut().filter(|pf| key.starts_with(&pf.prefix)) {
+            for pf in s
+                .prefix_puts
+                .iter_mut()
+                .filter(|pf| key.starts_with(&pf.prefix))
+            {
                 pf.seen += 1;
                 if pf.seen > pf.allowed {
                     return Some((
@@ -190,7 +197,10 @@ impl FaultPlan {
 
     fn corrupts(&self, key: &str) -> bool {
         let mut s = self.lock();
-        let hit = s.corrupt_prefix.as_deref().is_some_and(|p| key.starts_with(p));
+        let hit = s
+            .corrupt_prefix
+            .as_deref()
+            .is_some_and(|p| key.starts_with(p));
         if hit {
             s.injected += 1;
         }

@@ -178,8 +178,10 @@ impl<S: Store> Store for RetryStore<S> {
         self.retry("get", key, || self.inner.get(key)).await
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
-        self.retry("get_range", key, || self.inner.get_range(key, range.clone()))
-            .await
+        self.retry("get_range", key, || {
+            self.inner.get_range(key, range.clone())
+        })
+        .await
     }
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
         self.retry("list", prefix, || self.inner.list(prefix)).await

@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use crate::backend::OpendalStore;
 use crate::error::{StoreError, StoreResult};
-use crate::layers::{
-    CapStore, ConcurrencyLimit, Metrics, MetricsStore, RetryPolicy, RetryStore,
-};
+use crate::layers::{CapStore, ConcurrencyLimit, Metrics, MetricsStore, RetryPolicy, RetryStore};
 use crate::DynStore;
 
 /// The schemes [`open_url`] understands, for error messages.
@@ -73,14 +71,18 @@ impl StoreOptions {
                     let v = need(value)?;
                     o.concurrency = match v.parse::<usize>() {
                         Ok(n) if n >= 1 => n,
-                        _ => return Err(format!("concurrency must be a whole number ≥ 1, not `{v}`")),
+                        _ => {
+                            return Err(format!(
+                                "concurrency must be a whole number ≥ 1, not `{v}`"
+                            ))
+                        }
                     };
                 }
                 "retries" => {
                     let v = need(value)?;
-                    o.retries = v.parse::<u32>().map_err(|_| {
-                        format!("retries must be a whole number ≥ 0, not `{v}`")
-                    })?;
+                    o.retries = v
+                        .parse::<u32>()
+                        .map_err(|_| format!("retries must be a whole number ≥ 0, not `{v}`"))?;
                 }
                 _ => {
                     return Err(format!(
@@ -105,7 +107,9 @@ fn parse_flag(name: &str, value: Option<&str>) -> Result<bool, String> {
     match value.map(str::to_ascii_lowercase).as_deref() {
         None | Some("") | Some("true") | Some("yes") | Some("on") | Some("1") => Ok(true),
         Some("false") | Some("no") | Some("off") | Some("0") => Ok(false),
-        Some(v) => Err(format!("store option `{name}` takes true or false, not `{v}`")),
+        Some(v) => Err(format!(
+            "store option `{name}` takes true or false, not `{v}`"
+        )),
     }
 }
 
@@ -266,7 +270,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let unit = unit.trim();
     if num.is_empty() {
-        return Err(format!("`{s}` is not a size (expected e.g. 4096, 64KiB, 100MB)"));
+        return Err(format!(
+            "`{s}` is not a size (expected e.g. 4096, 64KiB, 100MB)"
+        ));
     }
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -282,15 +288,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "pib" => 1 << 50,
         _ => {
             return Err(format!(
-                "unknown size unit `{unit}` in `{s}` (use B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB)"
-            ))
+            "unknown size unit `{unit}` in `{s}` (use B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB)"
+        ))
         }
     };
     let (int, frac) = match num.split_once('.') {
         Some((i, f)) => (i, f),
         None => (num, ""),
     };
-    if (int.is_empty() && frac.is_empty()) || frac.contains('.') || (num.contains('.') && frac.is_empty()) {
+    if (int.is_empty() && frac.is_empty())
+        || frac.contains('.')
+        || (num.contains('.') && frac.is_empty())
+    {
         return Err(format!("`{s}` is not a size (bad number `{num}`)"));
     }
     let too_big = || format!("size `{s}` is too large");
