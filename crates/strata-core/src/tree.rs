@@ -682,7 +682,9 @@ impl Tree {
             if n.chunks.len() > keep {
                 dropped.extend(n.chunks.drain(keep..).flatten());
             }
-            if size < n.size {
+            // Only the slot of the chunk holding the new end can hold bytes
+            // past it (the chunk list may be shorter than the file: holes).
+            if size < n.size && keep > 0 && n.chunks.len() == keep {
                 if let Some(Some(last)) = n.chunks.last_mut() {
                     let start = (keep as u64 - 1) * cs;
                     let valid = size - start;
@@ -805,6 +807,44 @@ mod tests {
             .unwrap();
         assert_eq!(freed, vec![BlobId([2; 32])]);
         assert_eq!(t.get(f).unwrap().chunks, vec![Some(cref(1, 3))]);
+    }
+
+    #[test]
+    fn truncate_into_a_trailing_hole_keeps_earlier_chunks() {
+        let mut t = Tree::new_root(0, 0, 0);
+        let f = t.alloc_ino();
+        t.apply(&Record::Create {
+            ino: f,
+            parent: ROOT_INO,
+            name: b"a".to_vec(),
+            attr: file_attr(1),
+        })
+        .unwrap();
+        // one stored chunk, then a hole up to 10 bytes
+        t.apply(&Record::SetChunks {
+            ino: f,
+            first: 0,
+            chunks: vec![Some(cref(1, 4))],
+            size: 10,
+            mtime: 2,
+        })
+        .unwrap();
+        t.apply(&Record::SetAttr {
+            ino: f,
+            perm: None,
+            uid: None,
+            gid: None,
+            size: Some(6),
+            atime: None,
+            mtime: None,
+            ctime: 3,
+        })
+        .unwrap();
+        assert_eq!(
+            t.get(f).unwrap().chunks,
+            vec![Some(cref(1, 4))],
+            "chunk 0 untouched"
+        );
     }
 
     #[test]

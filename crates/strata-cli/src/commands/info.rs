@@ -1,0 +1,51 @@
+//! `strata info`: usage figures of the vault and its store.
+
+use anyhow::Result;
+
+use crate::cli::Global;
+use crate::display::{self, size, size_exact};
+use crate::session;
+
+pub async fn run(g: &Global) -> Result<()> {
+    let (vault, _pw) = session::open_vault(g).await?;
+    let i = vault.info().await?;
+    let header = strata_core::Vault::read_header(vault.store()).await?;
+    let rows: Vec<(&str, String)> = vec![
+        ("store", vault.store_name().to_string()),
+        ("vault id", vault.vault_id()),
+        (
+            "format",
+            format!("{} version {}", header.format, header.version),
+        ),
+        ("metadata version", i.version.to_string()),
+        ("chunk size", size(u64::from(i.chunk_size))),
+        ("files", i.files.to_string()),
+        ("directories", i.dirs.to_string()),
+        ("symbolic links", i.symlinks.to_string()),
+        ("file bytes", size_exact(i.bytes)),
+        ("blobs", i.blobs.to_string()),
+        ("bytes stored", size_exact(i.blob_bytes)),
+        ("dedup savings", size_exact(i.dedup_saved)),
+        (
+            "metadata",
+            format!(
+                "{}, {}",
+                display::plural(i.meta_objects, "object", "objects"),
+                size(i.meta_bytes)
+            ),
+        ),
+        (
+            "store total",
+            format!(
+                "{}, {}",
+                display::plural(i.store_objects, "object", "objects"),
+                size(i.store_bytes)
+            ),
+        ),
+    ];
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in rows {
+        println!("{:<w$} {v}", format!("{k}:"));
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! One module per verb; [`run`] dispatches the parsed command line.
+
+mod cat;
+mod check;
+mod edit;
+mod get;
+mod info;
+mod init;
+mod ls;
+mod maint;
+mod passwd;
+mod put;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+use crate::progress::Ui;
+
+/// Run one parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    let ui = Ui { quiet: g.quiet };
+    match &cli.command {
+        Command::Init(a) => init::run(g, ui, a).await,
+        Command::Put(a) => put::run(g, ui, a).await,
+        Command::Get(a) => get::run(g, ui, a).await,
+        Command::Ls(a) => ls::run(g, a).await,
+        Command::Cat(a) => cat::run(g, a).await,
+        Command::Mkdir(a) => edit::mkdir(g, ui, a).await,
+        Command::Rm(a) => edit::rm(g, ui, a).await,
+        Command::Mv(a) => edit::mv(g, ui, a).await,
+        Command::Info(_) => info::run(g).await,
+        Command::Passwd(a) => passwd::run(g, ui, a).await,
+        Command::Gc(_) => maint::gc(g, ui).await,
+        Command::Check(a) => check::run(g, ui, a).await,
+    }
+}

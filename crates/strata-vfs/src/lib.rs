@@ -1,0 +1,379 @@
+//! # strata-vfs — the VFS layer
+//!
+//! Owns POSIX semantics over a [`strata_core::Vault`]: inode attributes,
+//! open handles and open-but-unlinked files, errno mapping, and the local
+//! durability machinery of a mount:
+//! - the **journal** ([`journal`]): every metadata record is appended locally
+//!   before an operation returns (synced on close/fsync) and replayed after a
+//!   crash;
+//! - the **write-back cache** ([`writeback`]): writes land in dirty chunk
+//!   files on local disk; a background uploader seals and uploads chunks that
+//!   changed and commits metadata in batches.
+//!
+//! Front ends (the FUSE adapter) call [`Vfs`] methods; nothing here knows
+//! about FUSE.
+
+pub mod journal;
+mod ops;
+pub mod writeback;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use strata_core::tree::ApplyError;
+use strata_core::{Inode, Kind, Record, Ts, Vault, VaultError};
+use tracing::{info, warn};
+
+use crate::journal::Journal;
+use crate::writeback::WriteBack;
+
+/// When `fsync` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum FsyncMode {
+    /// Data and metadata are durable in the store (default).
+    Cloud,
+    /// Durable in the local cache and journal; uploaded later.
+    Local,
+}
+
+/// Mount-time options of the VFS.
+#[derive(Debug, Clone)]
+pub struct VfsOptions {
+    /// Holds the journal, dirty chunks and the read cache.
+    pub cache_dir: PathBuf,
+    /// Dirty data above this makes writers wait for uploads.
+    pub dirty_limit: u64,
+    pub read_only: bool,
+    pub fsync: FsyncMode,
+    /// Commit metadata at most this often (batches small operations).
+    pub commit_interval: Duration,
+    /// A dirty chunk is uploaded once no write touched it for this long
+    /// (full chunks go at once).
+    pub writeback_delay: Duration,
+    pub upload_parallelism: usize,
+}
+
+impl VfsOptions {
+    pub fn new(cache_dir: PathBuf) -> Self {
+        VfsOptions {
+            cache_dir,
+            dirty_limit: 1 << 30,
+            read_only: false,
+            fsync: FsyncMode::Cloud,
+            commit_interval: Duration::from_secs(1),
+            writeback_delay: Duration::from_millis(500),
+            upload_parallelism: 4,
+        }
+    }
+}
+
+/// An error for the front end: an errno, logged with context when it is a
+/// real failure (EIO) rather than a logic case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+pub type VfsResult<T> = Result<T, Errno>;
+
+impl From<ApplyError> for Errno {
+    fn from(e: ApplyError) -> Self {
+        Errno(match e {
+            ApplyError::NotFound => libc::ENOENT,
+            ApplyError::Exists => libc::EEXIST,
+            ApplyError::NotDir => libc::ENOTDIR,
+            ApplyError::IsDir => libc::EISDIR,
+            ApplyError::NotEmpty => libc::ENOTEMPTY,
+            ApplyError::Invalid => libc::EINVAL,
+            ApplyError::NameTooLong => libc::ENAMETOOLONG,
+        })
+    }
+}
+
+/// Map a vault error to an errno, logging the real failures.
+pub(crate) fn vault_errno(e: VaultError, what: &str) -> Errno {
+    let n = match &e {
+        VaultError::NotFound { .. } => libc::ENOENT,
+        VaultError::Exists { .. } => libc::EEXIST,
+        VaultError::NotADirectory { .. } => libc::ENOTDIR,
+        VaultError::IsADirectory { .. } => libc::EISDIR,
+        VaultError::DirNotEmpty { .. } => libc::ENOTEMPTY,
+        VaultError::InvalidPath { .. } => libc::EINVAL,
+        VaultError::TooLarge(_) => libc::EFBIG,
+        _ => libc::EIO,
+    };
+    if n == libc::EIO || n == libc::EFBIG {
+        warn!("{what}: {e}");
+    }
+    Errno(n)
+}
+
+pub(crate) fn io_errno(e: std::io::Error, what: &str) -> Errno {
+    warn!("{what}: {e}");
+    Errno(match e.raw_os_error() {
+        Some(libc::ENOSPC) => libc::ENOSPC,
+        Some(libc::EDQUOT) => libc::EDQUOT,
+        _ => libc::EIO,
+    })
+}
+
+/// File attributes as the front end reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: Ts,
+    pub mtime: Ts,
+    pub ctime: Ts,
+    pub btime: Ts,
+}
+
+impl Attr {
+    pub(crate) fn from_inode(n: &Inode) -> Attr {
+        Attr {
+            ino: n.ino,
+            kind: n.kind,
+            perm: n.perm,
+            nlink: n.nlink,
+            uid: n.uid,
+            gid: n.gid,
+            rdev: n.rdev,
+            size: n.size,
+            blocks: n.size.div_ceil(512),
+            atime: n.atime,
+            mtime: n.mtime,
+            ctime: n.ctime,
+            btime: n.btime,
+        }
+    }
+}
+
+/// Time to set in `setattr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(Ts),
+}
+
+/// A `setattr` request.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+/// Filesystem-wide figures for `statfs`.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// What `strata status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub dirty_bytes: u64,
+    pub dirty_chunks: u64,
+    pub dirty_files: u64,
+    pub uncommitted_records: u64,
+    pub uploads_in_flight: u64,
+    pub bytes_uploaded: u64,
+    pub chunks_uploaded: u64,
+    pub commits: u64,
+    pub open_files: u64,
+    pub metadata_version: u64,
+    pub last_error: Option<String>,
+    pub fsync_mode: FsyncMode,
+    pub read_only: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) uploads_in_flight: AtomicU64,
+    pub(crate) bytes_uploaded: AtomicU64,
+    pub(crate) chunks_uploaded: AtomicU64,
+    pub(crate) commits: AtomicU64,
+}
+
+/// The mounted filesystem's state.
+pub struct Vfs {
+    pub(crate) vault: Arc<Vault>,
+    pub(crate) opts: VfsOptions,
+    pub(crate) journal: Mutex<Journal>,
+    pub(crate) wb: WriteBack,
+    /// Open handle count per inode (for unlink-while-open).
+    pub(crate) open: Mutex<HashMap<u64, u32>>,
+    pub(crate) next_fh: AtomicU64,
+    pub(crate) counters: Counters,
+    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) shutting_down: AtomicBool,
+    /// The uploader task is running (shutdown waits for it to stop, so no
+    /// two sessions ever touch the cache directory at once).
+    pub(crate) uploader_running: AtomicBool,
+    /// Wakes the uploader (new dirty data, fsync waiting, shutdown).
+    pub(crate) wake: tokio::sync::Notify,
+    /// Signalled when uploads finish or commits land (fsync / space waiters).
+    pub(crate) progress: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Vfs {
+    /// Set up the VFS over an open vault: replay the local journal (records
+    /// the store does not have), pick up dirty chunks left by a crash, drop
+    /// orphaned inodes. Start the background uploader with [`Vfs::start`].
+    pub fn new(vault: Arc<Vault>, opts: VfsOptions) -> Result<Arc<Vfs>, String> {
+        let dir = &opts.cache_dir;
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create cache directory {}: {e}", dir.display()))?;
+        let (mut journal, entries) =
+            Journal::open(dir).map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
+        let have = vault.writer_seq();
+        let mut replayed = Vec::new();
+        let mut skipped = 0;
+        for (seq, r) in entries {
+            if seq <= have {
+                continue;
+            }
+            match vault.apply(r.clone()) {
+                Ok(new_seq) => replayed.push((new_seq, r)),
+                Err(e) => {
+                    skipped += 1;
+                    warn!(seq, error = %e, "journal record no longer applies; skipped");
+                }
+            }
+        }
+        if !replayed.is_empty() || skipped > 0 {
+            info!(replayed = replayed.len(), skipped, "replayed the local journal");
+        }
+        journal
+            .rewrite(&replayed)
+            .map_err(|e| format!("cannot rewrite the journal in {}: {e}", dir.display()))?;
+        let wb = WriteBack::open(dir.join("dirty")).map_err(|e| format!("cannot open the write-back cache: {e}"))?;
+        let vfs = Arc::new(Vfs {
+            vault,
+            opts,
+            journal: Mutex::new(journal),
+            wb,
+            open: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            counters: Counters::default(),
+            last_error: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
+            uploader_running: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            progress: tokio::sync::Notify::new(),
+        });
+        vfs.wb.recover(&vfs.vault);
+        if !vfs.opts.read_only {
+            // Inodes unlinked while open in an earlier session are unreachable now.
+            let orphans: Vec<u64> =
+                vfs.vault.with_tree(|t| t.inodes().filter(|n| n.nlink == 0).map(|n| n.ino).collect());
+            for ino in orphans {
+                let _ = vfs.apply(Record::Forget { ino });
+                vfs.wb.drop_inode(ino);
+            }
+        }
+        Ok(vfs)
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Apply a record and journal it (not synced yet).
+    pub(crate) fn apply(&self, r: Record) -> VfsResult<u64> {
+        if self.opts.read_only {
+            return Err(Errno(libc::EROFS));
+        }
+        let mut j = lock(&self.journal);
+        let seq = self.vault.apply(r.clone())?;
+        if let Err(e) = j.append(seq, &r) {
+            // The change is in memory and will be committed; only crash
+            // safety before the next commit is weakened.
+            warn!(error = %e, "could not append to the local journal");
+            self.note_error(format!("local journal write failed: {e}"));
+        }
+        drop(j);
+        self.wake.notify_one();
+        Ok(seq)
+    }
+
+    /// Make every journaled record durable on local disk.
+    pub(crate) fn sync_journal(&self) -> VfsResult<()> {
+        let h = lock(&self.journal).sync_handle().map_err(|e| io_errno(e, "journal"))?;
+        tokio::task::block_in_place(|| h.sync()).map_err(|e| io_errno(e, "syncing the local journal"))
+    }
+
+    pub(crate) fn note_error(&self, msg: String) {
+        *lock(&self.last_error) = Some(msg);
+    }
+
+    pub(crate) fn node(&self, ino: u64) -> VfsResult<Inode> {
+        self.vault.inode(ino).ok_or(Errno(libc::ENOENT))
+    }
+
+    /// Attributes of an inode, with the write-back overlay (size, mtime of
+    /// unflushed writes) applied.
+    pub fn getattr(&self, ino: u64) -> VfsResult<Attr> {
+        let n = self.node(ino)?;
+        let mut a = Attr::from_inode(&n);
+        if let Some((size, mtime)) = self.wb.overlay_attr(ino) {
+            a.size = size;
+            a.blocks = size.div_ceil(512);
+            a.mtime = a.mtime.max(mtime);
+            a.ctime = a.ctime.max(mtime);
+        }
+        Ok(a)
+    }
+
+    pub(crate) fn open_count(&self, ino: u64) -> u32 {
+        lock(&self.open).get(&ino).copied().unwrap_or(0)
+    }
+
+    /// Current state for `strata status`.
+    pub fn status(&self) -> Status {
+        let (dirty_bytes, dirty_chunks, dirty_files) = self.wb.totals();
+        Status {
+            dirty_bytes,
+            dirty_chunks,
+            dirty_files,
+            uncommitted_records: self.vault.uncommitted_records(),
+            uploads_in_flight: self.counters.uploads_in_flight.load(Ordering::Relaxed),
+            bytes_uploaded: self.counters.bytes_uploaded.load(Ordering::Relaxed),
+            chunks_uploaded: self.counters.chunks_uploaded.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            open_files: lock(&self.open).values().map(|v| u64::from(*v)).sum(),
+            metadata_version: self.vault.version(),
+            last_error: lock(&self.last_error).clone(),
+            fsync_mode: self.opts.fsync,
+            read_only: self.opts.read_only,
+        }
+    }
+}
