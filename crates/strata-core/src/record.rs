@@ -79,6 +79,7 @@ pub enum Record {
         ino: u64,
         parent: u64,
         name: Vec<u8>,
+        time: Ts,
     },
     /// Remove the entry `parent/name`. The inode goes away when its link count
     /// reaches 0, unless `keep_orphan` (an open file, see [`Record::Forget`]).

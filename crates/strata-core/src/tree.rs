@@ -303,7 +303,7 @@ impl Tree {
                     return Err(ApplyError::Invalid);
                 }
             }
-            Record::Link { ino, parent, name } => {
+            Record::Link { ino, parent, name, .. } => {
                 valid_name(name)?;
                 let d = self.dir(*parent)?;
                 if d.entries.contains_key(name) {
@@ -434,15 +434,15 @@ impl Tree {
                 name,
                 attr,
             } => self.apply_create(*ino, *parent, name, attr),
-            Record::Link { ino, parent, name } => {
-                let now = self.inodes.get(ino).map(|n| n.ctime).unwrap_or_default();
+            Record::Link { ino, parent, name, time } => {
                 if let Some(d) = self.inodes.get_mut(parent) {
                     d.entries.insert(name.clone(), *ino);
-                    d.mtime = d.mtime.max(now);
-                    d.ctime = d.mtime;
+                    d.mtime = *time;
+                    d.ctime = *time;
                 }
                 if let Some(n) = self.inodes.get_mut(ino) {
                     n.nlink += 1;
+                    n.ctime = *time;
                 }
             }
             Record::Unlink {
@@ -613,9 +613,15 @@ impl Tree {
         if dst == Some(src) {
             return; // same inode: POSIX says do nothing
         }
+        // directories whose entries change get mtime+ctime; moved inodes ctime only
         let touch = |t: &mut Tree, ino: u64| {
             if let Some(d) = t.inodes.get_mut(&ino) {
                 d.mtime = time;
+                d.ctime = time;
+            }
+        };
+        let touch_c = |t: &mut Tree, ino: u64| {
+            if let Some(d) = t.inodes.get_mut(&ino) {
                 d.ctime = time;
             }
         };
@@ -646,8 +652,11 @@ impl Tree {
             }
             reparent(self, src, parent, new_parent);
             reparent(self, dst, new_parent, parent);
-            for i in [parent, new_parent, src, dst] {
+            for i in [parent, new_parent] {
                 touch(self, i);
+            }
+            for i in [src, dst] {
+                touch_c(self, i);
             }
             return;
         }
@@ -664,9 +673,10 @@ impl Tree {
             d.entries.insert(new_name.to_vec(), src);
         }
         reparent(self, src, parent, new_parent);
-        for i in [parent, new_parent, src] {
+        for i in [parent, new_parent] {
             touch(self, i);
         }
+        touch_c(self, src);
     }
 
     /// Set a file's size: drop chunk slots past the end, clamp the last
@@ -750,6 +760,7 @@ mod tests {
             ino: f,
             parent: ROOT_INO,
             name: b"b".to_vec(),
+            time: 2,
         })
         .unwrap();
         assert_eq!(t.get(f).unwrap().nlink, 2);

@@ -146,17 +146,7 @@ impl Vfs {
             ino,
             parent,
             name: name.to_vec(),
-        })?;
-        // link changes the inode's ctime
-        self.apply(Record::SetAttr {
-            ino,
-            perm: None,
-            uid: None,
-            gid: None,
-            size: None,
-            atime: None,
-            mtime: None,
-            ctime: now(),
+            time: now(),
         })?;
         self.getattr(ino)
     }
