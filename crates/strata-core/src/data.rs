@@ -488,6 +488,9 @@ impl Vault {
 
     /// Fetch and decrypt plaintext bytes `a..b` of a chunk's blob.
     async fn fetch_blob_range(&self, c: &ChunkRef, a: u64, b: u64) -> VaultResult<Vec<u8>> {
+        if let Some(cache) = self.read_cache.get() {
+            return self.fetch_blob_range_cached(cache, c, a, b).await;
+        }
         let key = blob_key(&c.id);
         let blob_len = u64::from(c.blob_len);
         let hint = "run `strata check` to list affected files";

@@ -122,13 +122,8 @@ impl VaultError {
 
     /// Attach the vault path of the file a data error belongs to.
     pub fn in_file(mut self, path: &str) -> Self {
-        match &mut self {
-            VaultError::Corrupt { file, .. } | VaultError::Missing { file, .. } => {
-                if file.is_none() {
-                    *file = Some(path.to_string());
-                }
-            }
-            _ => {}
+        if let VaultError::Corrupt { file, .. } | VaultError::Missing { file, .. } = &mut self {
+            file.get_or_insert_with(|| path.to_string());
         }
         self
     }

@@ -11,7 +11,8 @@
 //!   log, checkpointing, rollback detection;
 //! - [`data`]: file contents — chunking, deduplicated uploads, segment-granular
 //!   reads;
-//! - [`maint`]: `info`, `gc` and `check`.
+//! - [`maint`]: `info`, `gc` and `check`;
+//! - [`readcache`]: the on-disk ciphertext cache and read-ahead of a mount.
 //!
 //! Data flows one way: front ends → core → crypto / store.
 
@@ -19,6 +20,7 @@ pub mod data;
 pub mod error;
 pub mod format;
 pub mod maint;
+pub mod readcache;
 pub mod record;
 pub mod state;
 pub mod tree;

@@ -303,7 +303,9 @@ impl Tree {
                     return Err(ApplyError::Invalid);
                 }
             }
-            Record::Link { ino, parent, name, .. } => {
+            Record::Link {
+                ino, parent, name, ..
+            } => {
                 valid_name(name)?;
                 let d = self.dir(*parent)?;
                 if d.entries.contains_key(name) {
@@ -434,7 +436,12 @@ impl Tree {
                 name,
                 attr,
             } => self.apply_create(*ino, *parent, name, attr),
-            Record::Link { ino, parent, name, time } => {
+            Record::Link {
+                ino,
+                parent,
+                name,
+                time,
+            } => {
                 if let Some(d) = self.inodes.get_mut(parent) {
                     d.entries.insert(name.clone(), *ino);
                     d.mtime = *time;

@@ -110,6 +110,8 @@ pub struct Vault {
     /// Writers hold it shared while uploading+referencing blobs; blob deletion
     /// takes it exclusively (so a blob is never deleted under a writer).
     pub(crate) data_lock: Arc<tokio::sync::RwLock<()>>,
+    /// Local cache for data reads (set once, by a mount; see `readcache`).
+    pub(crate) read_cache: std::sync::OnceLock<Arc<crate::readcache::ReadCache>>,
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -262,6 +264,7 @@ impl Vault {
             }),
             commit_lock: tokio::sync::Mutex::new(()),
             data_lock: Arc::new(tokio::sync::RwLock::new(())),
+            read_cache: std::sync::OnceLock::new(),
         }
     }
 
@@ -358,7 +361,9 @@ impl Vault {
                 return Err(VaultError::Fork { version });
             }
         }
-        let v = Vault::assemble(store, header, vault_id, keys, tree, version, head, cv, writer_seq, opts);
+        let v = Vault::assemble(
+            store, header, vault_id, keys, tree, version, head, cv, writer_seq, opts,
+        );
         lock(&v.inner).records_since_checkpoint = records;
         v.save_seen()?;
         debug!(version, checkpoint = cv, "opened vault");
@@ -445,7 +450,6 @@ impl Vault {
         g.pending_first_seq + g.pending.len() as u64
     }
 
-
     /// Make every applied record durable in the store. Afterwards, deletes
     /// blobs that lost their last reference, and checkpoints when due.
     pub async fn commit(&self) -> VaultResult<()> {
@@ -519,7 +523,13 @@ impl Vault {
                 time: now(),
                 records: batch,
             })?;
-            let bytes = Bytes::from(meta::seal_log(&self.keys, &self.vault_id, version, &body, max)?);
+            let bytes = Bytes::from(meta::seal_log(
+                &self.keys,
+                &self.vault_id,
+                version,
+                &body,
+                max,
+            )?);
             head = meta::object_hash(&bytes);
             staged.push(StagedLog {
                 version,
@@ -553,7 +563,8 @@ impl Vault {
             store: self.store_name.clone(),
             op: "put",
             key: Some(key),
-            message: "another writer committed this metadata version first; reopen the vault".into(),
+            message: "another writer committed this metadata version first; reopen the vault"
+                .into(),
         }))
     }
 

@@ -678,7 +678,7 @@ async fn crash_between_blob_upload_and_log_commit() {
     assert!(v.commit().await.is_err(), "still failing");
     assert_eq!(v.uncommitted_records(), 3);
     drop(v); // the process dies with the log unsent
-    // Reopen: consistent, without the uncommitted file; gc removes orphans.
+             // Reopen: consistent, without the uncommitted file; gc removes orphans.
     let v = reopen(&e).await.unwrap();
     assert_eq!(
         get(&v, "/kept").await.unwrap(),
@@ -727,7 +727,12 @@ async fn failed_commit_is_resent_when_the_store_recovers() {
     assert_eq!(seq, 3);
     drop(v);
     let v = reopen(&e).await.unwrap();
-    let names: Vec<_> = v.list_dir("/").unwrap().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<_> = v
+        .list_dir("/")
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(names, vec![b"d1".to_vec(), b"d2".to_vec(), b"d3".to_vec()]);
     assert_eq!(v.writer_seq(), seq);
 }

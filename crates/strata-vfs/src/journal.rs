@@ -52,7 +52,9 @@ fn parse(bytes: &[u8]) -> (Vec<(u64, Record)>, usize) {
         let mut l = [0u8; 4];
         l.copy_from_slice(&bytes[pos..pos + 4]);
         let len = u32::from_le_bytes(l) as usize;
-        let Some(end) = (pos + 12).checked_add(len).filter(|e| *e <= bytes.len()) else { break };
+        let Some(end) = (pos + 12).checked_add(len).filter(|e| *e <= bytes.len()) else {
+            break;
+        };
         let payload = &bytes[pos + 12..end];
         if bytes[pos + 4..pos + 12] != check(payload) {
             break;
@@ -71,7 +73,11 @@ impl Journal {
     /// holds. A damaged tail is cut off.
     pub fn open(dir: &Path) -> std::io::Result<(Journal, Vec<(u64, Record)>)> {
         let path = dir.join(NAME);
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let (entries, valid) = parse(&bytes);
@@ -200,7 +206,10 @@ mod tests {
         f.write_all(&[9, 0, 0, 0, 1, 2, 3]).unwrap();
         drop(f);
         let (mut j, e) = Journal::open(d.path()).unwrap();
-        assert_eq!(e.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            e.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
         assert_eq!(j.max_seq, 5);
         j.append(6, &rec(6)).unwrap();
         drop(j);

@@ -251,9 +251,10 @@ impl Vfs {
     /// orphaned inodes. Start the background uploader with [`Vfs::start`].
     pub fn new(vault: Arc<Vault>, opts: VfsOptions) -> Result<Arc<Vfs>, String> {
         let dir = &opts.cache_dir;
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create cache directory {}: {e}", dir.display()))?;
-        let (mut journal, entries) =
-            Journal::open(dir).map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create cache directory {}: {e}", dir.display()))?;
+        let (mut journal, entries) = Journal::open(dir)
+            .map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
         let have = vault.writer_seq();
         let mut replayed = Vec::new();
         let mut skipped = 0;
@@ -270,12 +271,16 @@ impl Vfs {
             }
         }
         if !replayed.is_empty() || skipped > 0 {
-            info!(replayed = replayed.len(), skipped, "replayed the local journal");
+            info!(
+                replayed = replayed.len(),
+                skipped, "replayed the local journal"
+            );
         }
         journal
             .rewrite(&replayed)
             .map_err(|e| format!("cannot rewrite the journal in {}: {e}", dir.display()))?;
-        let wb = WriteBack::open(dir.join("dirty")).map_err(|e| format!("cannot open the write-back cache: {e}"))?;
+        let wb = WriteBack::open(dir.join("dirty"))
+            .map_err(|e| format!("cannot open the write-back cache: {e}"))?;
         let vfs = Arc::new(Vfs {
             vault,
             opts,
@@ -293,8 +298,9 @@ impl Vfs {
         vfs.wb.recover(&vfs.vault);
         if !vfs.opts.read_only {
             // Inodes unlinked while open in an earlier session are unreachable now.
-            let orphans: Vec<u64> =
-                vfs.vault.with_tree(|t| t.inodes().filter(|n| n.nlink == 0).map(|n| n.ino).collect());
+            let orphans: Vec<u64> = vfs
+                .vault
+                .with_tree(|t| t.inodes().filter(|n| n.nlink == 0).map(|n| n.ino).collect());
             for ino in orphans {
                 let _ = vfs.apply(Record::Forget { ino });
                 vfs.wb.drop_inode(ino);
@@ -327,8 +333,11 @@ impl Vfs {
 
     /// Make every journaled record durable on local disk.
     pub(crate) fn sync_journal(&self) -> VfsResult<()> {
-        let h = lock(&self.journal).sync_handle().map_err(|e| io_errno(e, "journal"))?;
-        tokio::task::block_in_place(|| h.sync()).map_err(|e| io_errno(e, "syncing the local journal"))
+        let h = lock(&self.journal)
+            .sync_handle()
+            .map_err(|e| io_errno(e, "journal"))?;
+        tokio::task::block_in_place(|| h.sync())
+            .map_err(|e| io_errno(e, "syncing the local journal"))
     }
 
     pub(crate) fn note_error(&self, msg: String) {

@@ -89,7 +89,11 @@ impl Vfs {
         gid: u32,
         target: Option<&[u8]>,
     ) -> VfsResult<Attr> {
-        let kind = if target.is_some() { Kind::Symlink } else { kind_from_mode(mode)? };
+        let kind = if target.is_some() {
+            Kind::Symlink
+        } else {
+            kind_from_mode(mode)?
+        };
         let p = self.node(parent)?;
         if p.kind != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
@@ -120,10 +124,18 @@ impl Vfs {
                 perm,
                 uid,
                 gid,
-                rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) { rdev } else { 0 },
+                rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+                    rdev
+                } else {
+                    0
+                },
                 time: now(),
                 target: target.map(|t| t.to_vec()),
-                chunk_size: if kind == Kind::File { self.vault.chunk_size() } else { 0 },
+                chunk_size: if kind == Kind::File {
+                    self.vault.chunk_size()
+                } else {
+                    0
+                },
             },
         })?;
         self.getattr(ino)
@@ -194,7 +206,14 @@ impl Vfs {
     }
 
     /// rename(2) / renameat2(2) with RENAME_NOREPLACE and RENAME_EXCHANGE.
-    pub fn rename(&self, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> VfsResult<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> VfsResult<()> {
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
             || flags & RENAME_NOREPLACE != 0 && flags & RENAME_EXCHANGE != 0
         {
@@ -212,7 +231,11 @@ impl Vfs {
             if flags == 0 && d != src {
                 let dn = self.node(d)?;
                 let sn = self.node(src)?;
-                if dn.kind != Kind::Dir && sn.kind != Kind::Dir && self.open_count(d) > 0 && dn.nlink == 1 {
+                if dn.kind != Kind::Dir
+                    && sn.kind != Kind::Dir
+                    && self.open_count(d) > 0
+                    && dn.nlink == 1
+                {
                     self.remove_entry(new_parent, new_name, d)?;
                 }
             }
@@ -243,7 +266,11 @@ impl Vfs {
                 _ => return Err(Errno(libc::EINVAL)),
             }
         }
-        let any = s.mode.is_some() || s.uid.is_some() || s.gid.is_some() || s.atime.is_some() || s.mtime.is_some();
+        let any = s.mode.is_some()
+            || s.uid.is_some()
+            || s.gid.is_some()
+            || s.atime.is_some()
+            || s.mtime.is_some();
         if any {
             // chown by root clears setuid/setgid like Linux does for regular files
             let mut perm = s.mode.map(|m| m & 0o7777);
@@ -278,19 +305,45 @@ impl Vfs {
     /// Open a file: returns a handle number. Counts opens for unlink-while-open.
     pub async fn open(&self, ino: u64, truncate: bool) -> VfsResult<u64> {
         let n = self.node(ino)?;
-        if truncate && n.kind == Kind::File && (n.size > 0 || self.wb.overlay_attr(ino).is_some_and(|a| a.0 > 0)) {
+        if truncate
+            && n.kind == Kind::File
+            && (n.size > 0 || self.wb.overlay_attr(ino).is_some_and(|a| a.0 > 0))
+        {
             self.truncate(&n, 0, now()).await?;
         }
         *lock(&self.open).entry(ino).or_default() += 1;
-        Ok(self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        Ok(self
+            .next_fh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Create and open a regular file.
     #[allow(clippy::too_many_arguments)]
-    pub fn create(&self, parent: u64, name: &[u8], mode: u32, umask: u32, uid: u32, gid: u32) -> VfsResult<(Attr, u64)> {
-        let a = self.mknod(parent, name, libc::S_IFREG | (mode & 0o7777), umask, 0, uid, gid, None)?;
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        uid: u32,
+        gid: u32,
+    ) -> VfsResult<(Attr, u64)> {
+        let a = self.mknod(
+            parent,
+            name,
+            libc::S_IFREG | (mode & 0o7777),
+            umask,
+            0,
+            uid,
+            gid,
+            None,
+        )?;
         *lock(&self.open).entry(a.ino).or_default() += 1;
-        Ok((a, self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))
+        Ok((
+            a,
+            self.next_fh
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ))
     }
 
     /// Last close of a handle: an unlinked file goes away when no handle is left.
@@ -365,9 +418,12 @@ impl Vfs {
     /// capacity (1 PiB) minus what is used.
     pub fn statfs(&self) -> StatFs {
         let bsize = 4096u64;
-        let (used, files) = self
-            .vault
-            .with_tree(|t| (t.inodes().map(|n| n.size.div_ceil(bsize)).sum::<u64>(), t.len() as u64));
+        let (used, files) = self.vault.with_tree(|t| {
+            (
+                t.inodes().map(|n| n.size.div_ceil(bsize)).sum::<u64>(),
+                t.len() as u64,
+            )
+        });
         let blocks = (1u64 << 50) / bsize;
         StatFs {
             blocks,

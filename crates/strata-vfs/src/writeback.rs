@@ -88,7 +88,9 @@ impl WriteBack {
     /// Re-register chunk files left by an earlier session (after the journal
     /// was replayed, so the tree knows every file and its flushed size).
     pub(crate) fn recover(&self, vault: &Vault) {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
         let mut found = 0u64;
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
@@ -100,7 +102,9 @@ impl WriteBack {
                 let _ = std::fs::remove_file(&path); // temp file of an interrupted fill
                 continue;
             };
-            let node = vault.inode(ino).filter(|n| n.kind == Kind::File && n.chunk_size > 0);
+            let node = vault
+                .inode(ino)
+                .filter(|n| n.kind == Kind::File && n.chunk_size > 0);
             let Some(node) = node else {
                 let _ = std::fs::remove_file(&path);
                 continue;
@@ -141,7 +145,10 @@ impl WriteBack {
             found += 1;
         }
         if found > 0 {
-            info!(chunks = found, "resuming uploads of dirty chunks from the previous session");
+            info!(
+                chunks = found,
+                "resuming uploads of dirty chunks from the previous session"
+            );
         }
     }
 
@@ -169,14 +176,19 @@ impl WriteBack {
     /// Forget an inode's dirty data (deleted file).
     pub(crate) fn drop_inode(&self, ino: u64) {
         lock(&self.attrs).remove(&ino);
-        let Some(ov) = lock(&self.overlays).remove(&ino) else { return };
+        let Some(ov) = lock(&self.overlays).remove(&ino) else {
+            return;
+        };
         let chunks: Vec<(u64, u64)> = match ov.try_read() {
             Ok(o) => o.chunks.iter().map(|(ci, c)| (*ci, c.len)).collect(),
             Err(_) => Vec::new(),
         };
         for (ci, len) in chunks {
             let _ = std::fs::remove_file(self.path(ino, ci));
-            self.bytes.fetch_sub(len.min(self.bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+            self.bytes.fetch_sub(
+                len.min(self.bytes.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -214,7 +226,9 @@ impl WriteBack {
             let d = old - new;
             let _ = self
                 .bytes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(d)));
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(d))
+                });
         }
     }
 }
@@ -227,7 +241,10 @@ fn block<T>(f: impl FnOnce() -> T) -> T {
 fn committed_len(node: &Inode, ci: u64) -> u64 {
     let cs = u64::from(node.chunk_size);
     let start = ci * cs;
-    let slot = usize::try_from(ci).ok().and_then(|i| node.chunks.get(i).copied()).flatten();
+    let slot = usize::try_from(ci)
+        .ok()
+        .and_then(|i| node.chunks.get(i).copied())
+        .flatten();
     match slot {
         Some(c) => u64::from(c.len).min(node.size.saturating_sub(start)),
         None => 0,
@@ -247,7 +264,9 @@ impl Vfs {
                 chunks: BTreeMap::new(),
             });
             let g = ov.clone().write_owned().await;
-            let current = crate::lock(&self.wb.overlays).get(&node.ino).is_some_and(|c| Arc::ptr_eq(c, &ov));
+            let current = crate::lock(&self.wb.overlays)
+                .get(&node.ino)
+                .is_some_and(|c| Arc::ptr_eq(c, &ov));
             if current {
                 return g;
             }
@@ -265,7 +284,8 @@ impl Vfs {
                 warned = true;
             }
             self.wake.notify_one();
-            let _ = tokio::time::timeout(Duration::from_millis(200), self.progress.notified()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), self.progress.notified()).await;
         }
     }
 
@@ -296,6 +316,8 @@ impl Vfs {
     }
 
     /// Write `data` at `offset` of file `ino`.
+    // the entry API cannot hold the map across the fill's await
+    #[allow(clippy::map_entry)]
     pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
         if self.opts.read_only {
             return Err(Errno(libc::EROFS));
@@ -307,7 +329,9 @@ impl Vfs {
         if data.is_empty() {
             return Ok(0);
         }
-        let end = offset.checked_add(data.len() as u64).ok_or(Errno(libc::EFBIG))?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(Errno(libc::EFBIG))?;
         self.wait_for_space().await;
         let mut o = self.lock_overlay(&node).await;
         // the tree may have changed while we waited for the lock
@@ -446,8 +470,13 @@ impl Vfs {
             if let Some(c) = o.chunks.get_mut(&last) {
                 if c.len > valid {
                     let path = self.wb.path(node.ino, last);
-                    block(|| OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(valid)))
-                        .map_err(|e| io_errno(e, "truncating a cache file"))?;
+                    block(|| {
+                        OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .and_then(|f| f.set_len(valid))
+                    })
+                    .map_err(|e| io_errno(e, "truncating a cache file"))?;
                     self.wb.add_bytes(c.len, valid);
                     c.len = valid;
                     c.gen += 1;
@@ -468,9 +497,10 @@ impl Vfs {
     /// Remove an overlay that holds nothing.
     fn forget_clean_overlay(&self, ino: u64) {
         let mut m = crate::lock(&self.wb.overlays);
-        let clean = m
-            .get(&ino)
-            .is_some_and(|ov| ov.try_read().is_ok_and(|o| o.chunks.is_empty() && !o.attr_dirty));
+        let clean = m.get(&ino).is_some_and(|ov| {
+            ov.try_read()
+                .is_ok_and(|o| o.chunks.is_empty() && !o.attr_dirty)
+        });
         if clean {
             m.remove(&ino);
             crate::lock(&self.wb.attrs).remove(&ino);
@@ -480,7 +510,9 @@ impl Vfs {
     /// Put the overlay's size/mtime into the tree (journaled). Called on
     /// flush/fsync so a crash never loses the size of closed files.
     pub(crate) async fn flush_attr(&self, ino: u64) -> VfsResult<()> {
-        let Some(ov) = self.wb.get(ino) else { return Ok(()) };
+        let Some(ov) = self.wb.get(ino) else {
+            return Ok(());
+        };
         let mut o = ov.write().await;
         if !o.attr_dirty {
             return Ok(());
@@ -550,11 +582,17 @@ impl Vfs {
     /// Upload every dirty chunk of `ino` (waiting for ones in flight).
     async fn upload_file_now(&self, ino: u64) -> VfsResult<()> {
         loop {
-            let Some(ov) = self.wb.get(ino) else { return Ok(()) };
+            let Some(ov) = self.wb.get(ino) else {
+                return Ok(());
+            };
             let (todo, busy) = {
                 let o = ov.read().await;
-                let todo: Vec<u64> =
-                    o.chunks.iter().filter(|(_, c)| c.is_dirty() && !c.uploading).map(|(k, _)| *k).collect();
+                let todo: Vec<u64> = o
+                    .chunks
+                    .iter()
+                    .filter(|(_, c)| c.is_dirty() && !c.uploading)
+                    .map(|(k, _)| *k)
+                    .collect();
                 let busy = o.chunks.values().any(|c| c.uploading);
                 (todo, busy)
             };
@@ -571,26 +609,35 @@ impl Vfs {
                     r?;
                 }
             } else {
-                let _ = tokio::time::timeout(Duration::from_millis(50), self.progress.notified()).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(50), self.progress.notified()).await;
             }
         }
     }
 
     /// Upload one chunk and, if it did not change meanwhile, reference it.
     async fn upload_chunk(&self, ino: u64, ci: u64) -> VfsResult<()> {
-        let Some(ov) = self.wb.get(ino) else { return Ok(()) };
+        let Some(ov) = self.wb.get(ino) else {
+            return Ok(());
+        };
         let (gen, len) = {
             let mut o = ov.write().await;
-            let Some(c) = o.chunks.get_mut(&ci) else { return Ok(()) };
+            let Some(c) = o.chunks.get_mut(&ci) else {
+                return Ok(());
+            };
             if c.uploading || !c.is_dirty() {
                 return Ok(());
             }
             c.uploading = true;
             (c.gen, c.len)
         };
-        self.counters.uploads_in_flight.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .uploads_in_flight
+            .fetch_add(1, Ordering::Relaxed);
         let res = self.upload_chunk_inner(&ov, ino, ci, gen, len).await;
-        self.counters.uploads_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .uploads_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
         if let Some(c) = ov.write().await.chunks.get_mut(&ci) {
             c.uploading = false;
         }
@@ -598,7 +645,14 @@ impl Vfs {
         res
     }
 
-    async fn upload_chunk_inner(&self, ov: &OverlayRef, ino: u64, ci: u64, gen: u64, len: u64) -> VfsResult<()> {
+    async fn upload_chunk_inner(
+        &self,
+        ov: &OverlayRef,
+        ino: u64,
+        ci: u64,
+        gen: u64,
+        len: u64,
+    ) -> VfsResult<()> {
         let path = self.wb.path(ino, ci);
         let mut data = vec![0u8; len as usize];
         block(|| File::open(&path).and_then(|f| f.read_exact_at(&mut data, 0)))
@@ -614,11 +668,15 @@ impl Vfs {
         let mut o = ov.write().await;
         let size = o.size;
         let mtime = o.mtime;
-        let Some(c) = o.chunks.get_mut(&ci) else { return Ok(()) };
+        let Some(c) = o.chunks.get_mut(&ci) else {
+            return Ok(());
+        };
         if c.gen != gen {
             return Ok(()); // rewritten meanwhile: stays dirty, uploaded again later
         }
-        let Some(node) = self.vault.inode(ino) else { return Ok(()) };
+        let Some(node) = self.vault.inode(ino) else {
+            return Ok(());
+        };
         let size = size.max(node.size);
         let seq = self.apply(Record::SetChunks {
             ino,
@@ -628,8 +686,12 @@ impl Vfs {
             mtime,
         })?;
         c.uploaded = Some((gen, seq));
-        self.counters.chunks_uploaded.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
+        self.counters
+            .chunks_uploaded
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_uploaded
+            .fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
 
@@ -651,14 +713,18 @@ impl Vfs {
     /// Drop chunk files whose upload the store now has; compact the journal.
     async fn after_commit(&self) {
         let committed = self.vault.writer_seq();
-        let ovs: Vec<(u64, OverlayRef)> =
-            crate::lock(&self.wb.overlays).iter().map(|(k, v)| (*k, v.clone())).collect();
+        let ovs: Vec<(u64, OverlayRef)> = crate::lock(&self.wb.overlays)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         for (ino, ov) in ovs {
             let mut o = ov.write().await;
             let done: Vec<u64> = o
                 .chunks
                 .iter()
-                .filter(|(_, c)| !c.uploading && !c.is_dirty() && c.uploaded.is_some_and(|u| u.1 <= committed))
+                .filter(|(_, c)| {
+                    !c.uploading && !c.is_dirty() && c.uploaded.is_some_and(|u| u.1 <= committed)
+                })
                 .map(|(k, _)| *k)
                 .collect();
             for ci in done {
@@ -731,12 +797,18 @@ impl Vfs {
 
     /// Chunks ready for upload: idle long enough, full, or everything when forced.
     async fn due_chunks(&self, force: bool) -> Vec<(u64, u64)> {
-        let ovs: Vec<(u64, OverlayRef)> =
-            crate::lock(&self.wb.overlays).iter().map(|(k, v)| (*k, v.clone())).collect();
+        let ovs: Vec<(u64, OverlayRef)> = crate::lock(&self.wb.overlays)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         let mut due = Vec::new();
         for (ino, ov) in ovs {
             let Ok(o) = ov.try_read() else { continue };
-            let cs = self.vault.inode(ino).map(|n| u64::from(n.chunk_size)).unwrap_or(u64::MAX);
+            let cs = self
+                .vault
+                .inode(ino)
+                .map(|n| u64::from(n.chunk_size))
+                .unwrap_or(u64::MAX);
             for (ci, c) in &o.chunks {
                 if c.is_dirty()
                     && !c.uploading
@@ -760,7 +832,11 @@ impl Vfs {
 
     /// Upload and commit everything (unmount). Calls `report` with the
     /// remaining dirty bytes while it works; gives up after `timeout`.
-    pub async fn shutdown(&self, timeout: Duration, report: impl Fn(u64, u64)) -> Result<(), String> {
+    pub async fn shutdown(
+        &self,
+        timeout: Duration,
+        report: impl Fn(u64, u64),
+    ) -> Result<(), String> {
         let inos: Vec<u64> = crate::lock(&self.wb.overlays).keys().copied().collect();
         for ino in inos {
             if let Err(e) = self.flush_attr(ino).await {
@@ -784,7 +860,8 @@ impl Vfs {
                 ));
             }
             self.wake.notify_one();
-            let _ = tokio::time::timeout(Duration::from_millis(500), self.progress.notified()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(500), self.progress.notified()).await;
         }
     }
 }

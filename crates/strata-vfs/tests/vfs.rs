@@ -26,7 +26,10 @@ struct Env {
 
 impl Env {
     async fn new(query: &str, chunk: u32) -> Env {
-        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn")
+            .try_init();
         let n = N.fetch_add(1, Ordering::SeqCst);
         let e = Env {
             url: format!("memory://vfs-{}-{n}{query}", std::process::id()),
@@ -61,7 +64,10 @@ impl Env {
         (v, m)
     }
 
-    async fn mount_with(&self, delay: Duration) -> (Arc<Vfs>, Metrics, tokio::task::JoinHandle<()>) {
+    async fn mount_with(
+        &self,
+        delay: Duration,
+    ) -> (Arc<Vfs>, Metrics, tokio::task::JoinHandle<()>) {
         let (store, metrics): (DynStore, Metrics) = open_url(&self.url).unwrap();
         let vault = Arc::new(Vault::open(store, PW, self.open_opts()).await.unwrap());
         let mut o = VfsOptions::new(self.cache.path().to_path_buf());
@@ -74,7 +80,9 @@ impl Env {
 }
 
 async fn unmount(v: Arc<Vfs>) {
-    v.shutdown(Duration::from_secs(60), |_, _| {}).await.unwrap();
+    v.shutdown(Duration::from_secs(60), |_, _| {})
+        .await
+        .unwrap();
 }
 
 /// Compare contents with a short message (first difference) instead of a
@@ -83,7 +91,11 @@ async fn unmount(v: Arc<Vfs>) {
 fn same(got: &[u8], want: &[u8], what: &str) {
     if got != want {
         let first = got.iter().zip(want).position(|(a, b)| a != b);
-        panic!("{what}: got {} bytes, want {}; first difference at {first:?}", got.len(), want.len());
+        panic!(
+            "{what}: got {} bytes, want {}; first difference at {first:?}",
+            got.len(),
+            want.len()
+        );
     }
 }
 
@@ -113,7 +125,9 @@ async fn model_based_random_operations_across_remounts() {
                     let ino = if exists {
                         v.lookup(ROOT_INO, nm.as_bytes()).unwrap().ino
                     } else {
-                        let (a, _fh) = v.create(ROOT_INO, nm.as_bytes(), 0o644, 0o022, 0, 0).unwrap();
+                        let (a, _fh) = v
+                            .create(ROOT_INO, nm.as_bytes(), 0o644, 0o022, 0, 0)
+                            .unwrap();
                         v.release(a.ino).await.unwrap();
                         model.insert(nm.clone(), Vec::new());
                         a.ino
@@ -136,12 +150,21 @@ async fn model_based_random_operations_across_remounts() {
                     let ino = v.lookup(ROOT_INO, nm.as_bytes()).unwrap().ino;
                     let m = model.get_mut(nm).unwrap();
                     let size = rng.gen_range(0..(m.len() as u64 * 2 + 10));
-                    v.setattr(ino, SetAttr { size: Some(size), ..Default::default() }).await.unwrap();
+                    v.setattr(
+                        ino,
+                        SetAttr {
+                            size: Some(size),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
                     m.resize(size as usize, 0);
                 }
                 5 if exists => {
                     let to = &names[rng.gen_range(0..names.len())];
-                    v.rename(ROOT_INO, nm.as_bytes(), ROOT_INO, to.as_bytes(), 0).unwrap();
+                    v.rename(ROOT_INO, nm.as_bytes(), ROOT_INO, to.as_bytes(), 0)
+                        .unwrap();
                     let c = model.remove(nm).unwrap();
                     model.insert(to.clone(), c);
                 }
@@ -167,19 +190,29 @@ async fn model_based_random_operations_across_remounts() {
                             m.resize(6, 0);
                         }
                         m[..6].copy_from_slice(b"LINKED");
-                        assert_eq!(read_all(&v, v.lookup(ROOT_INO, to.as_bytes()).unwrap().ino).await, *m);
+                        assert_eq!(
+                            read_all(&v, v.lookup(ROOT_INO, to.as_bytes()).unwrap().ino).await,
+                            *m
+                        );
                         v.unlink(ROOT_INO, to.as_bytes()).unwrap();
                     }
                 }
                 8 => {
-                    if let Some(ino) = model.get(nm).map(|_| v.lookup(ROOT_INO, nm.as_bytes()).unwrap().ino) {
+                    if let Some(ino) = model
+                        .get(nm)
+                        .map(|_| v.lookup(ROOT_INO, nm.as_bytes()).unwrap().ino)
+                    {
                         v.fsync(ino).await.unwrap();
                     }
                 }
                 _ => {
                     for (n, c) in &model {
                         let ino = v.lookup(ROOT_INO, n.as_bytes()).unwrap().ino;
-                        same(&read_all(&v, ino).await, c, &format!("round {round} file {n}"));
+                        same(
+                            &read_all(&v, ino).await,
+                            c,
+                            &format!("round {round} file {n}"),
+                        );
                     }
                 }
             }
@@ -204,11 +237,19 @@ async fn model_based_random_operations_across_remounts() {
             .into_iter()
             .map(|d| String::from_utf8(d.name).unwrap())
             .collect();
-        assert_eq!(listed, model.keys().cloned().collect::<Vec<_>>(), "round {round}");
+        assert_eq!(
+            listed,
+            model.keys().cloned().collect::<Vec<_>>(),
+            "round {round}"
+        );
         for (n, c) in &model {
             let ino = v.lookup(ROOT_INO, n.as_bytes()).unwrap().ino;
             assert_eq!(v.getattr(ino).unwrap().size, c.len() as u64);
-            same(&read_all(&v, ino).await, c, &format!("round {round} file {n} after remount"));
+            same(
+                &read_all(&v, ino).await,
+                c,
+                &format!("round {round} file {n} after remount"),
+            );
         }
         unmount(v).await;
     }
@@ -220,7 +261,9 @@ async fn crash_recovery_replays_journal_and_dirty_chunks() {
     // nothing gets uploaded or committed before the "crash"
     let (v, metrics, uploader) = e.mount_with(Duration::from_secs(3600)).await;
     let base = metrics.snapshot();
-    let d = v.mknod(ROOT_INO, b"dir", libc::S_IFDIR | 0o755, 0, 0, 0, 0, None).unwrap();
+    let d = v
+        .mknod(ROOT_INO, b"dir", libc::S_IFDIR | 0o755, 0, 0, 0, 0, None)
+        .unwrap();
     let (a, _) = v.create(d.ino, b"closed.bin", 0o600, 0, 0, 0).unwrap();
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     v.write(a.ino, 0, &data).await.unwrap();
@@ -254,12 +297,19 @@ async fn crash_recovery_replays_journal_and_dirty_chunks() {
     let v = Vfs::new(vault, VfsOptions::new(fresh.path().to_path_buf())).unwrap();
     let a3 = v.lookup(d.ino, b"closed.bin").unwrap();
     assert_eq!(read_all(&v, a3.ino).await, data);
-    assert!(dirty_files(e.cache.path()).is_empty(), "cache drained after unmount");
+    assert!(
+        dirty_files(e.cache.path()).is_empty(),
+        "cache drained after unmount"
+    );
 }
 
 fn dirty_files(cache: &Path) -> Vec<String> {
     std::fs::read_dir(strata_vfs::writeback::dirty_dir(cache))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -292,7 +342,9 @@ async fn random_writes_reupload_only_touched_chunks_on_a_primitive_store() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     rng.fill(&mut model[..]);
     for off in (0..size).step_by(1 << 20) {
-        v.write(a.ino, off, &model[off as usize..(off + (1 << 20)) as usize]).await.unwrap();
+        v.write(a.ino, off, &model[off as usize..(off + (1 << 20)) as usize])
+            .await
+            .unwrap();
     }
     v.fsync(a.ino).await.unwrap();
     let before = metrics.snapshot();

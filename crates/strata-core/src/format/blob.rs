@@ -183,7 +183,7 @@ mod tests {
         let mib = 1 << 20;
         assert_eq!(chunk_size_for(4 * mib, None), Some(4 * mib));
         let c = chunk_size_for(4 * mib, Some(mib)).unwrap();
-        assert!(c % SEGMENT == 0 && sealed_len(c) <= mib && sealed_len(c + SEGMENT) > mib);
+        assert!(c.is_multiple_of(SEGMENT) && sealed_len(c) <= mib && sealed_len(c + SEGMENT) > mib);
         assert!(stored_len(c, Some(mib)) <= mib);
         assert_eq!(chunk_size_for(4 * mib, Some(1000)), None);
     }
