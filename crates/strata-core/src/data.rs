@@ -65,6 +65,9 @@ pub fn apply_error(e: ApplyError, path: &str) -> VaultError {
             path,
             why: format!("a name is longer than {} bytes", crate::tree::NAME_MAX),
         },
+        ApplyError::TooLarge => VaultError::Invalid(format!(
+            "{path}: the change is too large for one metadata object of this store (raise max-object-size)"
+        )),
         ApplyError::Invalid => VaultError::InvalidPath {
             path,
             why: "not allowed here (moving a directory into itself, or a reserved name)".into(),
@@ -342,26 +345,25 @@ impl Vault {
         }
         let _data = self.data_lock.read().await;
         let (chunks, size) = self.upload_stream(reader, path, progress).await?;
+        let mut records = Vec::with_capacity(4 + chunks.len() / CHUNKS_PER_RECORD);
         if existing.is_some() {
-            self.apply(Record::Unlink {
+            records.push(Record::Unlink {
                 parent,
                 name: name.clone(),
                 keep_orphan: false,
                 time: now(),
-            })
-            .map_err(|e| apply_error(e, path))?;
+            });
         }
         let ino = self.alloc_ino();
         let mut attr = self.new_inode(Kind::File, meta.perm, None);
         attr.uid = meta.uid;
         attr.gid = meta.gid;
-        self.apply(Record::Create {
+        records.push(Record::Create {
             ino,
             parent,
             name,
             attr,
-        })
-        .map_err(|e| apply_error(e, path))?;
+        });
         let t = now();
         let n = chunks.len();
         for (i, group) in chunks.chunks(CHUNKS_PER_RECORD).enumerate() {
@@ -372,29 +374,15 @@ impl Vault {
             } else {
                 ((first + group.len()) as u64) * u64::from(self.chunk_size)
             };
-            self.apply(Record::SetChunks {
+            records.push(Record::SetChunks {
                 ino,
                 first: first as u64,
                 chunks: group.to_vec(),
                 size: sz,
                 mtime: t,
-            })
-            .map_err(|e| apply_error(e, path))?;
+            });
         }
-        if n == 0 && size > 0 {
-            self.apply(Record::SetAttr {
-                ino,
-                perm: None,
-                uid: None,
-                gid: None,
-                size: Some(size),
-                atime: None,
-                mtime: None,
-                ctime: t,
-            })
-            .map_err(|e| apply_error(e, path))?;
-        }
-        self.apply(Record::SetAttr {
+        records.push(Record::SetAttr {
             ino,
             perm: None,
             uid: None,
@@ -403,8 +391,21 @@ impl Vault {
             atime: Some(meta.atime),
             mtime: Some(meta.mtime),
             ctime: t,
-        })
-        .map_err(|e| apply_error(e, path))?;
+        });
+        // One unit: the old file is replaced by the complete new one in a
+        // single log object. Only a file whose chunk list alone exceeds one
+        // metadata object (hundreds of GiB on small-object stores) is
+        // committed in several units.
+        match self.apply_all(records.clone()) {
+            Err(ApplyError::TooLarge) => {
+                for r in records {
+                    self.apply(r).map_err(|e| apply_error(e, path))?;
+                }
+            }
+            other => {
+                other.map_err(|e| apply_error(e, path))?;
+            }
+        }
         Ok(ino)
     }
 

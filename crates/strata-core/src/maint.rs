@@ -107,10 +107,15 @@ impl Vault {
     /// Commit, then delete every blob no file references (e.g. uploaded by a
     /// run that crashed before its metadata commit) and obsolete metadata.
     pub async fn gc(&self) -> VaultResult<GcReport> {
-        self.commit().await?;
-        let _w = self.data_lock.write().await;
-        let referenced: HashSet<BlobId> =
-            self.with_tree(|t| t.referenced_blobs().into_keys().collect());
+        // The keep-set must be the *committed* references: computed with
+        // nothing uncommitted, while no writer can upload (data lock held).
+        let (_w, referenced) = loop {
+            self.commit().await?;
+            let w = self.data_lock.write().await;
+            if let Some(refs) = self.committed_refs() {
+                break (w, refs);
+            }
+        };
         let mut r = GcReport::default();
         for o in self.store.list(DATA_PREFIX).await? {
             let Some(id) = parse_blob_key(&o.key) else {

@@ -56,8 +56,14 @@ pub fn save(dir: &Path, vault_id: &str, s: &SeenState) -> VaultResult<()> {
     let p = path_for(dir, vault_id);
     let tmp = p.with_extension("json.tmp");
     let body = serde_json::to_vec(s).map_err(|e| VaultError::Invalid(e.to_string()))?;
-    std::fs::write(&tmp, body)
-        .map_err(|e| VaultError::io(format!("writing {}", tmp.display()), e))?;
+    // synced: a torn state file after a power cut would block opening
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()
+    };
+    write().map_err(|e| VaultError::io(format!("writing {}", tmp.display()), e))?;
     std::fs::rename(&tmp, &p)
         .map_err(|e| VaultError::io(format!("renaming {}", tmp.display()), e))?;
     Ok(())

@@ -49,6 +49,8 @@ pub enum ApplyError {
     NotEmpty,
     Invalid,
     NameTooLong,
+    /// The record cannot fit one metadata object of this store.
+    TooLarge,
 }
 
 impl std::fmt::Display for ApplyError {
@@ -61,6 +63,7 @@ impl std::fmt::Display for ApplyError {
             ApplyError::NotEmpty => "directory not empty",
             ApplyError::Invalid => "invalid operation",
             ApplyError::NameTooLong => "name too long",
+            ApplyError::TooLarge => "too large for one metadata object of this store",
         })
     }
 }

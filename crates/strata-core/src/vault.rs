@@ -24,6 +24,10 @@ use crate::record::{now, Record};
 use crate::state::{self, SeenState};
 use crate::tree::{ApplyError, Inode, Tree};
 
+/// Opening replays every log since the last checkpoint (one GET each), so
+/// checkpoint after this many logs even if they hold few records.
+const MAX_LOGS_BETWEEN_CHECKPOINTS: u64 = 256;
+
 /// Default chunk size for new vaults.
 pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
 
@@ -71,6 +75,8 @@ impl Default for OpenOptions {
 pub(crate) struct Inner {
     pub(crate) tree: Tree,
     pending: Vec<Record>,
+    /// Indices into `pending` where a log object may end (unit boundaries).
+    breaks: Vec<usize>,
     /// Sequence number of `pending[0]` (records are numbered in apply order).
     pending_first_seq: u64,
     /// Sequence number of the newest committed record.
@@ -80,6 +86,8 @@ pub(crate) struct Inner {
     head: [u8; 32],
     checkpoint_version: u64,
     records_since_checkpoint: u64,
+    /// Logs written since the checkpoint (opening replays each one).
+    logs_since_checkpoint: u64,
     /// Sealed logs not yet confirmed by the store, oldest first.
     staged: Vec<StagedLog>,
 }
@@ -122,17 +130,20 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 struct MetaListing {
     logs: BTreeMap<u64, String>,
     /// version → (count, parts present)
-    checkpoints: BTreeMap<u64, (u32, BTreeMap<u32, String>)>,
+    /// (version, part count) → parts present. Keyed by both, so a stale
+    /// part set of the same version (other count) never hides a good one.
+    checkpoints: BTreeMap<(u64, u32), BTreeMap<u32, String>>,
 }
 
 impl MetaListing {
-    fn complete_checkpoints(&self) -> Vec<u64> {
+    /// Complete part sets, oldest first.
+    fn complete_checkpoints(&self) -> Vec<(u64, u32)> {
         self.checkpoints
             .iter()
-            .filter(|(_, (count, parts))| {
+            .filter(|((_, count), parts)| {
                 parts.len() as u32 == *count && parts.keys().all(|p| p < count)
             })
-            .map(|(v, _)| *v)
+            .map(|(k, _)| *k)
             .collect()
     }
 }
@@ -152,13 +163,10 @@ async fn list_meta(store: &DynStore) -> VaultResult<MetaListing> {
                 part,
                 count,
             }) => {
-                let e = l
-                    .checkpoints
-                    .entry(version)
-                    .or_insert((count, BTreeMap::new()));
-                if e.0 == count {
-                    e.1.insert(part, o.key);
-                }
+                l.checkpoints
+                    .entry((version, count))
+                    .or_default()
+                    .insert(part, o.key);
             }
             None => debug!(key = %o.key, "ignoring unknown metadata object"),
         }
@@ -253,6 +261,7 @@ impl Vault {
             inner: Mutex::new(Inner {
                 tree,
                 pending: Vec::new(),
+                breaks: Vec::new(),
                 pending_first_seq: writer_seq + 1,
                 writer_seq,
                 freed: Vec::new(),
@@ -260,6 +269,7 @@ impl Vault {
                 head,
                 checkpoint_version,
                 records_since_checkpoint: 0,
+                logs_since_checkpoint: 0,
                 staged: Vec::new(),
             }),
             commit_lock: tokio::sync::Mutex::new(()),
@@ -290,7 +300,7 @@ impl Vault {
         drop(master);
         let vault_id = header.vault_id_bytes()?;
         let listing = list_meta(&store).await?;
-        let Some(&cv) = listing.complete_checkpoints().last() else {
+        let Some(&(cv, count)) = listing.complete_checkpoints().last() else {
             return Err(VaultError::Missing {
                 object: format!("{name}/meta/checkpoint.*"),
                 file: None,
@@ -298,7 +308,7 @@ impl Vault {
             });
         };
         let mut parts = Vec::new();
-        if let Some((_, names)) = listing.checkpoints.get(&cv) {
+        if let Some(names) = listing.checkpoints.get(&(cv, count)) {
             for key in names.values() {
                 let bytes = store
                     .get(key)
@@ -315,7 +325,13 @@ impl Vault {
         let mut version = cv;
         let mut writer_seq = body.writer_seq;
         let seen = state::load(&state_dir(&opts), &header.vault_id)?;
+        if let Some(s) = &seen {
+            if s.version == cv && s.head != hex::encode(head) && !opts.accept_rollback {
+                return Err(VaultError::Fork { version: cv });
+            }
+        }
         let mut records = 0u64;
+        let mut logs = 0u64;
         for (&v, key) in listing.logs.range(cv + 1..) {
             if v != version + 1 {
                 return Err(VaultError::Missing {
@@ -344,6 +360,7 @@ impl Vault {
             head = meta::object_hash(&bytes);
             version = v;
             writer_seq = log.writer_seq;
+            logs += 1;
             if let Some(s) = &seen {
                 if s.version == v && s.head != hex::encode(head) && !opts.accept_rollback {
                     return Err(VaultError::Fork { version: v });
@@ -364,7 +381,11 @@ impl Vault {
         let v = Vault::assemble(
             store, header, vault_id, keys, tree, version, head, cv, writer_seq, opts,
         );
-        lock(&v.inner).records_since_checkpoint = records;
+        {
+            let mut g = lock(&v.inner);
+            g.records_since_checkpoint = records;
+            g.logs_since_checkpoint = logs;
+        }
         v.save_seen()?;
         debug!(version, checkpoint = cv, "opened vault");
         Ok(v)
@@ -429,10 +450,44 @@ impl Vault {
     /// Apply one record to the tree and queue it for the next commit.
     /// Returns the record's sequence number (see [`Vault::writer_seq`]).
     pub fn apply(&self, r: Record) -> Result<u64, ApplyError> {
+        self.apply_all(vec![r])
+    }
+
+    /// Apply records as one unit: they are committed in the same log object
+    /// (a crash never leaves half of them durable). Returns the sequence
+    /// number of the last one. Records are checked one after another; if one
+    /// is rejected, the earlier ones of the unit stay applied (callers check
+    /// preconditions first so this does not happen in practice).
+    pub fn apply_all(&self, records: Vec<Record>) -> Result<u64, ApplyError> {
+        let limit = meta::max_body(self.caps.max_object_size) as usize;
+        let size: usize = records
+            .iter()
+            .map(|r| {
+                postcard::to_stdvec(r)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX)
+            })
+            .sum();
+        if size.saturating_add(256) > limit {
+            return Err(ApplyError::TooLarge);
+        }
         let mut g = lock(&self.inner);
-        let freed = g.tree.apply(&r)?;
-        g.freed.extend(freed);
-        g.pending.push(r);
+        let mut result = Ok(());
+        for r in records {
+            match g.tree.apply(&r) {
+                Ok(freed) => {
+                    g.freed.extend(freed);
+                    g.pending.push(r);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let end = g.pending.len();
+        g.breaks.push(end);
+        result?;
         Ok(g.pending_first_seq + g.pending.len() as u64 - 1)
     }
 
@@ -468,13 +523,21 @@ impl Vault {
             g.head = meta::object_hash(&s.bytes);
             g.writer_seq = s.last_seq;
             g.records_since_checkpoint += s.records;
+            g.logs_since_checkpoint += 1;
             drop(g);
             self.save_seen()?;
         }
         self.delete_freed().await?;
-        let due = lock(&self.inner).records_since_checkpoint >= self.opts.checkpoint_records;
+        let due = {
+            let g = lock(&self.inner);
+            g.records_since_checkpoint >= self.opts.checkpoint_records
+                || g.logs_since_checkpoint >= MAX_LOGS_BETWEEN_CHECKPOINTS
+        };
         if due {
-            self.checkpoint_locked().await?;
+            // The logs are durable; a failed checkpoint is retried next time.
+            if let Err(e) = self.checkpoint_locked().await {
+                warn!(error = %e, "could not write a checkpoint; will retry");
+            }
         }
         Ok(())
     }
@@ -488,25 +551,34 @@ impl Vault {
         }
         let max = self.caps.max_object_size;
         let limit = meta::max_body(max) as usize;
+        // Split into log objects only at unit boundaries (see `apply_all`).
         let mut batches: Vec<Vec<Record>> = vec![Vec::new()];
         let mut size = 0usize;
-        for r in &g.pending {
-            let rs = postcard::to_stdvec(r)
-                .map_err(|e| VaultError::Invalid(format!("record encoding: {e}")))?
-                .len();
-            if rs + 64 > limit {
-                return Err(VaultError::Invalid(format!(
-                    "one metadata record ({rs} bytes) does not fit the store's max object size"
-                )));
+        let mut start = 0usize;
+        let breaks = std::mem::take(&mut g.breaks);
+        for end in breaks.into_iter().chain(std::iter::once(g.pending.len())) {
+            if end <= start {
+                continue;
             }
-            if size + rs + 64 > limit && batches.last().is_some_and(|b| !b.is_empty()) {
+            let unit = &g.pending[start..end];
+            let us: usize = unit
+                .iter()
+                .map(|r| {
+                    postcard::to_stdvec(r)
+                        .map(|v| v.len())
+                        .unwrap_or(usize::MAX)
+                })
+                .sum::<usize>()
+                .saturating_add(64);
+            if size + us > limit && batches.last().is_some_and(|b| !b.is_empty()) {
                 batches.push(Vec::new());
                 size = 0;
             }
-            size += rs;
+            size += us;
             if let Some(b) = batches.last_mut() {
-                b.push(r.clone());
+                b.extend_from_slice(unit);
             }
+            start = end;
         }
         let (mut version, mut head, mut seq) = match g.staged.last() {
             Some(s) => (s.version, meta::object_hash(&s.bytes), s.last_seq),
@@ -573,6 +645,16 @@ impl Vault {
     /// unreferenced) under a writer that is about to reference them.
     pub async fn data_guard(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
         self.data_lock.clone().read_owned().await
+    }
+
+    /// Blobs referenced by the tree, if the tree equals the committed state
+    /// (nothing queued or staged); `None` otherwise.
+    pub(crate) fn committed_refs(&self) -> Option<HashSet<BlobId>> {
+        let g = lock(&self.inner);
+        if !g.pending.is_empty() || !g.staged.is_empty() {
+            return None;
+        }
+        Some(g.tree.referenced_blobs().into_keys().collect())
     }
 
     /// Records applied but not yet durable in the store (queued + staged).
@@ -651,6 +733,7 @@ impl Vault {
             let mut g = lock(&self.inner);
             g.checkpoint_version = version;
             g.records_since_checkpoint = 0;
+            g.logs_since_checkpoint = 0;
         }
         info!(version, "checkpoint written");
         self.cleanup_meta(version).await.map(|_| ())
@@ -659,6 +742,7 @@ impl Vault {
     /// Delete logs and checkpoints made obsolete by checkpoint `version`.
     async fn cleanup_meta(&self, version: u64) -> VaultResult<usize> {
         let listing = list_meta(&self.store).await?;
+        let complete = listing.complete_checkpoints();
         let mut n = 0;
         let doomed = listing
             .logs
@@ -667,8 +751,11 @@ impl Vault {
             .chain(
                 listing
                     .checkpoints
-                    .range(..version)
-                    .flat_map(|(_, (_, parts))| parts.values().cloned()),
+                    .iter()
+                    .filter(|((v, c), _)| {
+                        *v < version || (*v == version && !complete.contains(&(*v, *c)))
+                    })
+                    .flat_map(|(_, parts)| parts.values().cloned()),
             );
         for key in doomed {
             match self.store.delete(&key).await {
@@ -687,8 +774,8 @@ impl Vault {
         // incomplete or newer-than-committed checkpoints are crash leftovers
         let listing = list_meta(&self.store).await?;
         let complete = listing.complete_checkpoints();
-        for (v, (_, parts)) in listing.checkpoints.range(cv + 1..) {
-            if !complete.contains(v) {
+        for (k, parts) in listing.checkpoints.range((cv + 1, 0)..) {
+            if !complete.contains(k) {
                 for key in parts.values() {
                     if self.store.delete(key).await.is_ok() {
                         n += 1;

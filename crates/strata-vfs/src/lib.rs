@@ -88,6 +88,7 @@ impl From<ApplyError> for Errno {
             ApplyError::NotEmpty => libc::ENOTEMPTY,
             ApplyError::Invalid => libc::EINVAL,
             ApplyError::NameTooLong => libc::ENAMETOOLONG,
+            ApplyError::TooLarge => libc::E2BIG,
         })
     }
 }
