@@ -28,6 +28,8 @@ use strata_core::tree::ApplyError;
 use strata_core::{Inode, Kind, Record, Ts, Vault, VaultError};
 use tracing::{info, warn};
 
+use strata_core::readcache::{PrefetchConfig, Prefetcher, ReadCache};
+
 use crate::journal::Journal;
 use crate::writeback::WriteBack;
 
@@ -47,6 +49,8 @@ pub struct VfsOptions {
     pub cache_dir: PathBuf,
     /// Dirty data above this makes writers wait for uploads.
     pub dirty_limit: u64,
+    /// Size cap of the on-disk read cache (ciphertext); 0 disables it.
+    pub read_cache_size: u64,
     pub read_only: bool,
     pub fsync: FsyncMode,
     /// Commit metadata at most this often (batches small operations).
@@ -62,6 +66,7 @@ impl VfsOptions {
         VfsOptions {
             cache_dir,
             dirty_limit: 1 << 30,
+            read_cache_size: 512 << 20,
             read_only: false,
             fsync: FsyncMode::Cloud,
             commit_interval: Duration::from_secs(1),
@@ -240,6 +245,8 @@ pub struct Vfs {
     pub(crate) wake: tokio::sync::Notify,
     /// Signalled when uploads finish or commits land (fsync / space waiters).
     pub(crate) progress: tokio::sync::Notify,
+    /// Sequential-read detection per open file (read-ahead window).
+    pub(crate) prefetchers: Mutex<HashMap<u64, Prefetcher>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -251,7 +258,7 @@ impl Vfs {
     /// the store does not have), pick up dirty chunks left by a crash, drop
     /// orphaned inodes. Start the background uploader with [`Vfs::start`].
     pub fn new(vault: Arc<Vault>, opts: VfsOptions) -> Result<Arc<Vfs>, String> {
-        let dir = &opts.cache_dir;
+        let dir = &opts.cache_dir.clone();
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create cache directory {}: {e}", dir.display()))?;
         let (mut journal, entries) = Journal::open(dir)
@@ -295,7 +302,13 @@ impl Vfs {
             uploader_running: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             progress: tokio::sync::Notify::new(),
+            prefetchers: Mutex::new(HashMap::new()),
         });
+        if vfs.opts.read_cache_size > 0 {
+            let rc = ReadCache::new(dir.join("read"), vfs.opts.read_cache_size)
+                .map_err(|e| format!("cannot open the read cache in {}: {e}", dir.display()))?;
+            vfs.vault.set_read_cache(Arc::new(rc));
+        }
         vfs.wb.recover(&vfs.vault);
         if !vfs.opts.read_only {
             // Inodes unlinked while open in an earlier session are unreachable now.
@@ -361,6 +374,27 @@ impl Vfs {
             a.ctime = a.ctime.max(mtime);
         }
         Ok(a)
+    }
+
+    /// Feed the file's read-ahead detector (starts background fetches of the
+    /// segments a sequential reader will want next).
+    pub(crate) fn prefetch(&self, node: &Inode, offset: u64, len: u64) {
+        if self.vault.read_cache().is_none() {
+            return;
+        }
+        let mut m = lock(&self.prefetchers);
+        let p = m.entry(node.ino).or_insert_with(|| {
+            Prefetcher::new(PrefetchConfig {
+                tolerance: 128 * 1024,
+                ..PrefetchConfig::default()
+            })
+        });
+        p.on_read(&self.vault, node, offset, len);
+    }
+
+    /// Stop read-ahead of a file nobody has open.
+    pub(crate) fn drop_prefetcher(&self, ino: u64) {
+        lock(&self.prefetchers).remove(&ino);
     }
 
     pub(crate) fn open_count(&self, ino: u64) -> u32 {

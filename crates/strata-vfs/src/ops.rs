@@ -358,6 +358,9 @@ impl Vfs {
             }
             left
         };
+        if left == 0 {
+            self.drop_prefetcher(ino);
+        }
         if left == 0 && !self.opts.read_only {
             if let Some(n) = self.vault.inode(ino) {
                 if n.nlink == 0 {

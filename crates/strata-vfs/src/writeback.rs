@@ -389,6 +389,7 @@ impl Vfs {
             return Err(Errno(libc::EISDIR));
         }
         let Some(ov) = self.wb.get(ino) else {
+            self.prefetch(&node, offset, u64::from(len));
             return self
                 .vault
                 .read_at(&node, offset, u64::from(len))
