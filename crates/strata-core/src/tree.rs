@@ -536,7 +536,8 @@ impl Tree {
                         *slot = *new;
                     }
                     n.mtime = *mtime;
-                    n.ctime = *mtime;
+                    // ctime never goes back (mtime may be an explicit old time)
+                    n.ctime = n.ctime.max(*mtime);
                 }
                 for c in chunks.iter().flatten() {
                     *self.refs.entry(c.id).or_default() += 1;

@@ -266,6 +266,18 @@ impl Vfs {
         let have = vault.writer_seq();
         let mut replayed = Vec::new();
         let mut skipped = 0;
+        if opts.read_only {
+            let local = entries.iter().filter(|e| e.0 > have).count();
+            if local > 0 {
+                warn!(
+                    records = local,
+                    "the local journal holds changes not yet in the store; a read-only mount does not show them (mount read-write to upload them)"
+                );
+            }
+            let wb = WriteBack::open(dir.join("ro-dirty"))
+                .map_err(|e| format!("cannot open the cache: {e}"))?;
+            return Ok(Vfs::assemble(vault, opts, journal, wb));
+        }
         for (seq, r) in entries {
             if seq <= have {
                 continue;
@@ -289,6 +301,23 @@ impl Vfs {
             .map_err(|e| format!("cannot rewrite the journal in {}: {e}", dir.display()))?;
         let wb = WriteBack::open(dir.join("dirty"))
             .map_err(|e| format!("cannot open the write-back cache: {e}"))?;
+        let vfs = Vfs::assemble(vault, opts, journal, wb);
+        vfs.wb.recover(&vfs.vault);
+        if !vfs.opts.read_only {
+            // Inodes unlinked while open in an earlier session are unreachable now.
+            let orphans: Vec<u64> = vfs
+                .vault
+                .with_tree(|t| t.inodes().filter(|n| n.nlink == 0).map(|n| n.ino).collect());
+            for ino in orphans {
+                let _ = vfs.apply(Record::Forget { ino });
+                vfs.wb.drop_inode(ino);
+            }
+        }
+        Ok(vfs)
+    }
+
+    fn assemble(vault: Arc<Vault>, opts: VfsOptions, journal: Journal, wb: WriteBack) -> Arc<Vfs> {
+        let dir = opts.cache_dir.clone();
         let vfs = Arc::new(Vfs {
             vault,
             opts,
@@ -305,22 +334,17 @@ impl Vfs {
             prefetchers: Mutex::new(HashMap::new()),
         });
         if vfs.opts.read_cache_size > 0 {
-            let rc = ReadCache::new(dir.join("read"), vfs.opts.read_cache_size)
-                .map_err(|e| format!("cannot open the read cache in {}: {e}", dir.display()))?;
-            vfs.vault.set_read_cache(Arc::new(rc));
-        }
-        vfs.wb.recover(&vfs.vault);
-        if !vfs.opts.read_only {
-            // Inodes unlinked while open in an earlier session are unreachable now.
-            let orphans: Vec<u64> = vfs
-                .vault
-                .with_tree(|t| t.inodes().filter(|n| n.nlink == 0).map(|n| n.ino).collect());
-            for ino in orphans {
-                let _ = vfs.apply(Record::Forget { ino });
-                vfs.wb.drop_inode(ino);
+            match ReadCache::new(dir.join("read"), vfs.opts.read_cache_size) {
+                Ok(rc) => {
+                    vfs.vault.set_read_cache(Arc::new(rc));
+                }
+                Err(e) => warn!(
+                    "read cache disabled: cannot open it in {}: {e}",
+                    dir.display()
+                ),
             }
         }
-        Ok(vfs)
+        vfs
     }
 
     pub fn vault(&self) -> &Arc<Vault> {

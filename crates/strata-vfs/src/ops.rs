@@ -281,11 +281,7 @@ impl Vfs {
                 }
             }
             let mtime = s.mtime.map(resolve);
-            if mtime.is_some() {
-                // an explicit mtime must override pending write times
-                self.flush_attr(ino).await?;
-            }
-            self.apply(Record::SetAttr {
+            let r = Record::SetAttr {
                 ino,
                 perm,
                 uid: s.uid,
@@ -294,9 +290,12 @@ impl Vfs {
                 atime: s.atime.map(resolve),
                 mtime,
                 ctime,
-            })?;
-            if let Some(m) = mtime {
-                self.wb.set_overlay_mtime(ino, m);
+            };
+            match mtime {
+                Some(m) => self.set_attr_with_mtime(r, m).await?,
+                None => {
+                    self.apply(r)?;
+                }
             }
         }
         self.getattr(ino)

@@ -33,7 +33,8 @@ pub(crate) struct DChunk {
     /// Length of the chunk file (valid bytes of the chunk).
     len: u64,
     last_write: Instant,
-    uploading: bool,
+    /// Generation being uploaded (an upload clears only its own mark).
+    uploading: Option<u64>,
     /// (generation, record sequence) of the last upload applied to the tree.
     uploaded: Option<(u64, u64)>,
 }
@@ -58,6 +59,10 @@ type OverlayRef = Arc<tokio::sync::RwLock<Overlay>>;
 
 pub struct WriteBack {
     dir: PathBuf,
+    /// Source of chunk generations, unique across the cache: a chunk entry
+    /// dropped and re-created never repeats a generation an in-flight
+    /// upload still carries.
+    next_gen: AtomicU64,
     overlays: Mutex<HashMap<u64, OverlayRef>>,
     /// (size, mtime) of each overlay, readable without its async lock
     /// (getattr must never see a stale size because an upload holds it).
@@ -75,10 +80,15 @@ impl WriteBack {
         std::fs::create_dir_all(&dir)?;
         Ok(WriteBack {
             dir,
+            next_gen: AtomicU64::new(1),
             overlays: Mutex::new(HashMap::new()),
             attrs: Mutex::new(HashMap::new()),
             bytes: AtomicU64::new(0),
         })
+    }
+
+    fn gen(&self) -> u64 {
+        self.next_gen.fetch_add(1, Ordering::Relaxed)
     }
 
     fn path(&self, ino: u64, ci: u64) -> PathBuf {
@@ -132,10 +142,10 @@ impl WriteBack {
                 o.chunks.insert(
                     ci,
                     DChunk {
-                        gen: 1,
+                        gen: self.gen(),
                         len,
                         last_write: Instant::now() - Duration::from_secs(3600),
-                        uploading: false,
+                        uploading: None,
                         uploaded: None,
                     },
                 );
@@ -176,28 +186,21 @@ impl WriteBack {
     /// Forget an inode's dirty data (deleted file).
     pub(crate) fn drop_inode(&self, ino: u64) {
         lock(&self.attrs).remove(&ino);
-        let Some(ov) = lock(&self.overlays).remove(&ino) else {
+        if lock(&self.overlays).remove(&ino).is_none() {
+            return;
+        }
+        // Remove the inode's chunk files by name (an upload in flight may hold
+        // the overlay; it finds the inode gone and references nothing).
+        let prefix = format!("{ino}.");
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let chunks: Vec<(u64, u64)> = match ov.try_read() {
-            Ok(o) => o.chunks.iter().map(|(ci, c)| (*ci, c.len)).collect(),
-            Err(_) => Vec::new(),
-        };
-        for (ci, len) in chunks {
-            let _ = std::fs::remove_file(self.path(ino, ci));
-            self.bytes.fetch_sub(
-                len.min(self.bytes.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
-        }
-    }
-
-    /// An explicit mtime (utimens) replaces the time of pending writes.
-    pub(crate) fn set_overlay_mtime(&self, ino: u64, mtime: Ts) {
-        if let Some(ov) = self.get(ino) {
-            if let Ok(mut o) = ov.try_write() {
-                o.mtime = mtime;
-                self.publish(ino, &o);
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                if std::fs::remove_file(e.path()).is_ok() {
+                    self.add_bytes(len, 0);
+                }
             }
         }
     }
@@ -349,10 +352,10 @@ impl Vfs {
                 o.chunks.insert(
                     ci,
                     DChunk {
-                        gen: 0,
+                        gen: self.wb.gen(),
                         len: filled,
                         last_write: Instant::now(),
-                        uploading: false,
+                        uploading: None,
                         uploaded: None,
                     },
                 );
@@ -367,7 +370,7 @@ impl Vfs {
             if let Some(c) = o.chunks.get_mut(&ci) {
                 let old = c.len;
                 c.len = c.len.max(b);
-                c.gen += 1;
+                c.gen = self.wb.gen();
                 c.last_write = Instant::now();
                 self.wb.add_bytes(old, c.len);
             }
@@ -480,7 +483,7 @@ impl Vfs {
                     .map_err(|e| io_errno(e, "truncating a cache file"))?;
                     self.wb.add_bytes(c.len, valid);
                     c.len = valid;
-                    c.gen += 1;
+                    c.gen = self.wb.gen();
                 }
             }
         }
@@ -532,6 +535,39 @@ impl Vfs {
             })?;
         }
         o.attr_dirty = false;
+        Ok(())
+    }
+
+    /// Apply an attribute change that sets mtime explicitly (utimens), with
+    /// the file's overlay locked: pending writes' time is replaced, and no
+    /// upload can slip an older mtime in between.
+    pub(crate) async fn set_attr_with_mtime(&self, r: Record, mtime: Ts) -> VfsResult<()> {
+        let ino = match &r {
+            Record::SetAttr { ino, .. } => *ino,
+            _ => return Err(Errno(libc::EINVAL)),
+        };
+        let Some(ov) = self.wb.get(ino) else {
+            self.apply(r)?;
+            return Ok(());
+        };
+        let mut o = ov.write().await;
+        let node = self.node(ino)?;
+        if o.size != node.size {
+            self.apply(Record::SetAttr {
+                ino,
+                perm: None,
+                uid: None,
+                gid: None,
+                size: Some(o.size),
+                atime: None,
+                mtime: None,
+                ctime: o.mtime.max(node.ctime),
+            })?;
+        }
+        self.apply(r)?;
+        o.mtime = mtime;
+        o.attr_dirty = false;
+        self.wb.publish(ino, &o);
         Ok(())
     }
 
@@ -591,10 +627,10 @@ impl Vfs {
                 let todo: Vec<u64> = o
                     .chunks
                     .iter()
-                    .filter(|(_, c)| c.is_dirty() && !c.uploading)
+                    .filter(|(_, c)| c.is_dirty() && c.uploading.is_none())
                     .map(|(k, _)| *k)
                     .collect();
-                let busy = o.chunks.values().any(|c| c.uploading);
+                let busy = o.chunks.values().any(|c| c.uploading.is_some());
                 (todo, busy)
             };
             if todo.is_empty() && !busy {
@@ -626,10 +662,10 @@ impl Vfs {
             let Some(c) = o.chunks.get_mut(&ci) else {
                 return Ok(());
             };
-            if c.uploading || !c.is_dirty() {
+            if c.uploading.is_some() || !c.is_dirty() {
                 return Ok(());
             }
-            c.uploading = true;
+            c.uploading = Some(c.gen);
             (c.gen, c.len)
         };
         self.counters
@@ -640,7 +676,9 @@ impl Vfs {
             .uploads_in_flight
             .fetch_sub(1, Ordering::Relaxed);
         if let Some(c) = ov.write().await.chunks.get_mut(&ci) {
-            c.uploading = false;
+            if c.uploading == Some(gen) {
+                c.uploading = None;
+            }
         }
         self.progress.notify_waiters();
         res
@@ -724,7 +762,9 @@ impl Vfs {
                 .chunks
                 .iter()
                 .filter(|(_, c)| {
-                    !c.uploading && !c.is_dirty() && c.uploaded.is_some_and(|u| u.1 <= committed)
+                    c.uploading.is_none()
+                        && !c.is_dirty()
+                        && c.uploaded.is_some_and(|u| u.1 <= committed)
                 })
                 .map(|(k, _)| *k)
                 .collect();
@@ -812,7 +852,7 @@ impl Vfs {
                 .unwrap_or(u64::MAX);
             for (ci, c) in &o.chunks {
                 if c.is_dirty()
-                    && !c.uploading
+                    && c.uploading.is_none()
                     && (force || c.len >= cs || c.last_write.elapsed() >= self.opts.writeback_delay)
                 {
                     due.push((ino, *ci));

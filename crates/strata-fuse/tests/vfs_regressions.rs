@@ -1,7 +1,7 @@
 //! Deterministic reproductions of strata-vfs bugs found while writing the
 //! FUSE front end, driven through the `Vfs` API directly (no FUSE) over a
-//! store that makes data requests slow. They are `#[ignore]`d until the VFS
-//! is fixed: `cargo test -p strata-fuse --test vfs_findings -- --ignored`.
+//! store that makes data requests slow. They were found as
+//! bugs and are kept as regression tests.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -102,7 +102,6 @@ async fn setup(delay_ms: u64) -> Setup {
 /// the dirty file is deleted and reads return the old bytes: the new data is
 /// lost.
 #[test]
-#[ignore = "strata-vfs bug: stale upload accepted after truncate + rewrite (generation reuse)"]
 fn truncate_during_upload_loses_the_rewrite() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -146,7 +145,6 @@ fn truncate_during_upload_loses_the_rewrite() {
 /// upload that lands after a utimens to an old date moves ctime back to that
 /// date (and an upload after a chmod moves ctime back to the write's time).
 #[test]
-#[ignore = "strata-core/vfs bug: an upload sets ctime to the file's mtime"]
 fn upload_keeps_ctime() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -193,7 +191,6 @@ fn upload_keeps_ctime() {
 /// time into the tree (`SetChunks { mtime }`): `touch -d`/`cp -p`/`rsync -t`
 /// on a file being read lose their mtime.
 #[test]
-#[ignore = "strata-vfs bug: explicit mtime dropped when the overlay lock is contended"]
 fn utimens_during_reads_is_kept() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
