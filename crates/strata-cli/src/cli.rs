@@ -83,6 +83,95 @@ pub enum Command {
     Passwd(PasswdArgs),
     Gc(GcArgs),
     Check(CheckArgs),
+    Mount(MountArgs),
+    Unmount(UnmountArgs),
+    Status(StatusArgs),
+    Demo(DemoArgs),
+}
+
+/// Mount the vault as a read-write folder (FUSE).
+///
+/// Runs in the foreground until Ctrl-C / SIGTERM / `strata unmount`, then
+/// uploads what is pending (saying how much is left) and unmounts. Writes go
+/// to a local write-back cache first: `close` makes data durable in the local
+/// journal, `fsync` makes it durable in the store (default `--fsync cloud`).
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Empty directory to mount on
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// Journal, dirty chunks and read cache [default: ~/.cache/strata/<vault id>]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Local cache budget: up to 3/4 holds not-yet-uploaded data (writers
+    /// wait beyond it), 1/4 caches downloaded data
+    #[arg(long, default_value = "2GiB", value_name = "SIZE")]
+    pub cache_size: String,
+
+    /// Mount read-only (also possible while another writer holds the vault)
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Let other users access the mount (non-root: needs user_allow_other
+    /// in /etc/fuse.conf)
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// When fsync returns: `cloud` = data and metadata are in the store,
+    /// `local` = in the local cache and journal (uploaded soon after)
+    #[arg(long, value_enum, default_value = "cloud")]
+    pub fsync: FsyncArg,
+
+    /// Run in the background; returns once the mount is ready
+    #[arg(long)]
+    pub daemon: bool,
+
+    /// Set by --daemon for the background process: the password comes on stdin
+    #[arg(long, hide = true)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncArg {
+    Cloud,
+    Local,
+}
+
+/// Unmount a Strata mount, waiting until its pending uploads are in the store.
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// Give up waiting after this many seconds (pending data stays in the
+    /// local cache and is uploaded at the next mount)
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+/// Show a mount's state: pending uploads, cache use, requests and bytes moved.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// Print the raw JSON status
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Try Strata in one command: a local vault, mounted at ./StrataDrive.
+///
+/// Creates the vault on first use (under ~/.local/share/strata/demo-vault,
+/// password from the prompt or STRATA_PASSWORD), mounts it, and on Ctrl-C
+/// uploads what is pending and unmounts. Running it again reopens the vault.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to mount [default: ./StrataDrive]
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Create a new, empty vault on an empty store.

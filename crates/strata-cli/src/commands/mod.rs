@@ -8,6 +8,7 @@ mod info;
 mod init;
 mod ls;
 mod maint;
+pub mod mount;
 mod passwd;
 mod put;
 
@@ -33,5 +34,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Passwd(a) => passwd::run(g, ui, a).await,
         Command::Gc(_) => maint::gc(g, ui).await,
         Command::Check(a) => check::run(g, ui, a).await,
+        Command::Unmount(a) => mount::unmount(a),
+        Command::Status(a) => mount::status(a),
+        // handled before the runtime starts (see main.rs)
+        Command::Mount(_) | Command::Demo(_) => {
+            anyhow::bail!("internal: mount runs outside the async runtime")
+        }
     }
 }

@@ -1,0 +1,278 @@
+//! `strata mount`, `unmount`, `status` and `demo`: the FUSE front end.
+//! Mounting runs outside the CLI's async runtime (the mount brings its own);
+//! `--daemon` re-runs this program in the background and waits until the
+//! mount is up.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use strata_fuse::{control, run_mount, FsyncMode, MountOptions};
+use zeroize::Zeroizing;
+
+use crate::cli::{DemoArgs, FsyncArg, Global, MountArgs, StatusArgs, UnmountArgs};
+use crate::config;
+use crate::password::{self, Secret};
+use crate::session::password_sources;
+
+fn mount_options(g: &Global, a: &MountArgs, url: String) -> Result<MountOptions> {
+    let total = strata_store::parse_size(&a.cache_size)
+        .map_err(|e| anyhow::anyhow!("--cache-size {}: {e}", a.cache_size))?;
+    if total < 64 << 20 {
+        bail!(
+            "--cache-size {} is too small: use at least 64MiB",
+            a.cache_size
+        );
+    }
+    let mut o = MountOptions::new(url, a.mountpoint.clone());
+    o.cache_dir = a.cache_dir.clone();
+    o.cache_size = total / 4 * 3;
+    o.read_cache_size = total / 4;
+    o.read_only = a.read_only;
+    o.allow_other = a.allow_other;
+    o.fsync = match a.fsync {
+        FsyncArg::Cloud => FsyncMode::Cloud,
+        FsyncArg::Local => FsyncMode::Local,
+    };
+    o.state_dir = g.state_dir.clone();
+    o.accept_rollback = g.accept_rollback;
+    Ok(o)
+}
+
+fn read_password_stdin() -> Result<Secret> {
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let pw = line.trim_end_matches(['\n', '\r']);
+    Ok(Zeroizing::new(pw.as_bytes().to_vec()))
+}
+
+/// `strata mount`.
+pub fn mount(g: &Global, a: &MountArgs) -> Result<()> {
+    let url = config::resolve_store(g.store.as_deref())?;
+    let opts = mount_options(g, a, url.clone())?;
+    let pw = if a.password_stdin {
+        read_password_stdin()?
+    } else {
+        password::existing(password_sources(g), &format!("Password for {url}: "))?
+    };
+    if a.daemon {
+        return spawn_daemon(&a.mountpoint, &pw);
+    }
+    let quiet = g.quiet;
+    run_mount(opts, pw, |mp| {
+        if !quiet {
+            eprintln!(
+                "strata: mounted at {}; stop with Ctrl-C or `strata unmount {}`",
+                mp.display(),
+                mp.display()
+            );
+        }
+    })
+}
+
+/// Run this program again without `--daemon`, detached, with the password
+/// on a pipe; return once the mount is up (or report why it failed).
+fn spawn_daemon(mountpoint: &Path, pw: &Secret) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the strata executable")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .chain(std::iter::once("--password-stdin".into()))
+        .collect();
+    let log_path = std::env::temp_dir().join(format!(
+        "strata-mount-{}.log",
+        blake3::hash(mountpoint.to_string_lossy().as_bytes()).to_hex()[..12].to_owned()
+    ));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create the log file {}", log_path.display()))?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .env_remove("STRATA_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the background mount")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(pw)?;
+        stdin.write_all(b"\n")?;
+    }
+    let start = Instant::now();
+    loop {
+        if control::is_strata_mount(mountpoint) {
+            eprintln!(
+                "strata: mounted at {} in the background (pid {}, log {})",
+                mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the background mount exited ({st}):\n{}", log.trim_end());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "the background mount did not come up within 2 minutes; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `strata unmount`.
+pub fn unmount(a: &UnmountArgs) -> Result<()> {
+    control::unmount(&a.mountpoint, Duration::from_secs(a.timeout))
+}
+
+fn human(bytes: u64) -> String {
+    crate::display::size(bytes)
+}
+
+/// `strata status`.
+pub fn status(a: &StatusArgs) -> Result<()> {
+    let v = control::status(&a.mountpoint)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    let m = |k: &str| {
+        v.get("metrics")
+            .and_then(|x| x.get(k))
+            .and_then(|x| x.as_u64())
+            .unwrap_or(0)
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_string();
+    println!("mountpoint:        {}", s("mountpoint"));
+    println!("store:             {}", s("store"));
+    println!("daemon pid:        {}", n("pid"));
+    println!("cache dir:         {}", s("cache_dir"));
+    println!(
+        "pending upload:    {} in {} chunks of {} files; {} metadata records",
+        human(n("dirty_bytes")),
+        n("dirty_chunks"),
+        n("dirty_files"),
+        n("uncommitted_records")
+    );
+    println!(
+        "uploaded:          {} in {} chunks, {} commits (metadata version {})",
+        human(n("bytes_uploaded")),
+        n("chunks_uploaded"),
+        n("commits"),
+        n("metadata_version")
+    );
+    if let Some(rc) = v.get("read_cache") {
+        let g = |k: &str| rc.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        println!(
+            "read cache:        {} of {} ({} hits, {} misses)",
+            human(g("size")),
+            human(g("cap")),
+            g("hits"),
+            g("misses")
+        );
+    }
+    println!(
+        "store traffic:     {} requests, {} up, {} down, {} errors",
+        m("requests"),
+        human(m("bytes_up")),
+        human(m("bytes_down")),
+        m("errors")
+    );
+    println!("open files:        {}", n("open_files"));
+    if let Some(e) = v.get("last_error").and_then(|x| x.as_str()) {
+        println!("last error:        {e}");
+    }
+    Ok(())
+}
+
+/// The demo vault's folder: `$STRATA_DEMO_VAULT`, else under the data dir.
+fn demo_vault_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("STRATA_DEMO_VAULT") {
+        return PathBuf::from(d);
+    }
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from(".local/share"))
+        .join("strata")
+        .join("demo-vault")
+}
+
+/// `strata demo`: a local vault (created on first use), mounted.
+pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
+    let vault_dir = demo_vault_dir();
+    std::fs::create_dir_all(vault_dir.parent().unwrap_or(Path::new(".")))
+        .with_context(|| format!("cannot create {}", vault_dir.display()))?;
+    let url = format!("file://{}", vault_dir.display());
+    let mountpoint = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("StrataDrive"));
+    if !mountpoint.exists() {
+        std::fs::create_dir_all(&mountpoint)
+            .with_context(|| format!("cannot create the mountpoint {}", mountpoint.display()))?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (store, _) = strata_store::open_url(&url)?;
+    let exists = rt
+        .block_on(store.stat(strata_core::format::HEADER_KEY))?
+        .is_some();
+    let pw = if exists {
+        password::existing(password_sources(g), "Password for the demo vault: ")?
+    } else {
+        eprintln!("strata: creating the demo vault in {}", vault_dir.display());
+        let pw = password::new(password_sources(g), "New password for the demo vault: ")?;
+        let mut c = strata_core::CreateOptions::default();
+        if let (Ok(m), Ok(t)) = (
+            std::env::var("STRATA_KDF_MEMORY_KIB"),
+            std::env::var("STRATA_KDF_TIME"),
+        ) {
+            if let (Ok(m), Ok(t)) = (m.parse(), t.parse()) {
+                c.kdf = strata_crypto::KdfParams { m_kib: m, t, p: 1 };
+            }
+        }
+        let opts = strata_core::OpenOptions {
+            state_dir: g.state_dir.clone(),
+            ..Default::default()
+        };
+        rt.block_on(strata_core::Vault::create(store, &pw, c, opts))?;
+        pw
+    };
+    drop(rt);
+    let args = MountArgs {
+        mountpoint: mountpoint.clone(),
+        cache_dir: None,
+        cache_size: "2GiB".into(),
+        read_only: false,
+        allow_other: false,
+        fsync: FsyncArg::Cloud,
+        daemon: false,
+        password_stdin: false,
+    };
+    let opts = mount_options(g, &args, url.clone())?;
+    let quiet = g.quiet;
+    run_mount(opts, pw, |mp| {
+        if !quiet {
+            eprintln!(
+                "\nStrata demo: your encrypted drive is mounted at {mp}\n\
+                 \n  vault (what a cloud would store): {vault}\n\
+                 \nTry:\n  cp -r /etc/ssh {mp}/          # copy files in\n  ls -l {mp}\n  \
+                 ls -R {vault} | head            # only encrypted objects\n  \
+                 strata --store {url} ls -l -R /   # the same files through the CLI (after Ctrl-C)\n\
+                 \nPress Ctrl-C to upload what is pending and unmount.\n",
+                mp = mp.display(),
+                vault = vault_dir.display(),
+            );
+        }
+    })
+}

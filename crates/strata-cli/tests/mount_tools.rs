@@ -1,0 +1,497 @@
+//! Real programs through a real FUSE mount of the `strata` binary (runs as
+//! root; needs /dev/fuse and fusermount3, installed by scripts/test.sh):
+//! cp -a, tar, git, sqlite3, rsync; a SIGKILL crash test; daemon memory.
+//! Every mount is unmounted by a guard, even when an assertion fails.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strata");
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let e = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for d in ["mnt", "cache", "state", "work"] {
+            std::fs::create_dir_all(e.dir.path().join(d)).unwrap();
+        }
+        let out = e.cmd().args(["init", &e.store()]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        e
+    }
+    fn store(&self) -> String {
+        format!("file://{}", self.dir.path().join("store").display())
+    }
+    fn p(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+    fn mnt(&self) -> PathBuf {
+        self.p("mnt")
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("STRATA_PASSWORD", "pw")
+            .env("STRATA_KDF_MEMORY_KIB", "64")
+            .env("STRATA_KDF_TIME", "1")
+            .env("STRATA_STATE_DIR", self.p("state"))
+            .env("STRATA_RUNTIME_DIR", self.p("run"))
+            .env("STRATA_STORE", self.store())
+            .stdin(Stdio::null());
+        c
+    }
+    /// Start `strata mount` in the foreground as a child; wait until mounted.
+    fn mount(&self, extra: &[&str]) -> Mount<'_> {
+        let log = std::fs::File::create(self.p("mount.log")).unwrap();
+        let child = self
+            .cmd()
+            .args(["mount", self.mnt().to_str().unwrap(), "--cache-dir"])
+            .arg(self.p("cache"))
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut m = Mount {
+            env: self,
+            child: Some(child),
+        };
+        let start = Instant::now();
+        while !mounted(&self.mnt()) {
+            if let Some(c) = m.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("mount exited early ({st}): {}", self.log());
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "mount did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.p("mount.log")).unwrap_or_default()
+    }
+}
+
+fn mounted(p: &Path) -> bool {
+    let want = p.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+}
+
+struct Mount<'a> {
+    env: &'a Env,
+    child: Option<Child>,
+}
+
+impl Mount<'_> {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+    /// Clean unmount through `strata unmount` (waits for uploads).
+    fn unmount(mut self) {
+        let out = self
+            .env
+            .cmd()
+            .args(["unmount", self.env.mnt().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "unmount: {} / {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.env.log()
+        );
+        if let Some(mut c) = self.child.take() {
+            let st = c.wait().unwrap();
+            assert!(st.success(), "mount exited with {st}: {}", self.env.log());
+        }
+        assert!(!mounted(&self.env.mnt()));
+    }
+    /// Simulate a crash: SIGKILL the daemon, then detach the dead mount.
+    fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        force_unmount(&self.env.mnt());
+    }
+}
+
+fn force_unmount(p: &Path) {
+    for _ in 0..50 {
+        if !mounted(p) {
+            return;
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(p)
+            .stderr(Stdio::null())
+            .status();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Drop for Mount<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        force_unmount(&self.env.mnt());
+    }
+}
+
+fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), fast enough for GiBs.
+fn fill_random(path: &Path, len: u64, seed: u64) {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for w in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+/// Every file under `root`: relative path → (mode, size, content hash or link target).
+fn snapshot(root: &Path) -> BTreeMap<String, (u32, u64, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let what = if m.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string()
+            } else if m.is_file() {
+                let mut h = blake3::Hasher::new();
+                let mut f = std::fs::File::open(&p).unwrap();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                h.finalize().to_hex().to_string()
+            } else {
+                stack.push(p.clone());
+                String::from("dir")
+            };
+            let size = if m.is_dir() { 0 } else { m.size() };
+            out.insert(rel, (m.mode(), size, what));
+        }
+    }
+    out
+}
+
+fn crate_archive() -> PathBuf {
+    // A real source archive: a .crate (tar.gz) from the cargo registry cache.
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let mut found: Vec<PathBuf> = Vec::new();
+    for reg in std::fs::read_dir(home.join("registry/cache"))
+        .unwrap()
+        .flatten()
+    {
+        for c in std::fs::read_dir(reg.path()).unwrap().flatten() {
+            let n = c.file_name().to_string_lossy().to_string();
+            if n.starts_with("tokio-1.") && n.ends_with(".crate") {
+                found.push(c.path());
+            }
+        }
+    }
+    found.sort();
+    found.pop().expect("tokio .crate in the cargo cache")
+}
+
+#[test]
+fn real_tools_in_the_mount_survive_remount() {
+    let e = Env::new();
+    let work = e.p("work");
+    // a local tree with a large file, small files, a symlink, odd modes
+    let tree = work.join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    fill_random(&tree.join("large.bin"), 40 << 20, 7);
+    for i in 0..200 {
+        std::fs::write(
+            tree.join(format!("sub/small-{i}.txt")),
+            format!("small file {i}\n").repeat(i + 1),
+        )
+        .unwrap();
+    }
+    std::fs::write(tree.join("sub/deeper/exec.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    sh(&tree, "chmod 750 sub/deeper/exec.sh && ln -s sub/deeper/exec.sh link && touch -d '2001-02-03 04:05:06' sub/small-1.txt");
+    let archive = crate_archive();
+
+    let m = e.mount(&[]);
+    let mnt = e.mnt();
+    // cp -a of the tree
+    sh(&mnt, &format!("cp -a '{}' ./tree", tree.display()));
+    // tar x of a real source archive, also locally for comparison
+    sh(
+        &mnt,
+        &format!("mkdir src && tar xzf '{}' -C src", archive.display()),
+    );
+    sh(
+        &work,
+        &format!("mkdir src && tar xzf '{}' -C src", archive.display()),
+    );
+    // git: init, commits, fsck
+    sh(
+        &mnt,
+        "mkdir repo && cd repo && git init -q && git config user.email t@e && git config user.name t \
+         && for i in 1 2 3 4 5; do echo line $i >> file.txt; git add file.txt; git commit -qm c$i; done \
+         && git fsck --full && git gc -q && git fsck --full",
+    );
+    let log = sh(&mnt.join("repo"), "git log --oneline | wc -l");
+    assert_eq!(log.trim(), "5");
+    // sqlite3: random writes into a database file
+    sh(
+        &mnt,
+        "sqlite3 db.sqlite 'create table t(k integer primary key, v text);' \
+         && for i in $(seq 1 20); do sqlite3 db.sqlite \"insert into t(v) select hex(randomblob(300)) from (select 1 union select 2 union select 3 union select 4);\"; done \
+         && sqlite3 db.sqlite 'update t set v = upper(v) where k % 3 = 0; delete from t where k % 7 = 0; pragma integrity_check;'",
+    );
+    let count = sh(
+        &mnt,
+        "sqlite3 db.sqlite 'select count(*) from t; pragma integrity_check;'",
+    );
+    // rsync round trip: into the mount and back out
+    sh(&mnt, &format!("rsync -a '{}/' ./rsynced/", tree.display()));
+    sh(
+        &work,
+        &format!("rsync -a '{}/rsynced/' ./back/", mnt.display()),
+    );
+    assert_eq!(snapshot(&work.join("back")), snapshot(&tree));
+
+    let before = snapshot(&mnt);
+    m.unmount();
+    assert!(
+        std::fs::read_dir(e.mnt()).unwrap().next().is_none(),
+        "mountpoint empty after unmount"
+    );
+
+    let m = e.mount(&[]);
+    let after = snapshot(&e.mnt());
+    assert_eq!(after.len(), before.len());
+    for (k, v) in &before {
+        assert_eq!(after.get(k), Some(v), "{k} differs after remount");
+    }
+    assert_eq!(
+        snapshot(&e.mnt().join("tree")),
+        snapshot(&tree),
+        "cp -a copy is exact"
+    );
+    assert_eq!(
+        snapshot(&e.mnt().join("src")),
+        snapshot(&work.join("src")),
+        "tar x is exact"
+    );
+    sh(&e.mnt().join("repo"), "git fsck --full");
+    assert_eq!(
+        sh(
+            &e.mnt(),
+            "sqlite3 db.sqlite 'select count(*) from t; pragma integrity_check;'"
+        ),
+        count
+    );
+    // mtimes survive too
+    let t = std::fs::metadata(e.mnt().join("tree/sub/small-1.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(
+        t,
+        std::fs::metadata(tree.join("sub/small-1.txt"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    );
+    // status reports on the live mount
+    let st = e
+        .cmd()
+        .args(["status", e.mnt().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    m.unmount();
+    // and the CLI sees the same vault
+    let ls = e.cmd().args(["ls", "/tree/sub/deeper"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("exec.sh"));
+}
+
+#[test]
+fn fsynced_data_survives_sigkill_of_the_mount() {
+    let e = Env::new();
+    let iterations: u64 = std::env::var("STRATA_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    // name → (length, seed) of every file whose fsync returned
+    let mut done: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let content = |len: u64, seed: u64| -> Vec<u8> {
+        (0..len).map(|k| ((k * 31 + seed) % 251) as u8).collect()
+    };
+    let mut rng = 0x5eed_u64;
+    for it in 0..iterations {
+        let m = e.mount(&[]);
+        let mnt = e.mnt();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // a writer thread: write + fsync files, report what was acknowledged
+        let (tx, rx) = std::sync::mpsc::channel::<(String, (u64, u64))>();
+        let dir = mnt.clone();
+        let stop2 = stop.clone();
+        let writer = std::thread::spawn(move || {
+            let mut i = 0u64;
+            // never touch the bare directory once the mount is gone
+            while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                let name = format!("it{it}-f{i}");
+                let len = (i * 7919 + it * 104729) % (3 << 20) + 1;
+                let seed = i + it;
+                let r = (|| -> std::io::Result<()> {
+                    let mut f = std::fs::File::create(dir.join(&name))?;
+                    f.write_all(&content(len, seed))?;
+                    f.sync_all()?;
+                    Ok(())
+                })();
+                if r.is_err() || tx.send((name, (len, seed))).is_err() {
+                    return;
+                }
+                i += 1;
+            }
+        });
+        // kill at a pseudo-random moment
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(300 + (rng >> 33) % 1500));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        m.kill9();
+        let _ = writer.join();
+        done.extend(rx.try_iter());
+        // remount: everything acknowledged by fsync is there, byte for byte
+        let m = e.mount(&[]);
+        for (n, (len, seed)) in &done {
+            let got = std::fs::read(e.mnt().join(n))
+                .unwrap_or_else(|err| panic!("iteration {it}: {n}: {err}"));
+            assert!(
+                got == content(*len, *seed),
+                "iteration {it}: {n} differs ({} vs {len} bytes)",
+                got.len()
+            );
+        }
+        // the tree is consistent: every entry is readable
+        for ent in std::fs::read_dir(e.mnt()).unwrap() {
+            let p = ent.unwrap().path();
+            std::fs::read(&p).unwrap_or_else(|err| panic!("{}: {err}", p.display()));
+        }
+        m.unmount();
+    }
+    assert!(
+        done.len() as u64 >= iterations,
+        "the writer made progress ({} files)",
+        done.len()
+    );
+    let check = e.cmd().args(["check"]).output().unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn copying_a_2gib_file_keeps_daemon_memory_bounded() {
+    let e = Env::new();
+    let size: u64 = std::env::var("STRATA_MEM_TEST_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2048)
+        << 20;
+    let src = e.p("work/big.bin");
+    fill_random(&src, size, 99);
+    let m = e.mount(&["--cache-size", "256MiB"]);
+    let pid = m.pid();
+    sh(&e.mnt(), &format!("cp '{}' big.bin && sync", src.display()));
+    let copy_rss = peak_rss_kib(pid);
+    // read it back through the mount (cold) and compare
+    sh(&e.mnt(), &format!("cmp big.bin '{}'", src.display()));
+    let rss = peak_rss_kib(pid).max(copy_rss);
+    m.unmount();
+    eprintln!(
+        "daemon peak RSS while copying {} MiB: {} MiB",
+        size >> 20,
+        rss / 1024
+    );
+    assert!(rss > 0);
+    assert!(
+        rss < 200 * 1024,
+        "daemon peak RSS {} MiB > 200 MiB",
+        rss / 1024
+    );
+}
