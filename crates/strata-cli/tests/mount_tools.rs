@@ -495,3 +495,95 @@ fn copying_a_2gib_file_keeps_daemon_memory_bounded() {
         rss / 1024
     );
 }
+
+#[test]
+fn mount_helper_and_daemon_mode() {
+    // contrib/mount.fuse.strata is what `mount -t fuse.strata` runs; call it
+    // the way mount(8) does. It backgrounds the daemon and returns when ready.
+    let e = Env::new();
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/mount.fuse.strata");
+    std::fs::write(e.p("pw"), "pw\n").unwrap();
+    let out = Command::new("bash")
+        .arg(&helper)
+        .arg(e.store())
+        .arg(e.mnt())
+        .arg("-o")
+        .arg(format!(
+            "rw,password_file={},cache_dir={},state_dir={},fsync=local,_netdev",
+            e.p("pw").display(),
+            e.p("cache").display(),
+            e.p("state").display()
+        ))
+        .env("STRATA_BIN", BIN)
+        .env("STRATA_RUNTIME_DIR", e.p("run"))
+        .env_remove("STRATA_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let guard = Mount { env: &e, child: None };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(mounted(&e.mnt()), "helper returned before the mount was up");
+    std::fs::write(e.mnt().join("via-helper.txt"), b"mounted by the helper").unwrap();
+    let st = e.cmd().args(["status", "--json", e.mnt().to_str().unwrap()]).output().unwrap();
+    let js = String::from_utf8_lossy(&st.stdout);
+    assert!(js.contains("\"fsync_mode\": \"Local\""), "{js}");
+    let un = e.cmd().args(["unmount", e.mnt().to_str().unwrap()]).output().unwrap();
+    assert!(un.status.success(), "{}", String::from_utf8_lossy(&un.stderr));
+    assert!(!mounted(&e.mnt()));
+    drop(guard);
+    let cat = e.cmd().args(["cat", "/via-helper.txt"]).output().unwrap();
+    assert_eq!(cat.stdout, b"mounted by the helper");
+}
+
+#[test]
+fn demo_runs_headless_and_stops_cleanly_on_ctrl_c() {
+    let e = Env::new();
+    let vault = e.p("demo-vault");
+    let drive = e.p("StrataDrive");
+    let run = || {
+        let log = std::fs::File::create(e.p("demo.log")).unwrap();
+        e.cmd()
+            .env("STRATA_DEMO_VAULT", &vault)
+            .args(["demo"])
+            .arg(&drive)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let stop = |mut child: Child| {
+        let start = Instant::now();
+        while !mounted(&drive) {
+            assert!(start.elapsed() < Duration::from_secs(30), "{}", std::fs::read_to_string(e.p("demo.log")).unwrap_or_default());
+            assert!(child.try_wait().unwrap().is_none(), "demo exited: {}", std::fs::read_to_string(e.p("demo.log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let child = stop(run());
+    let _guard = Mount { env: &e, child: None };
+    std::fs::write(drive.join("hello.txt"), b"hello from the demo").unwrap();
+    // Ctrl-C: flush, unmount, exit 0
+    let st = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    assert!(st.success());
+    let mut child = child;
+    let code = child.wait().unwrap();
+    let log = std::fs::read_to_string(e.p("demo.log")).unwrap_or_default();
+    assert!(code.success(), "demo exit {code}: {log}");
+    assert!(log.contains("mounted at"), "{log}");
+    assert!(!mounted(&drive));
+    // the file is in the vault, visible to the CLI
+    let ls = e
+        .cmd()
+        .env("STRATA_STORE", format!("file://{}", vault.display()))
+        .args(["ls", "/"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("hello.txt"), "{}", String::from_utf8_lossy(&ls.stderr));
+    // running it again reopens the same vault
+    let child = stop(run());
+    assert_eq!(std::fs::read(drive.join("hello.txt")).unwrap(), b"hello from the demo");
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+}
