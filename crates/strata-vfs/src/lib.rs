@@ -261,6 +261,13 @@ impl Vfs {
         let dir = &opts.cache_dir.clone();
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create cache directory {}: {e}", dir.display()))?;
+        // Dirty chunks are plaintext: only the owner may enter the cache.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+                format!("cannot restrict the cache directory {}: {e}", dir.display())
+            })?;
+        }
         let (mut journal, entries) = Journal::open(dir)
             .map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
         let have = vault.writer_seq();
