@@ -520,15 +520,34 @@ fn mount_helper_and_daemon_mode() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let guard = Mount { env: &e, child: None };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let guard = Mount {
+        env: &e,
+        child: None,
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(mounted(&e.mnt()), "helper returned before the mount was up");
     std::fs::write(e.mnt().join("via-helper.txt"), b"mounted by the helper").unwrap();
-    let st = e.cmd().args(["status", "--json", e.mnt().to_str().unwrap()]).output().unwrap();
+    let st = e
+        .cmd()
+        .args(["status", "--json", e.mnt().to_str().unwrap()])
+        .output()
+        .unwrap();
     let js = String::from_utf8_lossy(&st.stdout);
     assert!(js.contains("\"fsync_mode\": \"Local\""), "{js}");
-    let un = e.cmd().args(["unmount", e.mnt().to_str().unwrap()]).output().unwrap();
-    assert!(un.status.success(), "{}", String::from_utf8_lossy(&un.stderr));
+    let un = e
+        .cmd()
+        .args(["unmount", e.mnt().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        un.status.success(),
+        "{}",
+        String::from_utf8_lossy(&un.stderr)
+    );
     assert!(!mounted(&e.mnt()));
     drop(guard);
     let cat = e.cmd().args(["cat", "/via-helper.txt"]).output().unwrap();
@@ -554,17 +573,32 @@ fn demo_runs_headless_and_stops_cleanly_on_ctrl_c() {
     let stop = |mut child: Child| {
         let start = Instant::now();
         while !mounted(&drive) {
-            assert!(start.elapsed() < Duration::from_secs(30), "{}", std::fs::read_to_string(e.p("demo.log")).unwrap_or_default());
-            assert!(child.try_wait().unwrap().is_none(), "demo exited: {}", std::fs::read_to_string(e.p("demo.log")).unwrap_or_default());
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{}",
+                std::fs::read_to_string(e.p("demo.log")).unwrap_or_default()
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "demo exited: {}",
+                std::fs::read_to_string(e.p("demo.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         child
     };
     let child = stop(run());
-    let _guard = Mount { env: &e, child: None };
+    let _guard = Mount {
+        env: &e,
+        child: None,
+    };
     std::fs::write(drive.join("hello.txt"), b"hello from the demo").unwrap();
     // Ctrl-C: flush, unmount, exit 0
-    let st = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let st = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(st.success());
     let mut child = child;
     let code = child.wait().unwrap();
@@ -579,11 +613,21 @@ fn demo_runs_headless_and_stops_cleanly_on_ctrl_c() {
         .args(["ls", "/"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&ls.stdout).contains("hello.txt"), "{}", String::from_utf8_lossy(&ls.stderr));
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains("hello.txt"),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
     // running it again reopens the same vault
     let child = stop(run());
-    assert_eq!(std::fs::read(drive.join("hello.txt")).unwrap(), b"hello from the demo");
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    assert_eq!(
+        std::fs::read(drive.join("hello.txt")).unwrap(),
+        b"hello from the demo"
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let mut child = child;
     assert!(child.wait().unwrap().success());
 }
