@@ -1,0 +1,80 @@
+//! A vault written by format version 1 (checked in under tests/fixtures,
+//! made with `strata init --chunk-size 64KiB` + put/mkdir/mv) must keep
+//! opening and reading with every later build: this catches accidental
+//! format changes. A deliberate change bumps FORMAT_VERSION and keeps a
+//! reader for this fixture.
+
+use std::path::Path;
+
+use strata_core::vault::OpenOptions;
+use strata_core::{Kind, Vault};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+async fn read(v: &Vault, path: &str) -> Vec<u8> {
+    let n = v.stat_path(path).unwrap();
+    let mut out = Vec::new();
+    v.export(&n, &mut out, None).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn version_1_fixture_opens_reads_and_accepts_new_writes() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-vault");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("vault");
+    copy_dir(&fixture, &root);
+    let state = tmp.path().join("state");
+    let opts = OpenOptions {
+        state_dir: Some(state.clone()),
+        ..Default::default()
+    };
+    let url = format!("file://{}", root.display());
+    let (store, _) = strata_store::open_url(&url).unwrap();
+    let header = Vault::read_header(&store).await.unwrap();
+    assert_eq!(header.version, 1);
+    let v = Vault::open(store, b"fixture-password", opts.clone())
+        .await
+        .unwrap();
+
+    let multi = read(&v, "/multi.bin").await;
+    assert_eq!(multi.len(), 200_000);
+    assert_eq!(
+        blake3::hash(&multi).to_hex().as_str(),
+        "dca1dc9ac418196cc2199cee968a4b3e9865637b6d4decf798041bb4102bea94",
+        "content of /multi.bin (4 chunks of 64 KiB)"
+    );
+    assert_eq!(read(&v, "/dir/renamed.txt").await, b"hello, format v1\n");
+    assert!(v.stat_path("/dir/hello.txt").is_err(), "renamed away");
+    assert_eq!(v.stat_path("/empty").unwrap().size, 0);
+    let link = v.stat_path("/link").unwrap();
+    assert_eq!(link.kind, Kind::Symlink);
+    assert_eq!(link.target.as_deref(), Some(&b"dir/hello.txt"[..]));
+    assert_eq!(v.stat_path("/later").unwrap().kind, Kind::Dir);
+    let report = v.check(true, None).await.unwrap();
+    assert!(
+        report.damaged.is_empty() && report.unreferenced == 0,
+        "{report:?}"
+    );
+
+    // today's code can extend an old vault, checkpoint it, and reopen it
+    v.mkdir("/new", 0o755, false).unwrap();
+    v.commit().await.unwrap();
+    v.checkpoint().await.unwrap();
+    drop(v);
+    let (store, _) = strata_store::open_url(&url).unwrap();
+    let v = Vault::open(store, b"fixture-password", opts).await.unwrap();
+    assert!(v.stat_path("/new").is_ok());
+    assert_eq!(read(&v, "/multi.bin").await, multi);
+}
