@@ -325,6 +325,20 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// Keep the daemon's memory bounded: glibc's malloc otherwise raises its mmap
+/// threshold after the first multi-MiB chunk buffers are freed and keeps
+/// later ones in per-thread arenas (measured: ~250 MiB RSS copying 2 GiB
+/// under load). Chunk buffers stay mmapped and go back to the system, and
+/// few arenas are used.
+fn bound_allocator() {
+    // SAFETY: mallopt only tunes allocator parameters; called before the
+    // mount's threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Raise the kernel read-ahead of the mount's bdi to [`MAX_READAHEAD`]
 /// (FUSE starts from the system default, usually 128 KiB). Root only; best
 /// effort.
@@ -389,6 +403,7 @@ pub fn run_mount(
 ) -> anyhow::Result<()> {
     let mountpoint = check_mountpoint(&opts.mountpoint)?;
     check_fuse()?;
+    bound_allocator();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
