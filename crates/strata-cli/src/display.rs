@@ -82,6 +82,30 @@ pub fn system_time(ts: Ts) -> SystemTime {
 }
 
 /// `1 file`, `2 files`.
+/// "stored 3 files (1.2 MiB), 2 directories, 1 symbolic link; skipped 1 entry"
+/// from `[files, bytes, dirs, links, skipped]`.
+pub fn summary(verb: &str, [files, bytes, dirs, links, skipped]: [u64; 5]) -> String {
+    let mut parts = vec![format!(
+        "{} ({})",
+        plural(files, "file", "files"),
+        size(bytes)
+    )];
+    if dirs > 0 {
+        parts.push(plural(dirs, "directory", "directories"));
+    }
+    if links > 0 {
+        parts.push(plural(links, "symbolic link", "symbolic links"));
+    }
+    let mut msg = format!("{verb} {}", parts.join(", "));
+    if skipped > 0 {
+        msg.push_str(&format!(
+            "; skipped {}",
+            plural(skipped, "entry", "entries")
+        ));
+    }
+    msg
+}
+
 pub fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }

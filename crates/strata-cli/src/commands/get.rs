@@ -326,29 +326,10 @@ pub async fn run(g: &Global, ui: Ui, a: &GetArgs) -> Result<()> {
         }
     }
     drop(bar);
-    let mut parts = vec![format!(
-        "{} ({})",
-        display::plural(plan.files, "file", "files"),
-        display::size(plan.total)
-    )];
-    if plan.dirs > 0 {
-        parts.push(display::plural(plan.dirs, "directory", "directories"));
-    }
-    if plan.links > 0 {
-        parts.push(display::plural(
-            plan.links,
-            "symbolic link",
-            "symbolic links",
-        ));
-    }
-    let mut msg = format!("restored {}", parts.join(", "));
-    if plan.skipped > 0 {
-        msg.push_str(&format!(
-            "; skipped {}",
-            display::plural(plan.skipped, "entry", "entries")
-        ));
-    }
-    ui.note(msg);
+    ui.note(display::summary(
+        "restored",
+        [plan.files, plan.total, plan.dirs, plan.links, plan.skipped],
+    ));
     Ok(())
 }
 

@@ -414,29 +414,10 @@ pub async fn run(g: &Global, ui: Ui, a: &PutArgs) -> Result<()> {
     let committed = session::commit(&vault).await;
     match (result, committed) {
         (Ok(()), Ok(())) => {
-            let mut parts = vec![format!(
-                "{} ({})",
-                display::plural(plan.files, "file", "files"),
-                display::size(plan.total)
-            )];
-            if plan.dirs > 0 {
-                parts.push(display::plural(plan.dirs, "directory", "directories"));
-            }
-            if plan.links > 0 {
-                parts.push(display::plural(
-                    plan.links,
-                    "symbolic link",
-                    "symbolic links",
-                ));
-            }
-            let mut msg = format!("stored {}", parts.join(", "));
-            if plan.skipped > 0 {
-                msg.push_str(&format!(
-                    "; skipped {}",
-                    display::plural(plan.skipped, "entry", "entries")
-                ));
-            }
-            ui.note(msg);
+            ui.note(display::summary(
+                "stored",
+                [plan.files, plan.total, plan.dirs, plan.links, plan.skipped],
+            ));
             Ok(())
         }
         (Err(e), Ok(())) => {
