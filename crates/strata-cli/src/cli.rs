@@ -87,6 +87,50 @@ pub enum Command {
     Unmount(UnmountArgs),
     Status(StatusArgs),
     Demo(DemoArgs),
+    CloudServer(CloudServerArgs),
+}
+
+/// Serve a folder through a primitive cloud API (upload_file /
+/// download_file / list_files / delete_file), like the cheapest clouds offer.
+///
+/// Every request needs `Authorization: Bearer TOKEN`. Point Strata at it with
+/// `basic+http://HOST:PORT/?token-file=PATH`. The folder holds the objects as
+/// plain files, so it is also a `file://` store of the same vault. The knobs
+/// --bandwidth/--latency/--fail-rate emulate a slow or flaky link for tests
+/// and benchmarks.
+#[derive(Debug, Args)]
+pub struct CloudServerArgs {
+    /// Folder holding the objects
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8921", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+
+    /// File with the bearer token (created with a random token if missing)
+    #[arg(long, value_name = "PATH")]
+    pub token_file: PathBuf,
+
+    /// Refuse objects above this size (HTTP 413)
+    #[arg(long, value_name = "SIZE")]
+    pub max_object_size: Option<String>,
+
+    /// Ignore Range headers: whole-object downloads only
+    #[arg(long)]
+    pub no_range: bool,
+
+    /// Shape transfers to this rate, e.g. 20mbit
+    #[arg(long, value_name = "RATE")]
+    pub bandwidth: Option<String>,
+
+    /// Delay every request by this many milliseconds
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_ms: u64,
+
+    /// Fail this share of requests (500s, dropped connections, truncated bodies)
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub fail_rate: f64,
 }
 
 /// Mount the vault as a read-write folder (FUSE).
@@ -162,11 +206,14 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Try Strata in one command: a local vault, mounted at ./StrataDrive.
+/// Try Strata in one command: an encrypted drive at ./StrataDrive over the
+/// bundled primitive cloud server.
 ///
-/// Creates the vault on first use (under ~/.local/share/strata/demo-vault,
-/// password from the prompt or STRATA_PASSWORD), mounts it, and on Ctrl-C
-/// uploads what is pending and unmounts. Running it again reopens the vault.
+/// Starts the server on a loopback port with its data under
+/// ~/.local/share/strata/demo-cloud, creates the vault there on first use
+/// (password from the prompt or STRATA_PASSWORD), mounts it, and on Ctrl-C
+/// uploads what is pending, unmounts and stops the server. Running it again
+/// reopens the same vault.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Where to mount [default: ./StrataDrive]

@@ -557,12 +557,12 @@ fn mount_helper_and_daemon_mode() {
 #[test]
 fn demo_runs_headless_and_stops_cleanly_on_ctrl_c() {
     let e = Env::new();
-    let vault = e.p("demo-vault");
+    let demo_dir = e.p("demo");
     let drive = e.p("StrataDrive");
     let run = || {
         let log = std::fs::File::create(e.p("demo.log")).unwrap();
         e.cmd()
-            .env("STRATA_DEMO_VAULT", &vault)
+            .env("STRATA_DEMO_DIR", &demo_dir)
             .args(["demo"])
             .arg(&drive)
             .stdout(log.try_clone().unwrap())
@@ -609,7 +609,10 @@ fn demo_runs_headless_and_stops_cleanly_on_ctrl_c() {
     // the file is in the vault, visible to the CLI
     let ls = e
         .cmd()
-        .env("STRATA_STORE", format!("file://{}", vault.display()))
+        .env(
+            "STRATA_STORE",
+            format!("file://{}", demo_dir.join("objects").display()),
+        )
         .args(["ls", "/"])
         .output()
         .unwrap();

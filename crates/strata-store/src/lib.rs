@@ -2,7 +2,9 @@
 //!
 //! Owns everything about *where bytes live*: one small object-store trait
 //! ([`Store`]), the backends behind it (through `opendal`: `file://`,
-//! `memory://`), store-URL parsing ([`open_url`]), and the layers stacked on the
+//! `memory://`; and [`HttpBasicStore`] for `basic+http(s)://`, clouds whose
+//! API is only upload / download / list web pages), store-URL parsing
+//! ([`open_url`]), and the layers stacked on the
 //! trait: retry with backoff and jitter, a concurrency limit, request/byte
 //! counters, object-size caps / disabled range reads (to emulate primitive
 //! clouds), and fault injection for tests.
@@ -14,6 +16,7 @@
 mod backend;
 mod error;
 mod fault;
+mod http_basic;
 mod layers;
 mod url;
 
@@ -25,6 +28,10 @@ pub use bytes::Bytes;
 pub use crate::backend::OpendalStore;
 pub use crate::error::{StoreError, StoreErrorKind, StoreResult};
 pub use crate::fault::{FaultOp, FaultPlan, FaultStore};
+pub use crate::http_basic::{
+    AuthProfile, DeleteProfile, DownloadProfile, HttpBasicStore, HttpProfile, ListFormat,
+    ListProfile, UploadBody, UploadProfile, CONNECT_TIMEOUT, DEFAULT_TOKEN_ENV, READ_TIMEOUT,
+};
 pub use crate::layers::{
     CapStore, ConcurrencyLimit, Metrics, MetricsSnapshot, MetricsStore, RetryPolicy, RetryStore,
 };

@@ -1,17 +1,21 @@
 //! Store URLs: [`open_url`] parses `file:///abs/path`, a bare filesystem
-//! path, or `memory://NAME`, plus query options ([`StoreOptions`]), and builds
-//! the standard layer stack; [`parse_size`] reads sizes like `100MiB`.
+//! path, `memory://NAME` or `basic+http(s)://HOST/BASE/` (see
+//! [`HttpBasicStore`](crate::HttpBasicStore)), plus query options
+//! ([`StoreOptions`]), and builds the standard layer stack; [`parse_size`]
+//! reads sizes like `100MiB`.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::backend::OpendalStore;
 use crate::error::{StoreError, StoreResult};
+use crate::http_basic::{self, HttpBasicStore};
 use crate::layers::{CapStore, ConcurrencyLimit, Metrics, MetricsStore, RetryPolicy, RetryStore};
 use crate::DynStore;
 
 /// The schemes [`open_url`] understands, for error messages.
-const SUPPORTED: &str = "file:// (or a plain filesystem path), memory://";
+const SUPPORTED: &str =
+    "file:// (or a plain filesystem path), memory://, basic+http://, basic+https://";
 
 /// The option names a store URL may carry, for error messages.
 const OPTIONS: &str = "max-object-size, range-reads, no-range, concurrency, retries";
@@ -86,7 +90,9 @@ impl StoreOptions {
                 }
                 _ => {
                     return Err(format!(
-                        "unknown store option `{name}` (supported: {OPTIONS})"
+                        "unknown store option `{name}` (supported: {OPTIONS}; basic+http(s):// \
+                         stores also take {})",
+                        http_basic::URL_OPTIONS
                     ))
                 }
             }
@@ -119,9 +125,12 @@ fn parse_flag(name: &str, value: Option<&str>) -> Result<bool, String> {
 ///
 /// Accepted: `file:///abs/path`, a bare (absolute or relative) filesystem
 /// path, `memory://NAME` (shared by name within the process; `memory://`
-/// alone is private), each optionally followed by `?options`
-/// (see [`StoreOptions`]). `describe()` of the stack is the URL with secrets
-/// removed.
+/// alone is private), `basic+http://HOST:PORT/BASE/` or `basic+https://…`
+/// (a basic upload/download/list web API, see
+/// [`HttpBasicStore`](crate::HttpBasicStore); it also takes `token-file`,
+/// `token-env` and `profile` options), each optionally followed by
+/// `?options` (see [`StoreOptions`]). `describe()` of the stack is the URL
+/// with secrets removed.
 pub fn open_url(url: &str) -> StoreResult<(DynStore, Metrics)> {
     let shown = redact_url(url);
     let invalid = |msg: String| StoreError::invalid_url(shown.as_str(), msg);
@@ -129,20 +138,27 @@ pub fn open_url(url: &str) -> StoreResult<(DynStore, Metrics)> {
         Some((b, q)) => (b, q),
         None => (url, ""),
     };
-    let opts = StoreOptions::from_query(query).map_err(invalid)?;
+    // basic+http(s):// takes options of its own; the rest are general.
+    let is_http = split_scheme(base).is_some_and(|(scheme, _)| http_basic::is_scheme(scheme));
+    let (http_opts, query) = if is_http {
+        http_basic::split_query(query).map_err(invalid)?
+    } else {
+        (http_basic::UrlOptions::default(), query.to_owned())
+    };
+    let opts = StoreOptions::from_query(&query).map_err(invalid)?;
     let redacted_query = match shown.split_once('?') {
         Some((_, q)) if !q.is_empty() => format!("?{q}"),
         _ => String::new(),
     };
 
-    let backend = match split_scheme(base) {
+    let backend: DynStore = match split_scheme(base) {
         None => {
             if base.is_empty() {
                 return Err(invalid(format!(
                     "empty store URL; supported schemes: {SUPPORTED}"
                 )));
             }
-            fs_store(Path::new(base), &redacted_query)?
+            Arc::new(fs_store(Path::new(base), &redacted_query)?)
         }
         Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
             "file" => {
@@ -159,7 +175,7 @@ pub fn open_url(url: &str) -> StoreResult<(DynStore, Metrics)> {
                         .to_file_path()
                         .map_err(|()| invalid("file URL has no usable absolute path".into()))?,
                 };
-                fs_store(&path, &redacted_query)?
+                Arc::new(fs_store(&path, &redacted_query)?)
             }
             "memory" => {
                 let name = rest.trim_end_matches('/');
@@ -172,7 +188,10 @@ pub fn open_url(url: &str) -> StoreResult<(DynStore, Metrics)> {
                     )));
                 }
                 let d = format!("memory://{name}{redacted_query}");
-                OpendalStore::memory(name)?.with_description(d)
+                Arc::new(OpendalStore::memory(name)?.with_description(d))
+            }
+            "basic+http" | "basic+https" => {
+                Arc::new(HttpBasicStore::open(base, &http_opts, &redacted_query)?)
             }
             other => {
                 return Err(invalid(format!(
@@ -181,7 +200,7 @@ pub fn open_url(url: &str) -> StoreResult<(DynStore, Metrics)> {
             }
         },
     };
-    Ok(build_stack(Arc::new(backend), &opts))
+    Ok(build_stack(backend, &opts))
 }
 
 fn fs_store(path: &Path, redacted_query: &str) -> StoreResult<OpendalStore> {
@@ -252,6 +271,10 @@ fn redact_url(url: &str) -> String {
 
 fn is_secret_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
+    // `token-file=PATH`, `token-env=VAR`: where the secret is, not the secret.
+    if n.ends_with("-file") || n.ends_with("-env") {
+        return false;
+    }
     ["token", "password", "passwd", "secret", "key", "credential"]
         .iter()
         .any(|s| n.contains(s))
@@ -334,6 +357,10 @@ mod tests {
         );
         assert_eq!(redact_url("memory://a"), "memory://a");
         assert_eq!(redact_url("/tmp/x?no-range"), "/tmp/x?no-range");
+        assert_eq!(
+            redact_url("basic+http://h:1/?token-file=/t&token-env=V&token=x"),
+            "basic+http://h:1/?token-file=/t&token-env=V&token=***"
+        );
     }
 
     #[test]

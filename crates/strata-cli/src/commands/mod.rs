@@ -37,6 +37,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Unmount(a) => mount::unmount(a),
         Command::Status(a) => mount::status(a),
         // handled before the runtime starts (see main.rs)
+        Command::CloudServer(a) => mount::cloud_server(a).await,
         Command::Mount(_) | Command::Demo(_) => {
             anyhow::bail!("internal: mount runs outside the async runtime")
         }

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use strata_fuse::{control, run_mount, FsyncMode, MountOptions};
 use zeroize::Zeroizing;
 
-use crate::cli::{DemoArgs, FsyncArg, Global, MountArgs, StatusArgs, UnmountArgs};
+use crate::cli::{CloudServerArgs, DemoArgs, FsyncArg, Global, MountArgs, StatusArgs, UnmountArgs};
 use crate::config;
 use crate::password::{self, Secret};
 use crate::session::password_sources;
@@ -195,23 +195,108 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     Ok(())
 }
 
-/// The demo vault's folder: `$STRATA_DEMO_VAULT`, else under the data dir.
-fn demo_vault_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("STRATA_DEMO_VAULT") {
+/// The demo's folder: `$STRATA_DEMO_DIR`, else `<data dir>/strata/demo-cloud`.
+/// It holds the bundled server's objects (`objects/`) and its token.
+fn demo_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("STRATA_DEMO_DIR") {
         return PathBuf::from(d);
     }
     dirs::data_dir()
         .unwrap_or_else(|| PathBuf::from(".local/share"))
         .join("strata")
-        .join("demo-vault")
+        .join("demo-cloud")
 }
 
-/// `strata demo`: a local vault (created on first use), mounted.
+/// Read the bearer token from `path`, or create it (random, mode 0600).
+fn load_or_create_token(path: &Path) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => bail!(
+            "token file {} is empty; delete it to get a new token",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read token file {}", path.display()))
+        }
+    }
+    let mut raw = [0u8; 32];
+    strata_crypto::random_bytes(&mut raw)?;
+    let token = hex_string(&raw);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create token file {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    f.write_all(b"\n")?;
+    Ok(token)
+}
+
+fn hex_string(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn server_config(a: &CloudServerArgs, token: String) -> Result<strata_server::ServerConfig> {
+    let mut cfg = strata_server::ServerConfig::new(a.dir.clone(), a.listen, token);
+    if let Some(m) = &a.max_object_size {
+        cfg.max_object_size = Some(
+            strata_store::parse_size(m)
+                .map_err(|e| anyhow::anyhow!("--max-object-size {m}: {e}"))?,
+        );
+    }
+    cfg.range = !a.no_range;
+    if let Some(b) = &a.bandwidth {
+        cfg.bandwidth = Some(
+            strata_server::parse_rate(b).map_err(|e| anyhow::anyhow!("--bandwidth {b}: {e}"))?,
+        );
+    }
+    cfg.latency = Duration::from_millis(a.latency_ms);
+    if !(0.0..=1.0).contains(&a.fail_rate) {
+        bail!("--fail-rate must be between 0 and 1");
+    }
+    cfg.fail_rate = a.fail_rate;
+    Ok(cfg)
+}
+
+/// `strata cloud-server`.
+pub async fn cloud_server(a: &CloudServerArgs) -> Result<()> {
+    let token = load_or_create_token(&a.token_file)?;
+    let cfg = server_config(a, token)?;
+    let h = strata_server::spawn(cfg)
+        .await
+        .with_context(|| format!("cannot serve on {}", a.listen))?;
+    eprintln!(
+        "strata: serving {} at http://{}\n        store URL: basic+http://{}/?token-file={}\n        stop with Ctrl-C",
+        a.dir.display(),
+        h.addr,
+        h.addr,
+        a.token_file.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    h.shutdown().await;
+    Ok(())
+}
+
+/// `strata demo`: the bundled primitive cloud server on a loopback port, a
+/// vault on it (created on first use), mounted.
 pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
-    let vault_dir = demo_vault_dir();
-    std::fs::create_dir_all(vault_dir.parent().unwrap_or(Path::new(".")))
-        .with_context(|| format!("cannot create {}", vault_dir.display()))?;
-    let url = format!("file://{}", vault_dir.display());
+    let base = demo_dir();
+    let objects = base.join("objects");
+    std::fs::create_dir_all(&objects)
+        .with_context(|| format!("cannot create {}", objects.display()))?;
+    let token_file = base.join("token");
+    let token = load_or_create_token(&token_file)?;
     let mountpoint = a
         .dir
         .clone()
@@ -220,9 +305,25 @@ pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
         std::fs::create_dir_all(&mountpoint)
             .with_context(|| format!("cannot create the mountpoint {}", mountpoint.display()))?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // The server lives on its own runtime while the mount runs on this thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("strata-demo-server")
         .enable_all()
         .build()?;
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let server = rt
+        .block_on(strata_server::spawn(strata_server::ServerConfig::new(
+            objects.clone(),
+            listen,
+            token,
+        )))
+        .context("cannot start the bundled cloud server")?;
+    let url = format!(
+        "basic+http://{}/?token-file={}",
+        server.addr,
+        token_file.display()
+    );
     let (store, _) = strata_store::open_url(&url)?;
     let exists = rt
         .block_on(store.stat(strata_core::format::HEADER_KEY))?
@@ -230,7 +331,10 @@ pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
     let pw = if exists {
         password::existing(password_sources(g), "Password for the demo vault: ")?
     } else {
-        eprintln!("strata: creating the demo vault in {}", vault_dir.display());
+        eprintln!(
+            "strata: creating the demo vault (objects in {})",
+            objects.display()
+        );
         let pw = password::new(password_sources(g), "New password for the demo vault: ")?;
         let mut c = strata_core::CreateOptions::default();
         if let (Ok(m), Ok(t)) = (
@@ -248,7 +352,6 @@ pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
         rt.block_on(strata_core::Vault::create(store, &pw, c, opts))?;
         pw
     };
-    drop(rt);
     let args = MountArgs {
         mountpoint: mountpoint.clone(),
         cache_dir: None,
@@ -261,18 +364,21 @@ pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
     };
     let opts = mount_options(g, &args, url.clone())?;
     let quiet = g.quiet;
-    run_mount(opts, pw, |mp| {
+    let addr = server.addr;
+    let res = run_mount(opts, pw, |mp| {
         if !quiet {
             eprintln!(
                 "\nStrata demo: your encrypted drive is mounted at {mp}\n\
-                 \n  vault (what a cloud would store): {vault}\n\
+                 \n  cloud server: http://{addr} (objects in {obj})\n\
                  \nTry:\n  cp -r /etc/ssh {mp}/          # copy files in\n  ls -l {mp}\n  \
-                 ls -R {vault} | head            # only encrypted objects\n  \
-                 strata --store {url} ls -l -R /   # the same files through the CLI (after Ctrl-C)\n\
-                 \nPress Ctrl-C to upload what is pending and unmount.\n",
+                 ls -R {obj} | head            # what the cloud stores: only encrypted objects\n\
+                 \nPress Ctrl-C to upload what is pending, unmount and stop the server.\n\
+                 Afterwards: strata --store file://{obj} ls -l -R /\n",
                 mp = mp.display(),
-                vault = vault_dir.display(),
+                obj = objects.display(),
             );
         }
-    })
+    });
+    rt.block_on(server.shutdown());
+    res
 }
