@@ -14,6 +14,7 @@ cargo build --release -q -p strata-cli
 bin=$PWD/target/release/strata
 
 rm -rf "$work"; mkdir -p "$work"
+trap 'rm -rf "$work"' EXIT  # no GiB-sized leftovers, even on failure
 src=$work/src.bin
 head -c $((size_mib * 1024 * 1024)) /dev/urandom >"$src"
 bytes=$(stat -c %s "$src")
@@ -23,9 +24,13 @@ drop() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 run() {
   local label=$1; shift
   drop
-  local out
-  out=$( { /usr/bin/time -f "%e %U %S %M" "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
-  read -r el us sy rss <<<"$out"
+  # GNU time writes its figures with -o: redirecting the command's stderr
+  # (as this script once did) also silenced time's own report.
+  local tf=$work/time.out
+  if ! /usr/bin/time -o "$tf" -f "%e %U %S %M" "$@" >/dev/null 2>"$work/cmd.err"; then
+    echo "$label failed:" >&2; cat "$work/cmd.err" >&2; exit 1
+  fi
+  read -r el us sy rss <"$tf"
   awk -v l="$label" -v e="$el" -v u="$us" -v s="$sy" -v r="$rss" -v b="$bytes" \
     'BEGIN { printf "%-26s %7.2f s %9.1f MB/s %7.2f CPU-s %8.1f MB RSS\n", l, e, b/e/1e6, u+s, r/1024 }'
 }
@@ -35,6 +40,7 @@ store="file://$work/vault"
 $bin init "$store" -q >/dev/null
 echo "file: $((bytes / 1048576)) MiB random, disk: $(df -h "$work" | awk 'NR==2 {print $1}')"
 run "cp + sync"         sh -c "cp '$src' '$work/copy.bin' && sync"
+rm -f "$work/copy.bin"  # keep disk use at 3x the file size
 run "strata put"        $bin --store "$store" -q put "$src" /big.bin
 mkdir -p "$work/out"
 run "strata get"        $bin --store "$store" -q get /big.bin "$work/out"

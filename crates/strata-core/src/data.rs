@@ -483,7 +483,11 @@ impl Vault {
             tokio::task::spawn_blocking(move || blob::seal_with_id(&keys, &id, &data, max))
                 .await
                 .map_err(|e| VaultError::Invalid(format!("encryption task failed: {e}")))??;
-        self.store.put(&blob_key(&id), Bytes::from(sealed)).await?;
+        // Durable at the next commit: it syncs the store before writing the
+        // log that references this blob.
+        self.store
+            .put_deferred(&blob_key(&id), Bytes::from(sealed))
+            .await?;
         Ok(Some(cref))
     }
 

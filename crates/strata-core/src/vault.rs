@@ -510,6 +510,13 @@ impl Vault {
     pub async fn commit(&self) -> VaultResult<()> {
         let _c = self.commit_lock.lock().await;
         self.stage_pending()?;
+        // Blobs referenced by the staged records were put (possibly with
+        // deferred durability) before those records were applied, hence
+        // before staging: one sync makes them all durable before any log
+        // that references them.
+        if !lock(&self.inner).staged.is_empty() {
+            self.store.sync().await?;
+        }
         // Send staged logs in order. A failed put leaves them staged: the next
         // commit re-sends the *same bytes*, so whether or not the failed
         // attempt landed, the store ends up with one consistent chain.

@@ -60,6 +60,8 @@ pub struct OpendalStore {
 struct FsDirs {
     root: PathBuf,
     tmp: PathBuf,
+    /// A `put_deferred` happened since the last `sync`.
+    unsynced: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for OpendalStore {
@@ -153,7 +155,11 @@ impl OpendalStore {
                 conditional_create: hard_links,
                 max_object_size: None,
             },
-            fs: Some(Arc::new(FsDirs { root, tmp })),
+            fs: Some(Arc::new(FsDirs {
+                root,
+                tmp,
+                unsynced: std::sync::atomic::AtomicBool::new(false),
+            })),
         })
     }
 
@@ -248,7 +254,7 @@ impl OpendalStore {
             let dirs = dirs.clone();
             let k = key.to_owned();
             return self
-                .blocking(op, key, move || fs_put(&dirs, &k, &data, if_absent))
+                .blocking(op, key, move || fs_put(&dirs, &k, &data, if_absent, true))
                 .await;
         }
         let res = if if_absent {
@@ -276,6 +282,39 @@ impl Store for OpendalStore {
 
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
         self.put_inner("put", key, data, false).await.map(|_| ())
+    }
+
+    async fn put_deferred(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        let Some(dirs) = &self.fs else {
+            return self.put(key, data).await;
+        };
+        self.check_key("put", key)?;
+        let dirs = dirs.clone();
+        let k = key.to_owned();
+        self.blocking("put", key, move || {
+            fs_put(&dirs, &k, &data, false, false)?;
+            dirs.unsynced
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sync(&self) -> StoreResult<()> {
+        let Some(dirs) = &self.fs else { return Ok(()) };
+        if !dirs
+            .unsynced
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        let d = dirs.clone();
+        let res = self.blocking("sync", "", move || syncfs(&d.root)).await;
+        if res.is_err() {
+            dirs.unsynced
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        res
     }
 
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
@@ -500,7 +539,13 @@ fn ensure_dir(root: &Path, dir: &Path) -> io::Result<()> {
 
 /// Durable, atomic whole-object write. Returns false when `if_absent` and the
 /// key already exists (nothing written then).
-fn fs_put(dirs: &FsDirs, key: &str, data: &[u8], if_absent: bool) -> io::Result<bool> {
+fn fs_put(
+    dirs: &FsDirs,
+    key: &str,
+    data: &[u8],
+    if_absent: bool,
+    durable: bool,
+) -> io::Result<bool> {
     let target = dirs.root.join(key);
     let parent = target.parent().unwrap_or(&dirs.root);
     ensure_dir(&dirs.root, parent)?;
@@ -512,7 +557,9 @@ fn fs_put(dirs: &FsDirs, key: &str, data: &[u8], if_absent: bool) -> io::Result<
         .create_new(true)
         .open(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     drop(f);
 
     if if_absent {
@@ -527,8 +574,22 @@ fn fs_put(dirs: &FsDirs, key: &str, data: &[u8], if_absent: bool) -> io::Result<
         guard.0 = None;
     }
     drop(guard);
-    fsync_dir(parent)?;
+    if durable {
+        fsync_dir(parent)?;
+    }
     Ok(true)
+}
+
+/// Flush the whole filesystem holding `root` (file data, and the renames and
+/// directory entries of deferred puts) with one `syncfs(2)`.
+fn syncfs(root: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(root)?;
+    // SAFETY: syncfs takes a valid open file descriptor; `f` outlives the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Read a whole object, or `range` of it clamped to its end.

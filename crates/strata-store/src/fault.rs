@@ -285,6 +285,14 @@ impl Store for FaultStore {
         self.inner.put(key, data).await?;
         self.after_put("put", key)
     }
+    async fn put_deferred(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        self.check(FaultOp::Put, "put", key)?;
+        self.inner.put_deferred(key, data).await?;
+        self.after_put("put", key)
+    }
+    async fn sync(&self) -> StoreResult<()> {
+        self.inner.sync().await
+    }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         self.check(FaultOp::Put, "put_if_absent", key)?;
         let created = self.inner.put_if_absent(key, data).await?;

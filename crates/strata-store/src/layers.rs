@@ -33,6 +33,12 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
         (**self).put(key, data).await
     }
+    async fn put_deferred(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        (**self).put_deferred(key, data).await
+    }
+    async fn sync(&self) -> StoreResult<()> {
+        (**self).sync().await
+    }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         (**self).put_if_absent(key, data).await
     }
@@ -168,6 +174,13 @@ impl<S: Store> Store for RetryStore<S> {
         self.retry("put", key, || self.inner.put(key, data.clone()))
             .await
     }
+    async fn put_deferred(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        self.retry("put", key, || self.inner.put_deferred(key, data.clone()))
+            .await
+    }
+    async fn sync(&self) -> StoreResult<()> {
+        self.retry("sync", "", || self.inner.sync()).await
+    }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         self.retry("put_if_absent", key, || {
             self.inner.put_if_absent(key, data.clone())
@@ -256,6 +269,13 @@ impl<S: Store> Store for ConcurrencyLimit<S> {
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
         let _p = self.permit("put", key).await?;
         self.inner.put(key, data).await
+    }
+    async fn put_deferred(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        let _p = self.permit("put", key).await?;
+        self.inner.put_deferred(key, data).await
+    }
+    async fn sync(&self) -> StoreResult<()> {
+        self.inner.sync().await
     }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         let _p = self.permit("put_if_absent", key).await?;
@@ -434,6 +454,16 @@ impl<S: Store> Store for MetricsStore<S> {
         Metrics::add(&c.bytes_up, data.len() as u64);
         self.metrics.outcome(self.inner.put(key, data).await)
     }
+    async fn put_deferred(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        let c = &self.metrics.c;
+        Metrics::add(&c.puts, 1);
+        Metrics::add(&c.bytes_up, data.len() as u64);
+        self.metrics
+            .outcome(self.inner.put_deferred(key, data).await)
+    }
+    async fn sync(&self) -> StoreResult<()> {
+        self.inner.sync().await
+    }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         let c = &self.metrics.c;
         Metrics::add(&c.puts, 1);
@@ -543,6 +573,13 @@ impl<S: Store> Store for CapStore<S> {
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
         self.check_size("put", key, data.len())?;
         self.inner.put(key, data).await
+    }
+    async fn put_deferred(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        self.check_size("put", key, data.len())?;
+        self.inner.put_deferred(key, data).await
+    }
+    async fn sync(&self) -> StoreResult<()> {
+        self.inner.sync().await
     }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         self.check_size("put_if_absent", key, data.len())?;

@@ -79,8 +79,22 @@ pub trait Store: Send + Sync + 'static {
     /// A human-readable name of the store for error messages (never secrets).
     fn describe(&self) -> String;
 
-    /// Write a whole object, replacing any existing one.
+    /// Write a whole object, replacing any existing one. Durable when it returns.
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()>;
+
+    /// Like [`Store::put`], but durability may be deferred until the next
+    /// [`Store::sync`] (the object is visible at once). Lets a local
+    /// filesystem flush many objects with one sync instead of one each.
+    /// Stores without such a distinction just `put`.
+    async fn put_deferred(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        self.put(key, data).await
+    }
+
+    /// Make every [`Store::put_deferred`] that returned before this call
+    /// durable. Layers must forward it.
+    async fn sync(&self) -> StoreResult<()> {
+        Ok(())
+    }
 
     /// Create an object only if it does not exist. Returns `Ok(false)` when it
     /// already existed. Only call when `capabilities().conditional_create`;

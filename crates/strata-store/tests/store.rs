@@ -719,3 +719,25 @@ fn parse_size_cases() {
     assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
     assert!(parse_size("18446744073709551616").is_err());
 }
+
+#[tokio::test]
+async fn deferred_puts_are_visible_at_once_and_synced_through_the_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/s?max-object-size=10", dir.path().display());
+    let (store, metrics) = strata_store::open_url(&url).unwrap();
+    store
+        .put_deferred("data/ab/x", Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
+    assert_eq!(&store.get("data/ab/x").await.unwrap()[..], b"hello");
+    store.sync().await.unwrap();
+    store.sync().await.unwrap(); // nothing pending: a no-op
+    assert_eq!(metrics.snapshot().puts, 1, "deferred puts are counted");
+    // the size cap applies to deferred puts too
+    let err = store
+        .put_deferred("data/ab/y", Bytes::from_static(b"more than ten bytes"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, strata_store::StoreErrorKind::TooLarge);
+    assert!(store.stat("data/ab/y").await.unwrap().is_none());
+}
