@@ -22,6 +22,7 @@
 //! * Temp files left by a crash are never listed and are swept at open once
 //!   they are an hour old. Keys under `.strata-tmp/` are reserved.
 
+use crate::keys::validate_prefix;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::ops::Range;
@@ -444,45 +445,14 @@ impl Store for OpendalStore {
     }
 }
 
-/// Keys are relative, `/`-separated, non-empty segments of `[A-Za-z0-9._-]`,
-/// no `.`/`..` segments, and not under the reserved `.strata-tmp/`.
+/// A valid key of a `file://` store: a valid key ([`crate::keys`]) not under
+/// the reserved temp folder.
 fn validate_key(key: &str) -> Result<(), &'static str> {
-    if key.is_empty() {
-        return Err("empty key");
-    }
-    if key.len() > 1024 {
-        return Err("key longer than 1024 bytes");
-    }
-    if !key.bytes().all(is_key_byte) {
-        return Err("keys may only contain A-Z a-z 0-9 . _ - /");
-    }
-    for (i, seg) in key.split('/').enumerate() {
-        match seg {
-            "" => return Err("empty path segment (leading, trailing or double '/')"),
-            "." | ".." => return Err("'.' and '..' segments are not allowed"),
-            TMP_DIR if i == 0 => return Err("keys under .strata-tmp/ are reserved"),
-            _ => {}
-        }
+    crate::keys::validate_key(key)?;
+    if key.split('/').next() == Some(TMP_DIR) {
+        return Err("keys under .strata-tmp/ are reserved");
     }
     Ok(())
-}
-
-/// A list prefix: empty, or key characters not starting with `/`.
-fn validate_prefix(prefix: &str) -> Result<(), &'static str> {
-    if prefix.starts_with('/') {
-        return Err("prefix must not start with '/'");
-    }
-    if !prefix.bytes().all(is_key_byte) {
-        return Err("prefixes may only contain A-Z a-z 0-9 . _ - /");
-    }
-    if prefix.split('/').any(|s| s == "..") {
-        return Err("'..' segments are not allowed");
-    }
-    Ok(())
-}
-
-fn is_key_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')
 }
 
 // ---------------------------------------------------------------------------

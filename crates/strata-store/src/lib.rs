@@ -17,6 +17,7 @@ mod backend;
 mod error;
 mod fault;
 mod http_basic;
+mod keys;
 mod layers;
 mod url;
 
