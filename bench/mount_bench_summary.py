@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Median (min..max) of several bench/mount_bench.sh runs.
+
+    bench/mount_bench_summary.py target/bench-results/mount-run5 target/bench-results/mount-run6 ...
+
+Reads each run's results.tsv; prints per figure and system the median and the
+range, then the strata ratios of the medians and the targets.
+"""
+import statistics
+import sys
+from pathlib import Path
+
+ROWS = [
+    ("write_fsync", "seq write + fsync, MB/s", True),
+    ("write_store", "seq write until in store, MB/s", True),
+    ("write_close", "seq write no fsync, until close, MB/s", True),
+    ("write_nofsync_store", "seq write no fsync, until in store, MB/s", True),
+    ("read_seq", "cold seq read, MB/s", True),
+    ("randread_iops", "cold 4 KiB random read, IOPS", True),
+    ("randread_lat_us", "  mean latency, us", False),
+    ("small_close", "create small files, until close, files/s", True),
+    ("small_store", "create small files, until in store, files/s", True),
+    ("ls_lR_s", "ls -lR, cold remount, s", False),
+    ("untar_close_s", "untar, until tar exits, s", False),
+    ("untar_store_s", "untar, until in store, s", False),
+    ("mount_s", "cold mount, s", False),
+    ("peak_rss_mb", "daemon peak RSS, MB", False),
+]
+TARGETS = [
+    ("read_seq", "gocryptfs", 1.2, "cold seq read >= 1.2x gocryptfs"),
+    ("write_fsync", "gocryptfs", 1.0, "seq write with fsync >= 1.0x gocryptfs"),
+    ("read_seq", "rclone", 2.5, "cold seq read >= 2.5x rclone"),
+    ("small_store", "rclone", 5.0, "small-file creation until in store >= 5x rclone"),
+    ("ls_lR_s", "gocryptfs", 2.0, "ls -lR >= 2x gocryptfs (strata time <= half)"),
+]
+
+
+def fmt(x):
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.2f}"
+
+
+def main():
+    runs = [Path(a) for a in sys.argv[1:]]
+    vals = {}
+    systems = []
+    for r in runs:
+        for line in (r / "results.tsv").read_text().splitlines():
+            k, s, x = line.split("\t")
+            vals.setdefault((k, s), []).append(float(x))
+            if s not in systems:
+                systems.append(s)
+    med = {k: statistics.median(v) for k, v in vals.items()}
+    w = max(len(r[1]) for r in ROWS)
+    print(f"{len(runs)} runs: " + " ".join(r.name for r in runs))
+    print(f"median (min..max)\n{'':{w}}  " + "".join(f"{s:>24}" for s in systems))
+    for k, label, _ in ROWS:
+        cells = []
+        for s in systems:
+            v = vals.get((k, s))
+            cells.append(
+                f"{'-':>24}" if not v else f"{fmt(med[(k, s)]) + ' (' + fmt(min(v)) + '..' + fmt(max(v)) + ')':>24}"
+            )
+        print(f"{label:{w}}  " + "".join(cells))
+    others = [s for s in systems if s != "strata"]
+    print(f"\nstrata vs others, medians (>1 = strata better)\n{'':{w}}  " + "".join(f"{'vs ' + o:>14}" for o in others))
+    for k, label, hib in ROWS:
+        cells = []
+        for o in others:
+            a, b = med.get((k, "strata")), med.get((k, o))
+            if not a or not b:
+                cells.append(f"{'-':>14}")
+            else:
+                cells.append(f"{(a / b if hib else b / a):>13.2f}x")
+        print(f"{label:{w}}  " + "".join(cells))
+    print("\nTargets (medians):")
+    for k, o, t, text in TARGETS:
+        a, b = med.get((k, "strata")), med.get((k, o))
+        if not a or not b:
+            print(f"  {text:50} n/a")
+            continue
+        hib = next(r[2] for r in ROWS if r[0] == k)
+        r = a / b if hib else b / a
+        print(f"  {text:50} {r:6.2f}x  {'PASS' if r >= t else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
