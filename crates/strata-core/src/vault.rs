@@ -75,8 +75,9 @@ impl Default for OpenOptions {
 pub(crate) struct Inner {
     pub(crate) tree: Tree,
     pending: Vec<Record>,
-    /// Indices into `pending` where a log object may end (unit boundaries).
-    breaks: Vec<usize>,
+    /// Unit boundaries in `pending` (where a log object may end), with the
+    /// unit's encoded size measured once when it was applied.
+    breaks: Vec<(usize, usize)>,
     /// Sequence number of `pending[0]` (records are numbered in apply order).
     pending_first_seq: u64,
     /// Sequence number of the newest committed record.
@@ -486,7 +487,7 @@ impl Vault {
             }
         }
         let end = g.pending.len();
-        g.breaks.push(end);
+        g.breaks.push((end, size));
         result?;
         Ok(g.pending_first_seq + g.pending.len() as u64 - 1)
     }
@@ -520,10 +521,14 @@ impl Vault {
         // Send staged logs in order. A failed put leaves them staged: the next
         // commit re-sends the *same bytes*, so whether or not the failed
         // attempt landed, the store ends up with one consistent chain.
-        loop {
+        let mut sent = false;
+        let res = loop {
             let next = lock(&self.inner).staged.first().cloned();
-            let Some(s) = next else { break };
-            self.put_log(&s).await?;
+            let Some(s) = next else { break Ok(()) };
+            if let Err(e) = self.put_log(&s).await {
+                break Err(e);
+            }
+            sent = true;
             let mut g = lock(&self.inner);
             g.staged.remove(0);
             g.version = s.version;
@@ -531,9 +536,12 @@ impl Vault {
             g.writer_seq = s.last_seq;
             g.records_since_checkpoint += s.records;
             g.logs_since_checkpoint += 1;
-            drop(g);
+        };
+        // one state-file write (and fsync) per commit, not per log object
+        if sent {
             self.save_seen()?;
         }
+        res?;
         self.delete_freed().await?;
         let due = {
             let g = lock(&self.inner);
@@ -562,21 +570,26 @@ impl Vault {
         let mut batches: Vec<Vec<Record>> = vec![Vec::new()];
         let mut size = 0usize;
         let mut start = 0usize;
-        let breaks = std::mem::take(&mut g.breaks);
-        for end in breaks.into_iter().chain(std::iter::once(g.pending.len())) {
-            if end <= start {
-                continue;
-            }
-            let unit = &g.pending[start..end];
-            let us: usize = unit
+        let mut breaks = std::mem::take(&mut g.breaks);
+        // records applied without apply_all (none today) would form a last unit
+        let tail = g.pending.len();
+        if breaks.last().map(|b| b.0) != Some(tail) {
+            let rest: usize = g.pending[breaks.last().map(|b| b.0).unwrap_or(0)..]
                 .iter()
                 .map(|r| {
                     postcard::to_stdvec(r)
                         .map(|v| v.len())
                         .unwrap_or(usize::MAX)
                 })
-                .sum::<usize>()
-                .saturating_add(64);
+                .sum();
+            breaks.push((tail, rest));
+        }
+        for (end, bytes) in breaks {
+            if end <= start {
+                continue;
+            }
+            let unit = &g.pending[start..end];
+            let us = bytes.saturating_add(64);
             if size + us > limit && batches.last().is_some_and(|b| !b.is_empty()) {
                 batches.push(Vec::new());
                 size = 0;

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
@@ -23,7 +23,7 @@ use strata_core::record::now;
 use strata_core::{Inode, Kind, Record, Ts, Vault};
 use tracing::{debug, info, warn};
 
-use crate::{io_errno, vault_errno, Errno, Vfs, VfsResult};
+use crate::{io_errno, lock, vault_errno, Errno, Vfs, VfsResult};
 
 /// One dirty chunk.
 #[derive(Debug, Clone)]
@@ -69,10 +69,6 @@ pub struct WriteBack {
     attrs: Mutex<HashMap<u64, (u64, Ts)>>,
     /// Bytes in chunk files.
     bytes: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl WriteBack {
