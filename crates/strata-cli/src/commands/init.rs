@@ -28,12 +28,13 @@ fn chunk_size(s: &str) -> Result<u32> {
     Ok(n as u32)
 }
 
-fn kdf(a: &InitArgs) -> Result<KdfParams> {
+/// Argon2id parameters: the defaults, with test overrides of memory and time.
+pub(crate) fn kdf_params(memory_kib: Option<u32>, time: Option<u32>) -> Result<KdfParams> {
     let mut k = KdfParams::default();
-    if let Some(m) = a.kdf_memory_kib {
+    if let Some(m) = memory_kib {
         k.m_kib = m;
     }
-    if let Some(t) = a.kdf_time {
+    if let Some(t) = time {
         k.t = t;
     }
     k.validate().map_err(|e| {
@@ -46,7 +47,7 @@ fn kdf(a: &InitArgs) -> Result<KdfParams> {
 
 pub async fn run(g: &Global, ui: Ui, a: &InitArgs) -> Result<()> {
     let chunk = chunk_size(&a.chunk_size)?;
-    let kdf = kdf(a)?;
+    let kdf = kdf_params(a.kdf_memory_kib, a.kdf_time)?;
     let store = session::open_store(a.store.as_deref().or(g.store.as_deref()))?;
     let name = store.describe();
     // Refuse early (before asking for a password) when the store is in use;

@@ -336,15 +336,11 @@ pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
             objects.display()
         );
         let pw = password::new(password_sources(g), "New password for the demo vault: ")?;
-        let mut c = strata_core::CreateOptions::default();
-        if let (Ok(m), Ok(t)) = (
-            std::env::var("STRATA_KDF_MEMORY_KIB"),
-            std::env::var("STRATA_KDF_TIME"),
-        ) {
-            if let (Ok(m), Ok(t)) = (m.parse(), t.parse()) {
-                c.kdf = strata_crypto::KdfParams { m_kib: m, t, p: 1 };
-            }
-        }
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+        let c = strata_core::CreateOptions {
+            kdf: super::init::kdf_params(env("STRATA_KDF_MEMORY_KIB"), env("STRATA_KDF_TIME"))?,
+            ..Default::default()
+        };
         let opts = strata_core::OpenOptions {
             state_dir: g.state_dir.clone(),
             ..Default::default()
