@@ -1,80 +1,159 @@
 #!/usr/bin/env bash
-# Streaming over a slow link (issue: VLC on a bus over LTE). The bundled
-# cloud server shapes bandwidth and adds latency in user space (no netem
-# here). A player-like reader reads 10 MiB, seeks to 150 MiB, reads 10 MiB
-# of a 200 MiB file through a cold mount; we report time to first byte,
-# seek-to-first-byte, sequential throughput as a share of the link, and
-# bytes fetched from the store / bytes read — with and without range reads.
+# Streaming over a slow link (issue 4: VLC on a bus over LTE), Strata next to
+# rclone in the same run, through the SAME emulated link.
 #
-#   bench/stream.sh [RATE (default 20mbit)] [RTT_MS (default 50 = 25 ms each way)]
+# The kernel has no netem, so bench/linkem.py is the link: a loopback TCP
+# proxy with a bandwidth limit in each direction, a one-way delay and one
+# RTT of handshake per new connection, shared by every connection, and a
+# byte counter. Behind it, with no server-side knobs:
+#   strata         `strata cloud-server` (ranges on), cold `strata mount`
+#   strata-norange the same server with --no-range, mount with range-reads=false
+#   rclone         `rclone serve webdav`, cold `rclone mount` of a crypt remote
+#                  over it, rclone's defaults (--vfs-cache-mode off)
+#   rclone-tuned   the same with $RCLONE_TUNED (default "--buffer-size 0")
+#
+# Workloads, each on a fresh mount (nothing cached):
+#   player  read 10 MiB at 0 (256 KiB reads), seek to 150 MiB, read 10 MiB:
+#           TTFB, seek -> first byte, fetched / read (bytes over the link from
+#           mount to unmount, 2 s after the player stops, / bytes read)
+#   seq     one long sequential read of $SEQ_MIB MiB from 0: throughput after
+#           the first byte as a share of the link, and fetched / read
+#
+#   bench/stream.sh [RATE (default 20mbit)] [ONE_WAY_DELAY_MS (default 25)]
+#   env: SYSTEMS="strata strata-norange rclone rclone-tuned" SEQ_MIB=48
+#        RUNS=1 RCLONE_TUNED="--buffer-size 0" KEEP=0 (keep target/bench-stream)
+#        NO_BUILD=1 (use target/release/strata as it is)
+# Needs root (FUSE), rclone, python3. Uses ~700 MB under target/bench-stream,
+# removed at the end unless KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-20mbit}
-rtt=${2:-50}
-cargo build --release -q -p strata-cli
+delay=${2:-25}
+SYSTEMS=${SYSTEMS:-"strata strata-norange rclone rclone-tuned"}
+SEQ_MIB=${SEQ_MIB:-48}
+RUNS=${RUNS:-1}
+RCLONE_TUNED=${RCLONE_TUNED:-"--buffer-size 0"}
+bench=$PWD/bench
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p strata-cli
 bin=$PWD/target/release/strata
 work=$PWD/target/bench-stream
+pids=()
 cleanup() {
-  for m in "$work"/mnt*; do fusermount3 -u -z "$m" 2>/dev/null || true; done
-  [ -n "${spid:-}" ] && kill "$spid" 2>/dev/null || true
+  for m in "$work"/mnt*; do
+    [ -d "$m" ] && { fusermount3 -u -z "$m" 2>/dev/null || true; }
+  done
+  for p in "${pids[@]}" ${spid:-}; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$work"
 }
 trap cleanup EXIT
-rm -rf "$work"; mkdir -p "$work/mnt"
+rm -rf "$work"
+mkdir -p "$work/dav"
 export STRATA_PASSWORD=bench STRATA_STATE_DIR=$work/state STRATA_RUNTIME_DIR=$work/run
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url="basic+http://127.0.0.1:$port/?token-file=$work/token"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+sport=$(free_port) wport=$(free_port) lsport=$(free_port) lwport=$(free_port)
+token="token-file=$work/token"
 
-serve() { # serve [extra server flags]
-  [ -n "${spid:-}" ] && { kill "$spid"; wait "$spid" 2>/dev/null || true; }
-  $bin cloud-server "$work/cloud" --listen "127.0.0.1:$port" --token-file "$work/token" "$@" 2>/dev/null &
+serve_strata() { # [server flags]: (re)start the cloud server, no shaping
+  if [ -n "${spid:-}" ]; then kill "$spid"; wait "$spid" 2>/dev/null || true; fi
+  $bin cloud-server "$work/cloud" --listen "127.0.0.1:$sport" --token-file "$work/token" "$@" 2>/dev/null &
   spid=$!
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+  wait_port "$sport"
 }
 
-# 1. fill the vault at full speed
-serve
-$bin --store "$url" init -q
+# --- data: the same 200 MiB of random bytes in both, at full speed ---------------
+serve_strata
+$bin --store "basic+http://127.0.0.1:$sport/?$token" init -q
 head -c $((200 << 20)) /dev/urandom >"$work/movie.bin"
-$bin --store "$url" -q put "$work/movie.bin" /movie.bin
+$bin --store "basic+http://127.0.0.1:$sport/?$token" -q put "$work/movie.bin" /movie.bin
+pw=$(rclone obscure bench)
+cat >"$work/rclone.conf" <<EOF
+[fill]
+type = crypt
+remote = $work/dav
+password = $pw
+[dav]
+type = webdav
+url = http://127.0.0.1:$lwport/
+vendor = other
+[sec]
+type = crypt
+remote = dav:
+password = $pw
+EOF
+rclone --config "$work/rclone.conf" copyto "$work/movie.bin" fill:movie.bin
 rm "$work/movie.bin"
+rclone serve webdav "$work/dav" --addr "127.0.0.1:$wport" --config /dev/null >"$work/webdav.log" 2>&1 &
+pids+=($!)
+wait_port "$wport"
 
-player() { # player MOUNTPOINT -> prints ttfb seek_ttfb seq_MBps
-  python3 - "$1/movie.bin" <<'PY'
-import os, sys, time
-p = sys.argv[1]
-f = os.open(p, os.O_RDONLY)
-def read_span(off, n):
-    os.lseek(f, off, 0)
-    t0 = time.monotonic(); first = None; got = 0
-    while got < n:
-        b = os.read(f, min(256 * 1024, n - got))
-        if not b: break
-        if first is None: first = time.monotonic() - t0
-        got += len(b)
-    return first, got, time.monotonic() - t0
-ttfb, n1, t1 = read_span(0, 10 << 20)
-seek, n2, t2 = read_span(150 << 20, 10 << 20)
-print(f"{ttfb:.3f} {seek:.3f} {(n1 + n2) / (t1 + t2) / 1e6:.3f} {n1 + n2}")
+# --- the link ---------------------------------------------------------------------
+python3 "$bench/linkem.py" --rate "$rate" --delay-ms "$delay" \
+  --forward "$lsport:$sport" --forward "$lwport:$wport" --stats "$work/link.json" >/dev/null &
+pids+=($!)
+wait_port "$lsport"
+link_down() { # bytes delivered down the link through listen port $1 so far
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["down"])' "$work/link.json" "$1"
+}
+link_Bps=$(python3 -c "import re,sys; m=re.fullmatch(r'([0-9.]+)([kmg]?)bit', '$rate'.lower()) or sys.exit('RATE like 20mbit'); print(float(m.group(1))*{'':1,'k':1e3,'m':1e6,'g':1e9}[m.group(2)]/8)")
+
+mount_sys() { # mount_sys SYSTEM MOUNTPOINT: cold mount through the link
+  local sys=$1 mnt=$2
+  rm -rf "$work/cache-$sys"; mkdir -p "$mnt"
+  case $sys in
+    strata)
+      $bin --store "basic+http://127.0.0.1:$lsport/?$token" -q mount "$mnt" --cache-dir "$work/cache-$sys" --daemon >/dev/null ;;
+    strata-norange)
+      $bin --store "basic+http://127.0.0.1:$lsport/?$token&range-reads=false" -q mount "$mnt" --cache-dir "$work/cache-$sys" --daemon >/dev/null ;;
+    rclone | rclone-tuned)
+      local extra=()
+      [ "$sys" = rclone-tuned ] && read -r -a extra <<<"$RCLONE_TUNED"
+      rclone mount sec: "$mnt" --config "$work/rclone.conf" --cache-dir "$work/cache-$sys" \
+        --read-only "${extra[@]}" --log-file "$work/$sys.log" </dev/null >/dev/null 2>&1 &
+      for _ in $(seq 200); do mountpoint -q "$mnt" && break; sleep 0.05; done ;;
+  esac
+  mountpoint -q "$mnt"
+}
+unmount_sys() { # unmount_sys SYSTEM MOUNTPOINT
+  case $1 in
+    strata*) $bin unmount "$2" >/dev/null ;;
+    *) fusermount3 -u "$2"; for _ in $(seq 100); do pgrep -f "rclone mount sec: $2" >/dev/null || break; sleep 0.05; done ;;
+  esac
+}
+
+run() { # run SYSTEM RUN -> one line of figures
+  local sys=$1 port mnt=$work/mnt-$1
+  case $sys in strata-norange) serve_strata --no-range ;; strata) serve_strata ;; esac
+  case $sys in strata*) port=$lsport ;; *) port=$lwport ;; esac
+  sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+  # player
+  mount_sys "$sys" "$mnt"
+  sleep 0.3; local d0; d0=$(link_down "$port")
+  local p; p=$(python3 "$bench/stream_player.py" player "$mnt/movie.bin")
+  sleep 2; unmount_sys "$sys" "$mnt"; sleep 0.3
+  local d1; d1=$(link_down "$port")
+  # long sequential read
+  rm -rf "$work/cache-$sys"
+  mount_sys "$sys" "$mnt"
+  sleep 0.3; local d2; d2=$(link_down "$port")
+  local s; s=$(python3 "$bench/stream_player.py" seq "$mnt/movie.bin" "$SEQ_MIB")
+  unmount_sys "$sys" "$mnt"; sleep 0.3
+  local d3; d3=$(link_down "$port")
+  python3 - "$sys" "$p" "$s" "$((d1 - d0))" "$((d3 - d2))" "$link_Bps" <<'PY'
+import json, sys
+name, p, s = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+pdown, sdown, link = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+print(f"{name:<15} {p['ttfb']:7.3f} s {p['seek']:8.3f} s {pdown / p['read']:9.3f}"
+      f" {100 * s['steady_Bps'] / link:8.1f} % {s['steady_Bps'] / 1e6:6.2f} MB/s"
+      f" {sdown / s['read']:9.3f} {s['ttfb']:7.3f} s")
 PY
 }
 
-run() { # run LABEL MOUNT_URL_SUFFIX [server flags...]
-  local label=$1 suffix=$2; shift 2
-  serve --bandwidth "$rate" --latency-ms "$rtt" "$@"
-  local mnt=$work/mnt-$label cache=$work/cache-$label
-  mkdir -p "$mnt"; rm -rf "$cache"
-  $bin --store "$url$suffix" -q mount "$mnt" --cache-dir "$cache" --daemon
-  sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-  read -r ttfb seek mbps nread < <(player "$mnt")
-  sleep 1.5  # the status file is rewritten every second
-  down=$($bin status --json "$mnt" | python3 -c 'import json,sys; print(json.load(sys.stdin)["metrics"]["bytes_down"])')
-  $bin unmount "$mnt" >/dev/null
-  local link=$(python3 -c "import sys; r='$rate'.lower(); import re; m=re.match(r'([0-9.]+)([kmg]?)bit', r); print(float(m.group(1))*{'':1,'k':1e3,'m':1e6,'g':1e9}[m.group(2)]/8/1e6)")
-  awk -v l="$label" -v t="$ttfb" -v s="$seek" -v m="$mbps" -v d="$down" -v n="$nread" -v k="$link" \
-    'BEGIN { printf "%-14s %8.3f s %8.3f s %8.2f MB/s %6.0f %% of link %8.3f\n", l, t, s, m, 100*m/k, d/n }'
-}
-
-echo "link: $rate, RTT ${rtt} ms; 200 MiB file; read 10 MiB, seek to 150 MiB, read 10 MiB (cold mount)"
-printf "%-14s %10s %10s %14s %12s %8s\n" "store" "TTFB" "seek→byte" "throughput" "share" "fetched/read"
-run ranges ""
-run no-ranges "&range-reads=false" --no-range
+echo "link: $rate each way, ${delay} ms one way (RTT $((2 * delay)) ms), via bench/linkem.py; 200 MiB file"
+echo "player: read 10 MiB, seek to 150 MiB, read 10 MiB; seq: read ${SEQ_MIB} MiB from 0; cold mounts"
+echo "$(rclone version | head -1); rclone-tuned = $RCLONE_TUNED"
+printf "%-15s %9s %10s %9s %21s %9s %9s\n" system TTFB seek→byte "fetch/rd" "seq share of link" "seq f/rd" "seq TTFB"
+for ((r = 1; r <= RUNS; r++)); do
+  for sys in $SYSTEMS; do run "$sys"; done
+done
