@@ -1,6 +1,7 @@
 //! The real backends: [`OpendalStore`] over an `opendal::Operator` for
-//! `memory://` (process-wide stores shared by name) and `file://` (a local
-//! directory, with durable, atomic writes done by this module itself).
+//! `memory://` (process-wide stores shared by name), `file://` (a local
+//! directory, with durable, atomic writes done by this module itself) and
+//! the cloud services set up in [`crate::cloud`] (S3, WebDAV, OneDrive).
 //!
 //! ## The `file://` data path
 //!
@@ -54,6 +55,19 @@ pub struct OpendalStore {
     description: String,
     caps: Capabilities,
     fs: Option<Arc<FsDirs>>,
+    remote: Option<Arc<Remote>>,
+}
+
+/// State of a cloud store (see [`crate::cloud`]).
+#[derive(Debug)]
+pub(crate) struct Remote {
+    pub(crate) flavor: crate::cloud::Flavor,
+    /// opendal can send a conditional create to this service (it may still
+    /// be ignored by the server: `prepare` probes it).
+    pub(crate) can_try_conditional: bool,
+    /// `prepare` proved the server enforces conditional create.
+    pub(crate) conditional_proven: std::sync::atomic::AtomicBool,
+    pub(crate) prepared: std::sync::atomic::AtomicBool,
 }
 
 /// Directories of a `file://` store.
@@ -161,7 +175,28 @@ impl OpendalStore {
                 tmp,
                 unsynced: std::sync::atomic::AtomicBool::new(false),
             })),
+            remote: None,
         })
+    }
+
+    /// A cloud store (built by [`crate::cloud`]).
+    pub(crate) fn remote(
+        op: Operator,
+        description: String,
+        caps: Capabilities,
+        remote: Arc<Remote>,
+    ) -> Self {
+        OpendalStore {
+            op,
+            description,
+            caps,
+            fs: None,
+            remote: Some(remote),
+        }
+    }
+
+    pub(crate) fn description(&self) -> &str {
+        &self.description
     }
 
     /// An in-memory store. Stores are shared by `name` within the process
@@ -196,6 +231,7 @@ impl OpendalStore {
                 max_object_size: None,
             },
             fs: None,
+            remote: None,
         })
     }
 
@@ -212,7 +248,19 @@ impl OpendalStore {
     }
 
     fn err_opendal(&self, e: &opendal::Error, op: &'static str, key: &str) -> StoreError {
-        StoreError::from_opendal(e, self.description.as_str(), op, Some(key))
+        match &self.remote {
+            Some(r) => crate::cloud::explain(e, &r.flavor, &self.description, op, Some(key)),
+            None => StoreError::from_opendal(e, self.description.as_str(), op, Some(key)),
+        }
+    }
+
+    fn conditional_create(&self) -> bool {
+        match &self.remote {
+            Some(r) => r
+                .conditional_proven
+                .load(std::sync::atomic::Ordering::SeqCst),
+            None => self.caps.conditional_create,
+        }
     }
 
     fn err_io(&self, e: &io::Error, op: &'static str, key: &str) -> StoreError {
@@ -243,7 +291,7 @@ impl OpendalStore {
         }
     }
 
-    async fn put_inner(
+    pub(crate) async fn put_inner(
         &self,
         op: &'static str,
         key: &str,
@@ -274,7 +322,10 @@ impl OpendalStore {
 #[async_trait::async_trait]
 impl Store for OpendalStore {
     fn capabilities(&self) -> Capabilities {
-        self.caps.clone()
+        Capabilities {
+            conditional_create: self.conditional_create(),
+            ..self.caps.clone()
+        }
     }
 
     fn describe(&self) -> String {
@@ -318,13 +369,25 @@ impl Store for OpendalStore {
         res
     }
 
+    async fn prepare(&self) -> StoreResult<()> {
+        match &self.remote {
+            Some(r) => crate::cloud::prepare(self, r).await,
+            None => Ok(()),
+        }
+    }
+
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
-        if !self.caps.conditional_create {
+        if !self.conditional_create() {
+            let why = if self.remote.is_some() {
+                "this server was not proven to enforce conditional create (see `prepare`)"
+            } else {
+                "this filesystem does not support hard links, so conditional create cannot be enforced"
+            };
             return Err(StoreError::unsupported(
                 self.description.as_str(),
                 "put_if_absent",
                 Some(key),
-                "this filesystem does not support hard links, so conditional create cannot be enforced",
+                why,
             ));
         }
         self.put_inner("put_if_absent", key, data, true).await
@@ -351,6 +414,15 @@ impl Store for OpendalStore {
             return self
                 .blocking("get_range", key, move || fs_read(&path, Some(range)))
                 .await;
+        }
+        if self.remote.is_some() && range.start < range.end {
+            // One request: the server clamps a range running past the end.
+            // Only a range starting at or past the end needs a stat.
+            match self.op.read_with(key).range(range.clone()).await {
+                Ok(buf) => return Ok(buf.to_bytes()),
+                Err(e) if e.kind() == opendal::ErrorKind::RangeNotSatisfied => {}
+                Err(e) => return Err(self.err_opendal(&e, "get_range", key)),
+            }
         }
         // Clamp to the object's end ourselves so every backend behaves alike.
         let size = match self.op.stat(key).await {

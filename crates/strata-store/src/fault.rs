@@ -293,6 +293,9 @@ impl Store for FaultStore {
     async fn sync(&self) -> StoreResult<()> {
         self.inner.sync().await
     }
+    async fn prepare(&self) -> StoreResult<()> {
+        self.inner.prepare().await
+    }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         self.check(FaultOp::Put, "put_if_absent", key)?;
         let created = self.inner.put_if_absent(key, data).await?;

@@ -39,6 +39,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn sync(&self) -> StoreResult<()> {
         (**self).sync().await
     }
+    async fn prepare(&self) -> StoreResult<()> {
+        (**self).prepare().await
+    }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         (**self).put_if_absent(key, data).await
     }
@@ -181,6 +184,9 @@ impl<S: Store> Store for RetryStore<S> {
     async fn sync(&self) -> StoreResult<()> {
         self.retry("sync", "", || self.inner.sync()).await
     }
+    async fn prepare(&self) -> StoreResult<()> {
+        self.retry("prepare", "", || self.inner.prepare()).await
+    }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         self.retry("put_if_absent", key, || {
             self.inner.put_if_absent(key, data.clone())
@@ -276,6 +282,9 @@ impl<S: Store> Store for ConcurrencyLimit<S> {
     }
     async fn sync(&self) -> StoreResult<()> {
         self.inner.sync().await
+    }
+    async fn prepare(&self) -> StoreResult<()> {
+        self.inner.prepare().await
     }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         let _p = self.permit("put_if_absent", key).await?;
@@ -464,6 +473,9 @@ impl<S: Store> Store for MetricsStore<S> {
     async fn sync(&self) -> StoreResult<()> {
         self.inner.sync().await
     }
+    async fn prepare(&self) -> StoreResult<()> {
+        self.inner.prepare().await
+    }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         let c = &self.metrics.c;
         Metrics::add(&c.puts, 1);
@@ -580,6 +592,9 @@ impl<S: Store> Store for CapStore<S> {
     }
     async fn sync(&self) -> StoreResult<()> {
         self.inner.sync().await
+    }
+    async fn prepare(&self) -> StoreResult<()> {
+        self.inner.prepare().await
     }
     async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
         self.check_size("put_if_absent", key, data.len())?;

@@ -14,6 +14,7 @@
 //! backend except through [`Store`].
 
 mod backend;
+mod cloud;
 mod error;
 mod fault;
 mod http_basic;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 pub use bytes::Bytes;
 
 pub use crate::backend::OpendalStore;
+pub use crate::cloud::{WEBDAV_PASSWORD_ENV, WEBDAV_USER_ENV};
 pub use crate::error::{StoreError, StoreErrorKind, StoreResult};
 pub use crate::fault::{FaultOp, FaultPlan, FaultStore};
 pub use crate::http_basic::{
@@ -94,6 +96,15 @@ pub trait Store: Send + Sync + 'static {
     /// Make every [`Store::put_deferred`] that returned before this call
     /// durable. Layers must forward it.
     async fn sync(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Check that the store is reachable and usable (credentials, bucket,
+    /// root folder) and probe what it cannot declare up front, e.g. whether
+    /// conditional create is really enforced. Call once after opening and
+    /// before relying on [`Store::capabilities`]; until then a remote store
+    /// reports the safe answers. Layers must forward it.
+    async fn prepare(&self) -> StoreResult<()> {
         Ok(())
     }
 

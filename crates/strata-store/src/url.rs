@@ -8,14 +8,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::backend::OpendalStore;
+use crate::cloud;
 use crate::error::{StoreError, StoreResult};
 use crate::http_basic::{self, HttpBasicStore};
 use crate::layers::{CapStore, ConcurrencyLimit, Metrics, MetricsStore, RetryPolicy, RetryStore};
 use crate::DynStore;
 
 /// The schemes [`open_url`] understands, for error messages.
-const SUPPORTED: &str =
-    "file:// (or a plain filesystem path), memory://, basic+http://, basic+https://";
+const SUPPORTED: &str = "file:// (or a plain filesystem path), memory://, basic+http://, \
+     basic+https://, s3://, webdav+http://, webdav+https://, onedrive:";
 
 /// The option names a store URL may carry, for error messages.
 const OPTIONS: &str = "max-object-size, range-reads, no-range, concurrency, retries";
@@ -145,13 +146,27 @@ pub fn open_url(url: &str) -> StoreResult<(DynStore, Metrics)> {
     } else {
         (http_basic::UrlOptions::default(), query.to_owned())
     };
+    // Cloud backends take options of their own too.
+    let cloud_names: &[&str] = match split_scheme(base).map(|(s, _)| s.to_ascii_lowercase()) {
+        Some(s) if s == "s3" => cloud::S3_OPTIONS,
+        Some(s) if s == "webdav+http" || s == "webdav+https" => cloud::WEBDAV_OPTIONS,
+        _ if is_onedrive(base) => cloud::ONEDRIVE_OPTIONS,
+        _ => &[],
+    };
+    let (extra, query) = cloud::Extra::split(&query, cloud_names);
     let opts = StoreOptions::from_query(&query).map_err(invalid)?;
     let redacted_query = match shown.split_once('?') {
         Some((_, q)) if !q.is_empty() => format!("?{q}"),
         _ => String::new(),
     };
 
+    let cloud_err = |msg: String| invalid(msg);
     let backend: DynStore = match split_scheme(base) {
+        None if is_onedrive(base) => {
+            let path = &base["onedrive:".len()..];
+            let d = format!("{base}{redacted_query}");
+            Arc::new(cloud::open_onedrive(path, &extra, d).map_err(cloud_err)?)
+        }
         None => {
             if base.is_empty() {
                 return Err(invalid(format!(
@@ -190,6 +205,14 @@ pub fn open_url(url: &str) -> StoreResult<(DynStore, Metrics)> {
                 let d = format!("memory://{name}{redacted_query}");
                 Arc::new(OpendalStore::memory(name)?.with_description(d))
             }
+            "s3" => {
+                let d = format!("{base}{redacted_query}");
+                Arc::new(cloud::open_s3(rest, &extra, d).map_err(cloud_err)?)
+            }
+            s @ ("webdav+http" | "webdav+https") => {
+                let d = format!("{}{redacted_query}", redact_url(base));
+                Arc::new(cloud::open_webdav(s, rest, &extra, d).map_err(cloud_err)?)
+            }
             "basic+http" | "basic+https" => {
                 Arc::new(HttpBasicStore::open(base, &http_opts, &redacted_query)?)
             }
@@ -222,6 +245,12 @@ pub fn build_stack(base: DynStore, opts: &StoreOptions) -> (DynStore, Metrics) {
     let counted = MetricsStore::new(limited, metrics.clone());
     let retried = RetryStore::new(counted, opts.retry_policy());
     (Arc::new(retried), metrics)
+}
+
+/// `onedrive:/path` (the one scheme written without `//`).
+fn is_onedrive(base: &str) -> bool {
+    base.get(..9)
+        .is_some_and(|p| p.eq_ignore_ascii_case("onedrive:"))
 }
 
 /// `scheme://rest` → `(scheme, rest)` when `scheme` looks like a URL scheme.

@@ -572,13 +572,57 @@ async fn url_errors() {
         Ok(_) => panic!("{u} should fail"),
         Err(e) => e,
     };
-    let e = err("s3://bucket/path");
+    let e = err("gopher://host/path");
     assert_eq!(e.kind(), StoreErrorKind::InvalidUrl);
     let msg = e.to_string();
     assert!(
-        msg.contains("s3") && msg.contains("file://") && msg.contains("memory://"),
+        msg.contains("gopher")
+            && msg.contains("file://")
+            && msg.contains("s3://")
+            && msg.contains("webdav+https://"),
         "{msg}"
     );
+
+    // Cloud URLs: each mistake gets a message saying what to give instead.
+    for (bad, says) in [
+        ("s3://", "bucket"),
+        (
+            "s3://Bad_Bucket/x?endpoint=http://127.0.0.1:1",
+            "bucket name",
+        ),
+        ("s3://b/x?endpoint=127.0.0.1:9000", "http://"),
+        (
+            "s3://b/x?endpoint=http://127.0.0.1:1&virtual-host=maybe",
+            "true or false",
+        ),
+        (
+            "s3://b/x?endpoint=http://127.0.0.1:1&credentials-file=/nonexistent/c",
+            "/nonexistent/c",
+        ),
+        (
+            "webdav+https://user:secret@host/dav/",
+            "password in the URL",
+        ),
+        ("webdav+http://", "WebDAV URL"),
+        (
+            "webdav+http://h/dav/?password-file=/nonexistent/pw",
+            "/nonexistent/pw",
+        ),
+        ("onedrive:/vault", "token-file"),
+        (
+            "onedrive:/vault?refresh-token-file=/etc/hostname",
+            "client-id",
+        ),
+        (
+            "onedrive:/vault?token-file=/nonexistent/t",
+            "/nonexistent/t",
+        ),
+    ] {
+        let e = err(bad);
+        assert_eq!(e.kind(), StoreErrorKind::InvalidUrl, "{bad:?}: {e}");
+        assert!(e.to_string().contains(says), "{bad:?}: {e}");
+        assert!(!e.to_string().contains("secret"), "{bad:?}: {e}");
+    }
 
     let e = err("memory://x?bogus=1");
     assert_eq!(e.kind(), StoreErrorKind::InvalidUrl);
