@@ -78,7 +78,7 @@ impl Extra {
             };
             let lname = name.to_ascii_lowercase();
             if names.contains(&lname.as_str()) {
-                let value = value.map(|v| percent_decode(v));
+                let value = value.map(percent_decode);
                 extra.pairs.push((lname, value));
             } else {
                 rest.push(part);
