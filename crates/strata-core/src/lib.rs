@@ -11,6 +11,7 @@
 //!   log, checkpointing, rollback detection;
 //! - [`data`]: file contents — chunking, deduplicated uploads, segment-granular
 //!   reads;
+//! - [`lease`]: the writer lease (one writer per vault);
 //! - [`maint`]: `info`, `gc` and `check`;
 //! - [`readcache`]: the on-disk ciphertext cache and read-ahead of a mount.
 //!
@@ -19,6 +20,7 @@
 pub mod data;
 pub mod error;
 pub mod format;
+pub mod lease;
 pub mod maint;
 pub mod readcache;
 pub mod record;
@@ -27,6 +29,7 @@ pub mod tree;
 pub mod vault;
 
 pub use error::{VaultError, VaultResult};
+pub use lease::LeaseOptions;
 pub use record::{ChunkRef, Kind, Record, Ts};
 pub use tree::{Inode, Tree, ROOT_INO};
 pub use vault::{CreateOptions, OpenOptions, Vault};

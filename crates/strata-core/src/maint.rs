@@ -116,6 +116,9 @@ impl Vault {
                 break (w, refs);
             }
         };
+        // Deleting what our tree does not reference is only safe while no
+        // other writer can have added references: the lease must be held.
+        self.check_writable().await?;
         let mut r = GcReport::default();
         for o in self.store.list(DATA_PREFIX).await? {
             let Some(id) = parse_blob_key(&o.key) else {

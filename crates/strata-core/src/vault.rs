@@ -20,6 +20,7 @@ use crate::format::blob::{chunk_size_for, SEGMENT};
 use crate::format::header::Header;
 use crate::format::meta::{self, CheckpointBody, LogBody};
 use crate::format::{self, MetaName, HEADER_KEY, META_PREFIX};
+use crate::lease::{self, Lease, LeaseOptions, LeaseStatus};
 use crate::record::{now, Record};
 use crate::state::{self, SeenState};
 use crate::tree::{ApplyError, Inode, Tree};
@@ -59,6 +60,10 @@ pub struct OpenOptions {
     pub checkpoint_records: u64,
     /// Parallel blob uploads/downloads of one file.
     pub parallelism: usize,
+    /// Take the writer lease (every front end that writes does; readers
+    /// and embedded single-process use leave it `None`). With a lease,
+    /// nothing is written to the store unless the lease is held.
+    pub lease: Option<LeaseOptions>,
 }
 
 impl Default for OpenOptions {
@@ -68,6 +73,7 @@ impl Default for OpenOptions {
             accept_rollback: false,
             checkpoint_records: 20_000,
             parallelism: 4,
+            lease: None,
         }
     }
 }
@@ -91,6 +97,8 @@ pub(crate) struct Inner {
     logs_since_checkpoint: u64,
     /// Sealed logs not yet confirmed by the store, oldest first.
     staged: Vec<StagedLog>,
+    /// Newest staged version the stage hook was told about.
+    reported_version: u64,
 }
 
 /// A sealed log object waiting to be (re)sent.
@@ -121,6 +129,24 @@ pub struct Vault {
     pub(crate) data_lock: Arc<tokio::sync::RwLock<()>>,
     /// Local cache for data reads (set once, by a mount; see `readcache`).
     pub(crate) read_cache: std::sync::OnceLock<Arc<crate::readcache::ReadCache>>,
+    /// The writer lease, when opened as a lease-holding writer.
+    lease: Option<Arc<Lease>>,
+    /// Called with every newly sealed log before it is sent (see
+    /// [`Vault::set_stage_hook`]).
+    stage_hook: std::sync::OnceLock<StageHook>,
+}
+
+/// See [`Vault::set_stage_hook`].
+pub type StageHook = Box<dyn Fn(&StagedHeads) -> std::io::Result<()> + Send + Sync>;
+
+/// The chain position before a batch of newly sealed logs, and the heads the
+/// store will be at after each of them.
+#[derive(Debug, Clone)]
+pub struct StagedHeads {
+    /// Last committed (version, head).
+    pub committed: (u64, [u8; 32]),
+    /// Every staged, not yet confirmed log: (version, head after it).
+    pub staged: Vec<(u64, [u8; 32])>,
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -184,6 +210,7 @@ impl Vault {
         opts: OpenOptions,
     ) -> VaultResult<Vault> {
         let name = store.describe();
+        store.prepare().await?;
         if store.stat(HEADER_KEY).await?.is_some() {
             return Err(VaultError::AlreadyAVault { store: name });
         }
@@ -228,7 +255,14 @@ impl Vault {
         } else {
             store.put(HEADER_KEY, hb).await?;
         }
-        let v = Vault::assemble(store, header, vault_id, keys, tree, 0, head, 0, 0, opts);
+        let lease = match &opts.lease {
+            Some(lo) => {
+                Some(Lease::acquire(store.clone(), keys.clone(), vault_id, lo.clone()).await?)
+            }
+            None => None,
+        };
+        let mut v = Vault::assemble(store, header, vault_id, keys, tree, 0, head, 0, 0, opts);
+        v.lease = lease;
         v.save_seen()?;
         info!(store = %v.store_name, "created vault");
         Ok(v)
@@ -272,16 +306,21 @@ impl Vault {
                 records_since_checkpoint: 0,
                 logs_since_checkpoint: 0,
                 staged: Vec::new(),
+                reported_version: version,
             }),
             commit_lock: tokio::sync::Mutex::new(()),
             data_lock: Arc::new(tokio::sync::RwLock::new(())),
             read_cache: std::sync::OnceLock::new(),
+            lease: None,
+            stage_hook: std::sync::OnceLock::new(),
         }
     }
 
     /// Read the header of the vault on `store`.
     pub async fn read_header(store: &DynStore) -> VaultResult<Header> {
         let name = store.describe();
+        // Reachability, credentials and capability probes (idempotent).
+        store.prepare().await?;
         let bytes = match store.get(HEADER_KEY).await {
             Ok(b) => b,
             Err(e) if e.kind == StoreErrorKind::NotFound => {
@@ -292,7 +331,10 @@ impl Vault {
         Header::parse(&bytes, &name)
     }
 
-    /// Open an existing vault: newest complete checkpoint + replay of later logs.
+    /// Open an existing vault: newest complete checkpoint + replay of later
+    /// logs. With [`OpenOptions::lease`], the writer lease is taken first (so
+    /// the state read is the newest), or the open fails with
+    /// [`VaultError::Locked`].
     pub async fn open(store: DynStore, password: &[u8], opts: OpenOptions) -> VaultResult<Vault> {
         let name = store.describe();
         let header = Vault::read_header(&store).await?;
@@ -300,6 +342,36 @@ impl Vault {
         let keys = Arc::new(Keys::derive(&master)?);
         drop(master);
         let vault_id = header.vault_id_bytes()?;
+        let lease = match &opts.lease {
+            Some(lo) => {
+                Some(Lease::acquire(store.clone(), keys.clone(), vault_id, lo.clone()).await?)
+            }
+            None => None,
+        };
+        match Vault::open_locked(store, header, keys, vault_id, opts).await {
+            Ok(mut v) => {
+                v.lease = lease;
+                Ok(v)
+            }
+            Err(e) => {
+                if let Some(l) = lease {
+                    if let Err(r) = l.release().await {
+                        warn!(error = %r, "could not release the writer lease");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn open_locked(
+        store: DynStore,
+        header: Header,
+        keys: Arc<Keys>,
+        vault_id: [u8; 16],
+        opts: OpenOptions,
+    ) -> VaultResult<Vault> {
+        let name = store.describe();
         let listing = list_meta(&store).await?;
         let Some(&(cv, count)) = listing.complete_checkpoints().last() else {
             return Err(VaultError::Missing {
@@ -423,6 +495,61 @@ impl Vault {
         hex::encode(self.vault_id)
     }
 
+    /// Hash of the newest committed log (the chain head; FORMAT §8).
+    pub fn head(&self) -> [u8; 32] {
+        lock(&self.inner).head
+    }
+
+    /// This writer's lease, if it took one.
+    pub fn lease_status(&self) -> Option<LeaseStatus> {
+        self.lease.as_ref().map(|l| l.status())
+    }
+
+    /// The lease took by this vault was lost to another writer.
+    pub fn lease_lost(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.is_lost())
+    }
+
+    /// The writer lease currently in the store (whoever holds it).
+    pub async fn lease_holder(&self) -> VaultResult<Option<lease::Holder>> {
+        lease::current(&self.store, &self.keys, &self.vault_id).await
+    }
+
+    /// Give the writer lease back (delete it if it is still ours). Nothing
+    /// is committed afterwards. Call when done writing; a vault dropped
+    /// without it leaves the lease to expire (like a crash).
+    pub async fn release_lease(&self) -> VaultResult<()> {
+        match &self.lease {
+            Some(l) => l.release().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Renew the writer lease now (normally a background task does it).
+    pub async fn renew_lease(&self) -> VaultResult<()> {
+        match &self.lease {
+            Some(l) => l.renew().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Fails unless this vault may change the store: always without a
+    /// lease; with one, only while it is held.
+    pub(crate) async fn check_writable(&self) -> VaultResult<()> {
+        match &self.lease {
+            Some(l) => l.check_writable().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Register a function called (under the commit lock) whenever new logs
+    /// are sealed, before any of them is sent: a mount records which chain
+    /// heads are its own, so after a crash it can tell its own commits from
+    /// another writer's. An error fails the commit (nothing is sent). Set once.
+    pub fn set_stage_hook(&self, hook: StageHook) -> bool {
+        self.stage_hook.set(hook).is_ok()
+    }
+
     /// Chunk size used for new files.
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size
@@ -510,7 +637,16 @@ impl Vault {
     /// blobs that lost their last reference, and checkpoints when due.
     pub async fn commit(&self) -> VaultResult<()> {
         let _c = self.commit_lock.lock().await;
+        let work = {
+            let g = lock(&self.inner);
+            !g.pending.is_empty() || !g.staged.is_empty()
+        };
+        if work {
+            // Records stay queued or staged if the lease is not held.
+            self.check_writable().await?;
+        }
         self.stage_pending()?;
+        self.report_staged()?;
         // Blobs referenced by the staged records were put (possibly with
         // deferred durability) before those records were applied, hence
         // before staging: one sync makes them all durable before any log
@@ -553,6 +689,32 @@ impl Vault {
             if let Err(e) = self.checkpoint_locked().await {
                 warn!(error = %e, "could not write a checkpoint; will retry");
             }
+        }
+        Ok(())
+    }
+
+    /// Tell the stage hook about logs staged since it was last called.
+    fn report_staged(&self) -> VaultResult<()> {
+        let Some(hook) = self.stage_hook.get() else {
+            return Ok(());
+        };
+        let heads = {
+            let g = lock(&self.inner);
+            match g.staged.last() {
+                Some(last) if last.version > g.reported_version => StagedHeads {
+                    committed: (g.version, g.head),
+                    staged: g
+                        .staged
+                        .iter()
+                        .map(|s| (s.version, meta::object_hash(&s.bytes)))
+                        .collect(),
+                },
+                _ => return Ok(()),
+            }
+        };
+        hook(&heads).map_err(|e| VaultError::io("recording the logs about to be committed", e))?;
+        if let Some(&(v, _)) = heads.staged.last() {
+            lock(&self.inner).reported_version = v;
         }
         Ok(())
     }
@@ -737,6 +899,7 @@ impl Vault {
         if version == old {
             return Ok(());
         }
+        self.check_writable().await?;
         let parts =
             meta::seal_checkpoint(&self.keys, &self.vault_id, &body, self.caps.max_object_size)?;
         drop(body);
@@ -820,6 +983,7 @@ impl Vault {
         h.rewrap(&master, new, kdf.unwrap_or_else(|| current.kdf_params()))?;
         // Verify before replacing the only copy of the wrapped key.
         h.unlock(new, &self.store_name)?;
+        self.check_writable().await?;
         self.store
             .put(HEADER_KEY, Bytes::from(h.to_bytes()?))
             .await?;

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use strata_core::vault::OpenOptions;
-use strata_core::{Kind, Vault};
+use strata_core::{Kind, LeaseOptions, Vault};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -77,4 +77,40 @@ async fn version_1_fixture_opens_reads_and_accepts_new_writes() {
     let v = Vault::open(store, b"fixture-password", opts).await.unwrap();
     assert!(v.stat_path("/new").is_ok());
     assert_eq!(read(&v, "/multi.bin").await, multi);
+}
+
+/// The writer lease (`lease/…`) is an addition within version 1: the
+/// fixture has no lease object, a writer takes one, and a released vault
+/// is exactly a version 1 vault again (older builds never read `lease/`).
+#[tokio::test]
+async fn version_1_fixture_takes_and_releases_a_writer_lease() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-vault");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("vault");
+    copy_dir(&fixture, &root);
+    let url = format!("file://{}", root.display());
+    let opts = |lease| OpenOptions {
+        state_dir: Some(tmp.path().join("state")),
+        lease,
+        ..Default::default()
+    };
+    let (store, _) = strata_store::open_url(&url).unwrap();
+    assert!(store.list("lease/").await.unwrap().is_empty());
+    let v = Vault::open(
+        store.clone(),
+        b"fixture-password",
+        opts(Some(LeaseOptions::new("format test"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.list("lease/").await.unwrap().len(), 1);
+    assert_eq!(Vault::read_header(&store).await.unwrap().version, 1);
+    v.mkdir("/leased", 0o755, false).unwrap();
+    v.commit().await.unwrap();
+    v.release_lease().await.unwrap();
+    assert!(store.list("lease/").await.unwrap().is_empty());
+    let v = Vault::open(store, b"fixture-password", opts(None))
+        .await
+        .unwrap();
+    assert!(v.stat_path("/leased").is_ok());
 }

@@ -16,6 +16,7 @@ const CTX_DATA: &str = "strata 2026-11 v1 data segment aead key";
 const CTX_META: &str = "strata 2026-11 v1 metadata aead key";
 const CTX_NAME: &str = "strata 2026-11 v1 blob name key";
 const CTX_NONCE: &str = "strata 2026-11 v1 segment nonce key";
+const CTX_LEASE: &str = "strata 2026-11 v1 writer lease aead key";
 
 /// Domain-separation prefix of a segment's associated data.
 const SEG_AD_PREFIX: &[u8; 8] = b"STRSEG01";
@@ -76,6 +77,7 @@ impl std::fmt::Debug for BlobId {
 pub struct Keys {
     data: LessSafeKey,
     meta: LessSafeKey,
+    lease: LessSafeKey,
     name: Zeroizing<[u8; KEY_LEN]>,
     nonce: Zeroizing<[u8; KEY_LEN]>,
 }
@@ -110,6 +112,7 @@ impl Keys {
         Ok(Keys {
             data: aead_key(master, CTX_DATA)?,
             meta: aead_key(master, CTX_META)?,
+            lease: aead_key(master, CTX_LEASE)?,
             name: Zeroizing::new(blake3::derive_key(CTX_NAME, master.as_bytes())),
             nonce: Zeroizing::new(blake3::derive_key(CTX_NONCE, master.as_bytes())),
         })
@@ -173,40 +176,63 @@ impl Keys {
     }
 
     /// Encrypt a metadata object: `nonce(12, random) ‖ ciphertext ‖ tag`.
-    pub fn seal_meta(&self, ad: &[u8], mut plaintext: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        random_bytes(&mut nonce)?;
-        let tag = self
-            .meta
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(ad),
-                &mut plaintext,
-            )
-            .map_err(|_| CryptoError::Malformed("metadata too large"))?;
-        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&plaintext);
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+    pub fn seal_meta(&self, ad: &[u8], plaintext: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
+        seal_random_nonce(&self.meta, ad, plaintext)
     }
 
     /// Decrypt and verify a metadata object sealed by [`Keys::seal_meta`].
     pub fn open_meta(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < NONCE_LEN + TAG_LEN {
-            return Err(CryptoError::Authentication);
-        }
-        let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN])
-            .map_err(|_| CryptoError::Authentication)?;
-        let mut buf = sealed[NONCE_LEN..].to_vec();
-        let n = self
-            .meta
-            .open_in_place(nonce, Aad::from(ad), &mut buf)
-            .map_err(|_| CryptoError::Authentication)?
-            .len();
-        buf.truncate(n);
-        Ok(buf)
+        open_random_nonce(&self.meta, ad, sealed)
     }
+
+    /// Encrypt a writer-lease object (same layout as [`Keys::seal_meta`],
+    /// under the separate lease key: leases are rewritten every few seconds
+    /// for as long as a writer runs, so their random nonces do not count
+    /// against the metadata key).
+    pub fn seal_lease(&self, ad: &[u8], plaintext: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
+        seal_random_nonce(&self.lease, ad, plaintext)
+    }
+
+    /// Decrypt and verify a lease sealed by [`Keys::seal_lease`].
+    pub fn open_lease(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        open_random_nonce(&self.lease, ad, sealed)
+    }
+}
+
+fn seal_random_nonce(
+    key: &LessSafeKey,
+    ad: &[u8],
+    mut plaintext: Vec<u8>,
+) -> Result<Vec<u8>, CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    random_bytes(&mut nonce)?;
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(ad),
+            &mut plaintext,
+        )
+        .map_err(|_| CryptoError::Malformed("metadata too large"))?;
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&plaintext);
+    out.extend_from_slice(tag.as_ref());
+    Ok(out)
+}
+
+fn open_random_nonce(key: &LessSafeKey, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < NONCE_LEN + TAG_LEN {
+        return Err(CryptoError::Authentication);
+    }
+    let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN])
+        .map_err(|_| CryptoError::Authentication)?;
+    let mut buf = sealed[NONCE_LEN..].to_vec();
+    let n = key
+        .open_in_place(nonce, Aad::from(ad), &mut buf)
+        .map_err(|_| CryptoError::Authentication)?
+        .len();
+    buf.truncate(n);
+    Ok(buf)
 }
 
 #[cfg(test)]
@@ -253,6 +279,17 @@ mod tests {
         let mut c = buf.clone();
         c[0] ^= 1;
         assert!(k.open_segment(&id, 3, false, &mut c).is_err());
+    }
+
+    #[test]
+    fn lease_key_is_separate_from_the_metadata_key() {
+        let k = keys();
+        let l = k.seal_lease(b"ad", b"lease".to_vec()).unwrap();
+        assert_eq!(k.open_lease(b"ad", &l).unwrap(), b"lease");
+        assert!(k.open_meta(b"ad", &l).is_err());
+        assert!(keys().open_lease(b"ad", &l).is_err());
+        let m = k.seal_meta(b"ad", b"meta".to_vec()).unwrap();
+        assert!(k.open_lease(b"ad", &m).is_err());
     }
 
     proptest! {

@@ -1,0 +1,778 @@
+//! The writer lease (FORMAT §13): at most one writer per vault.
+//!
+//! A writer holds `lease/<16 hex epoch>`, an object sealed with the lease
+//! key that names it (random holder id, host, pid, a label such as
+//! "mount at /mnt/x") and says until when it holds the vault. The holder
+//! rewrites its own object every `ttl / 3`; only the highest epoch counts.
+//! Taking the vault over (a stale or broken lease) means creating the next
+//! epoch, so on stores that enforce conditional create two writers can never
+//! both win, and a renewal never overwrites someone else's lease. Without
+//! conditional create the writer puts, waits a settle delay and reads back
+//! (a residual race, documented in THREAT_MODEL.md §7).
+//!
+//! A holder that finds its lease gone or superseded marks it *lost*: the
+//! vault then refuses to commit (see [`crate::Vault::commit`]).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use strata_crypto::Keys;
+use strata_store::{Bytes, DynStore, StoreErrorKind};
+use tracing::{debug, info, warn};
+
+use crate::error::{VaultError, VaultResult};
+
+/// Prefix of lease objects.
+pub const LEASE_PREFIX: &str = "lease/";
+/// Magic and AD prefix of a lease object.
+pub const LEASE_MAGIC: &[u8; 8] = b"STRLSE01";
+/// Plaintext size of every lease (body length, body, zeros): fixed, so the
+/// object's size says nothing about host name or label.
+pub const LEASE_PLAINTEXT: usize = 512;
+const MAX_LABEL: usize = 200;
+const MAX_HOST: usize = 100;
+
+/// `lease/<16 hex>`
+pub fn lease_key(epoch: u64) -> String {
+    format!("{LEASE_PREFIX}{epoch:016x}")
+}
+
+/// Parse a `lease/<16 hex>` key.
+pub fn parse_lease_key(key: &str) -> Option<u64> {
+    let v = key.strip_prefix(LEASE_PREFIX)?;
+    if v.len() != 16 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(v, 16).ok()
+}
+
+/// Contents of a lease object (postcard, FORMAT §13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseBody {
+    /// Random per acquisition.
+    pub holder: [u8; 16],
+    /// Host name of the holder (display only).
+    pub host: String,
+    /// Keyed hash of boot id and pid namespace: equal values mean `pid` can
+    /// be checked on this machine. All zeros when unknown.
+    pub machine: [u8; 16],
+    pub pid: u32,
+    /// What holds it, e.g. "mount at /mnt/drive" or "strata put".
+    pub label: String,
+    /// Unix seconds.
+    pub acquired: u64,
+    /// Unix seconds (holder's clock).
+    pub expires: u64,
+    pub renewals: u64,
+}
+
+fn lease_ad(vault_id: &[u8; 16], epoch: u64) -> Vec<u8> {
+    let mut ad = LEASE_MAGIC.to_vec();
+    ad.extend_from_slice(vault_id);
+    ad.extend_from_slice(&epoch.to_be_bytes());
+    ad
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Seal a lease: `magic ‖ nonce ‖ AES-GCM(lease key, len ‖ body ‖ zeros) ‖ tag`.
+pub fn seal_lease(
+    keys: &Keys,
+    vault_id: &[u8; 16],
+    epoch: u64,
+    body: &LeaseBody,
+) -> VaultResult<Vec<u8>> {
+    let mut b = body.clone();
+    b.label = truncate(&b.label, MAX_LABEL);
+    b.host = truncate(&b.host, MAX_HOST);
+    let enc = postcard::to_stdvec(&b)
+        .map_err(|e| VaultError::Invalid(format!("cannot encode the lease: {e}")))?;
+    if enc.len() + 4 > LEASE_PLAINTEXT {
+        return Err(VaultError::Invalid("lease body too large".into()));
+    }
+    let mut pt = Vec::with_capacity(LEASE_PLAINTEXT);
+    pt.extend_from_slice(&(enc.len() as u32).to_be_bytes());
+    pt.extend_from_slice(&enc);
+    pt.resize(LEASE_PLAINTEXT, 0);
+    let sealed = keys.seal_lease(&lease_ad(vault_id, epoch), pt)?;
+    let mut out = LEASE_MAGIC.to_vec();
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Open a lease object; `None` if it does not authenticate or decode.
+pub fn open_lease(keys: &Keys, vault_id: &[u8; 16], epoch: u64, bytes: &[u8]) -> Option<LeaseBody> {
+    let rest = bytes.strip_prefix(&LEASE_MAGIC[..])?;
+    let pt = keys.open_lease(&lease_ad(vault_id, epoch), rest).ok()?;
+    let len = u32::from_be_bytes(pt.get(..4)?.try_into().ok()?) as usize;
+    postcard::from_bytes(pt.get(4..4 + len)?).ok()
+}
+
+/// Options of a writer's lease ([`crate::OpenOptions::lease`]).
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    /// Shown to a writer that is refused, e.g. "mount at /mnt/drive".
+    pub label: String,
+    /// Take the lease even if another writer holds it (that writer notices
+    /// at its next renewal and stops committing).
+    pub break_lease: bool,
+    /// How long a lease holds without renewal; renewed every `ttl / 3`.
+    pub ttl: Duration,
+    /// Extra time another writer waits after a lease's expiry before taking
+    /// it over (allows for clock differences between machines).
+    pub clock_margin: Duration,
+    /// Without enforced conditional create: wait this long after writing the
+    /// lease, then read it back to see that no other writer overwrote it.
+    pub settle: Duration,
+    /// Take over at once a lease held by a process of this machine that is
+    /// gone (crashed), instead of waiting for its expiry. Tests of expiry
+    /// turn it off.
+    pub local_liveness: bool,
+}
+
+impl LeaseOptions {
+    pub fn new(label: impl Into<String>) -> Self {
+        LeaseOptions {
+            label: label.into(),
+            break_lease: false,
+            ttl: Duration::from_secs(60),
+            clock_margin: Duration::from_secs(30),
+            settle: Duration::from_secs(2),
+            local_liveness: true,
+        }
+    }
+}
+
+/// The lease found in the store (for messages and `strata info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Object key.
+    pub key: String,
+    /// `None`: the object does not authenticate (damaged, forged, or
+    /// written by a newer format).
+    pub lease: Option<LeaseBody>,
+}
+
+impl Holder {
+    /// "mount at /x on host (pid 12)", or a note that it is unreadable.
+    pub fn describe(&self) -> String {
+        match &self.lease {
+            Some(l) => format!("{} on {} (pid {})", l.label, l.host, l.pid),
+            None => format!("an unknown writer (its lease {} cannot be read)", self.key),
+        }
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `2026-11-21 23:59:07 UTC`
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // civil_from_days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The text of [`VaultError::Locked`].
+pub(crate) fn locked_message(h: &Holder, now: u64, margin: u64) -> String {
+    let Some(l) = &h.lease else {
+        return format!(
+            "vault is in use by a writer whose lease ({}) this strata cannot read (damaged, or written by a newer version). \
+             Mount with --read-only to read meanwhile, or, if no other writer is running, retry with --break-lease.",
+            h.key
+        );
+    };
+    let expiry = if now < l.expires {
+        format!(
+            "its lease expires at {} (in {}s)",
+            format_utc(l.expires),
+            l.expires - now
+        )
+    } else {
+        format!(
+            "its lease expired at {} ({}s ago) but is honoured for another {}s to allow for clock differences",
+            format_utc(l.expires),
+            now - l.expires,
+            (l.expires + margin).saturating_sub(now).max(1)
+        )
+    };
+    format!(
+        "vault is in use by {} on {} (pid {}) since {}; {expiry}. \
+         Mount with --read-only to read meanwhile, or, if that writer is gone for sure, retry with --break-lease.",
+        l.label,
+        l.host,
+        l.pid,
+        format_utc(l.acquired)
+    )
+}
+
+fn host_name() -> String {
+    for p in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            let s = s.trim();
+            if !s.is_empty() {
+                return s.to_string();
+            }
+        }
+    }
+    "unknown host".to_string()
+}
+
+/// Identifies "this kernel boot and pid namespace": only there does a pid
+/// mean the same process.
+fn machine_id() -> [u8; 16] {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok();
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok();
+    let (Some(boot), Some(ns)) = (boot, ns) else {
+        return [0; 16];
+    };
+    let mut h = blake3::Hasher::new();
+    h.update(b"strata lease machine v1\0");
+    h.update(boot.trim().as_bytes());
+    h.update(b"\0");
+    h.update(ns.to_string_lossy().as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
+
+fn pid_alive(pid: u32) -> bool {
+    pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Holder ids of the leases this process holds right now (a lease of this
+/// pid that is not here was dropped without release: an in-process crash).
+static LIVE: Mutex<Option<HashSet<[u8; 16]>>> = Mutex::new(None);
+
+fn live() -> MutexGuard<'static, Option<HashSet<[u8; 16]>>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registers a holder id in [`LIVE`] from before its lease is written (so a
+/// concurrent acquirer in this process never mistakes it for a leftover)
+/// until dropped, unless kept.
+struct LiveGuard([u8; 16], bool);
+
+impl LiveGuard {
+    fn new(holder: [u8; 16]) -> Self {
+        live().get_or_insert_with(HashSet::new).insert(holder);
+        LiveGuard(holder, false)
+    }
+    fn keep(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if !self.1 {
+            if let Some(set) = live().as_mut() {
+                set.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Lease duration in whole seconds, rounded up (others judge by the
+/// written expiry; it must not be earlier than the holder's own view).
+fn ttl_secs(ttl: Duration) -> u64 {
+    ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
+}
+
+/// Why an existing lease may be taken over, or `None` if it is in force.
+fn stale_reason(l: &LeaseBody, now: u64, opts: &LeaseOptions) -> Option<String> {
+    if now > l.expires.saturating_add(opts.clock_margin.as_secs()) {
+        return Some(format!("it expired at {}", format_utc(l.expires)));
+    }
+    let here = machine_id();
+    if opts.local_liveness && here != [0; 16] && l.machine == here {
+        if !pid_alive(l.pid) {
+            return Some(format!("its process {} is gone", l.pid));
+        }
+        if l.pid == std::process::id() && !live().as_ref().is_some_and(|s| s.contains(&l.holder)) {
+            return Some("it was left behind by this process".into());
+        }
+    }
+    None
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Held,
+    Lost(String),
+    Released,
+}
+
+struct State {
+    epoch: u64,
+    body: LeaseBody,
+    /// Monotonic end of validity: start of the last successful write + ttl.
+    valid_until: Instant,
+    phase: Phase,
+    last_error: Option<String>,
+}
+
+/// What a mount shows about its lease (`strata status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseStatus {
+    /// `held`, `lost` or `released`.
+    pub state: &'static str,
+    pub key: String,
+    pub expires: u64,
+    pub renewals: u64,
+    /// Why it was lost, or the last renewal error.
+    pub error: Option<String>,
+}
+
+/// A held lease; renewed by a background task until released or dropped.
+pub(crate) struct Lease {
+    store: DynStore,
+    keys: Arc<Keys>,
+    vault_id: [u8; 16],
+    opts: LeaseOptions,
+    conditional: bool,
+    state: Mutex<State>,
+    /// Serializes renewals, verifications and release.
+    op: tokio::sync::Mutex<()>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+enum Top {
+    None,
+    Found(u64, Holder),
+}
+
+async fn top_lease(store: &DynStore, keys: &Keys, vault_id: &[u8; 16]) -> VaultResult<Top> {
+    loop {
+        let epochs: BTreeMap<u64, String> = store
+            .list(LEASE_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|o| parse_lease_key(&o.key).map(|e| (e, o.key)))
+            .collect();
+        let Some((&epoch, key)) = epochs.iter().next_back() else {
+            return Ok(Top::None);
+        };
+        match store.get(key).await {
+            Ok(b) => {
+                return Ok(Top::Found(
+                    epoch,
+                    Holder {
+                        key: key.clone(),
+                        lease: open_lease(keys, vault_id, epoch, &b),
+                    },
+                ))
+            }
+            // released between list and get: look again
+            Err(e) if e.kind == StoreErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The lease currently in the store, if any (for display).
+pub(crate) async fn current(
+    store: &DynStore,
+    keys: &Keys,
+    vault_id: &[u8; 16],
+) -> VaultResult<Option<Holder>> {
+    Ok(match top_lease(store, keys, vault_id).await? {
+        Top::None => None,
+        Top::Found(_, h) => Some(h),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Lease {
+    /// Take the writer lease, or fail with [`VaultError::Locked`].
+    pub(crate) async fn acquire(
+        store: DynStore,
+        keys: Arc<Keys>,
+        vault_id: [u8; 16],
+        opts: LeaseOptions,
+    ) -> VaultResult<Arc<Lease>> {
+        let conditional = store.capabilities().conditional_create;
+        let name = store.describe();
+        let mut last_locked = None;
+        for _attempt in 0..4 {
+            let now = unix_now();
+            let next = match top_lease(&store, &keys, &vault_id).await? {
+                Top::None => 1,
+                Top::Found(epoch, h) => {
+                    let stale = h.lease.as_ref().and_then(|l| stale_reason(l, now, &opts));
+                    if opts.break_lease {
+                        warn!(store = %name, holder = %h.describe(), "breaking the writer lease");
+                    } else if let Some(why) = stale {
+                        info!(store = %name, holder = %h.describe(), "taking over a stale writer lease: {why}");
+                    } else {
+                        return Err(VaultError::Locked {
+                            holder: Box::new(h),
+                            now,
+                            margin: opts.clock_margin.as_secs(),
+                        });
+                    }
+                    epoch
+                        .checked_add(1)
+                        .ok_or_else(|| VaultError::Invalid("lease epoch overflow".into()))?
+                }
+            };
+            let mut holder = [0u8; 16];
+            strata_crypto::random_bytes(&mut holder)?;
+            let registered = LiveGuard::new(holder);
+            let body = LeaseBody {
+                holder,
+                host: host_name(),
+                machine: machine_id(),
+                pid: std::process::id(),
+                label: opts.label.clone(),
+                acquired: now,
+                expires: now + ttl_secs(opts.ttl),
+                renewals: 0,
+            };
+            let key = lease_key(next);
+            let bytes = Bytes::from(seal_lease(&keys, &vault_id, next, &body)?);
+            let t0 = Instant::now();
+            if conditional {
+                if !store.put_if_absent(&key, bytes).await? {
+                    debug!(%key, "another writer created the same lease epoch first");
+                    continue;
+                }
+            } else {
+                store.put(&key, bytes).await?;
+                if !opts.settle.is_zero() {
+                    tokio::time::sleep(opts.settle).await;
+                }
+                match top_lease(&store, &keys, &vault_id).await? {
+                    Top::Found(e, h)
+                        if e == next && h.lease.as_ref().is_some_and(|l| l.holder == holder) => {}
+                    Top::Found(_, h) => {
+                        // lost the race: leave the winner alone, drop our
+                        // object if it is still there and ours
+                        debug!(%key, winner = %h.describe(), "lost the race for the writer lease");
+                        if let Ok(b) = store.get(&key).await {
+                            if open_lease(&keys, &vault_id, next, &b)
+                                .is_some_and(|l| l.holder == holder)
+                            {
+                                let _ = store.delete(&key).await;
+                            }
+                        }
+                        last_locked = Some(h);
+                        continue;
+                    }
+                    Top::None => continue,
+                }
+            }
+            // older epochs are history now
+            if let Ok(list) = store.list(LEASE_PREFIX).await {
+                for o in list {
+                    if parse_lease_key(&o.key).is_some_and(|e| e < next) {
+                        let _ = store.delete(&o.key).await;
+                    }
+                }
+            }
+            registered.keep();
+            info!(store = %name, %key, "took the writer lease");
+            let lease = Arc::new(Lease {
+                store,
+                keys,
+                vault_id,
+                conditional,
+                state: Mutex::new(State {
+                    epoch: next,
+                    body,
+                    valid_until: t0 + opts.ttl,
+                    phase: Phase::Held,
+                    last_error: None,
+                }),
+                opts,
+                op: tokio::sync::Mutex::new(()),
+                task: Mutex::new(None),
+            });
+            let weak = Arc::downgrade(&lease);
+            *lock(&lease.task) = Some(tokio::spawn(renew_loop(weak, lease.opts.ttl / 3)));
+            return Ok(lease);
+        }
+        match last_locked {
+            Some(h) => Err(VaultError::Locked {
+                holder: Box::new(h),
+                now: unix_now(),
+                margin: opts.clock_margin.as_secs(),
+            }),
+            None => Err(VaultError::Invalid(format!(
+                "could not take the writer lease of {name}: other writers kept taking it; try again"
+            ))),
+        }
+    }
+
+    fn key(&self) -> String {
+        lease_key(lock(&self.state).epoch)
+    }
+
+    /// Check that the lease in the store is still ours; mark it lost if not.
+    /// Store errors are returned (the lease stays held until it expires).
+    async fn verify(&self) -> VaultResult<()> {
+        let (epoch, holder) = {
+            let s = lock(&self.state);
+            (s.epoch, s.body.holder)
+        };
+        let lost = match top_lease(&self.store, &self.keys, &self.vault_id).await? {
+            Top::Found(e, h) if e == epoch => match &h.lease {
+                Some(l) if l.holder == holder => None,
+                _ => Some(format!("it was taken over by {}", h.describe())),
+            },
+            Top::Found(e, h) if e > epoch => {
+                Some(format!("it was taken over by {}", h.describe()))
+            }
+            _ => Some(format!(
+                "its lease object {} was deleted from the store (broken by another writer, or removed)",
+                lease_key(epoch)
+            )),
+        };
+        if let Some(why) = lost {
+            warn!("lost the writer lease: {why}");
+            let mut s = lock(&self.state);
+            if s.phase == Phase::Held {
+                s.phase = Phase::Lost(why.clone());
+            }
+            return Err(VaultError::LeaseLost { detail: why });
+        }
+        Ok(())
+    }
+
+    /// Verify, then extend the lease by `ttl`.
+    pub(crate) async fn renew(&self) -> VaultResult<()> {
+        let _op = self.op.lock().await;
+        self.renew_locked().await
+    }
+
+    async fn renew_locked(&self) -> VaultResult<()> {
+        self.phase_ok()?;
+        let res = async {
+            self.verify().await?;
+            let (epoch, body) = {
+                let s = lock(&self.state);
+                let mut b = s.body.clone();
+                b.expires = unix_now() + ttl_secs(self.opts.ttl);
+                b.renewals += 1;
+                (s.epoch, b)
+            };
+            let bytes = Bytes::from(seal_lease(&self.keys, &self.vault_id, epoch, &body)?);
+            let t0 = Instant::now();
+            self.store.put(&lease_key(epoch), bytes).await?;
+            let mut s = lock(&self.state);
+            s.body = body;
+            s.valid_until = t0 + self.opts.ttl;
+            s.last_error = None;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = &res {
+            if !matches!(e, VaultError::LeaseLost { .. }) {
+                warn!(error = %e, "could not renew the writer lease; will retry");
+                lock(&self.state).last_error = Some(e.to_string());
+            }
+        }
+        res
+    }
+
+    fn phase_ok(&self) -> VaultResult<()> {
+        match &lock(&self.state).phase {
+            Phase::Held => Ok(()),
+            Phase::Lost(why) => Err(VaultError::LeaseLost {
+                detail: why.clone(),
+            }),
+            Phase::Released => Err(VaultError::LeaseLost {
+                detail: "the writer lease was released (the vault was closed)".into(),
+            }),
+        }
+    }
+
+    /// Before a commit (or any other store change): the lease must be held
+    /// and comfortably valid; renew inline if the background renewal is
+    /// late. Without enforced conditional create, also re-read it.
+    pub(crate) async fn check_writable(&self) -> VaultResult<()> {
+        let _op = self.op.lock().await;
+        self.phase_ok()?;
+        let remaining = lock(&self.state)
+            .valid_until
+            .saturating_duration_since(Instant::now());
+        if remaining < self.opts.ttl / 3 {
+            return self.renew_locked().await.map_err(|e| match e {
+                VaultError::LeaseLost { .. } => e,
+                other => VaultError::LeaseUnavailable {
+                    detail: other.to_string(),
+                },
+            });
+        }
+        if !self.conditional {
+            self.verify().await.map_err(|e| match e {
+                VaultError::LeaseLost { .. } => e,
+                other => VaultError::LeaseUnavailable {
+                    detail: other.to_string(),
+                },
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Delete the lease if it is still ours; afterwards nothing commits.
+    pub(crate) async fn release(&self) -> VaultResult<()> {
+        let _op = self.op.lock().await;
+        if let Some(t) = lock(&self.task).take() {
+            t.abort();
+        }
+        let (phase, epoch, holder) = {
+            let mut s = lock(&self.state);
+            let p = std::mem::replace(&mut s.phase, Phase::Released);
+            if let Phase::Lost(_) = &p {
+                s.phase = p.clone();
+            }
+            (p, s.epoch, s.body.holder)
+        };
+        if let Some(set) = live().as_mut() {
+            set.remove(&holder);
+        }
+        if phase != Phase::Held {
+            return Ok(());
+        }
+        let key = lease_key(epoch);
+        match self.store.get(&key).await {
+            Ok(b) => {
+                if open_lease(&self.keys, &self.vault_id, epoch, &b)
+                    .is_some_and(|l| l.holder == holder)
+                {
+                    self.store.delete(&key).await?;
+                    info!(%key, "released the writer lease");
+                }
+                Ok(())
+            }
+            Err(e) if e.kind == StoreErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) fn status(&self) -> LeaseStatus {
+        let s = lock(&self.state);
+        let (state, error) = match &s.phase {
+            Phase::Held => ("held", s.last_error.clone()),
+            Phase::Lost(why) => ("lost", Some(why.clone())),
+            Phase::Released => ("released", None),
+        };
+        LeaseStatus {
+            state,
+            key: lease_key(s.epoch),
+            expires: s.body.expires,
+            renewals: s.body.renewals,
+            error,
+        }
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        matches!(lock(&self.state).phase, Phase::Lost(_))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(t) = lock(&self.task).take() {
+            t.abort();
+        }
+        let holder = lock(&self.state).body.holder;
+        if let Some(set) = live().as_mut() {
+            set.remove(&holder);
+        }
+    }
+}
+
+async fn renew_loop(weak: Weak<Lease>, every: Duration) {
+    let every = every.max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(l) = weak.upgrade() else { return };
+        match l.renew().await {
+            Ok(()) => debug!(key = %l.key(), "renewed the writer lease"),
+            Err(VaultError::LeaseLost { .. }) => return,
+            Err(_) => {} // logged; retried at the next tick
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_times() {
+        assert_eq!(lease_key(1), "lease/0000000000000001");
+        assert_eq!(parse_lease_key(&lease_key(0xabc)), Some(0xabc));
+        assert_eq!(parse_lease_key("lease/12"), None);
+        assert_eq!(parse_lease_key("lease/000000000000000g"), None);
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(format_utc(951_827_696), "2000-02-29 12:34:56 UTC");
+    }
+
+    #[test]
+    fn seal_is_fixed_size_and_bound_to_vault_and_epoch() {
+        let keys = Keys::derive(&strata_crypto::MasterKey::generate().unwrap()).unwrap();
+        let id = [7u8; 16];
+        let mk = |label: &str| LeaseBody {
+            holder: [1; 16],
+            host: "h".into(),
+            machine: [0; 16],
+            pid: 42,
+            label: label.into(),
+            acquired: 1,
+            expires: 2,
+            renewals: 3,
+        };
+        let a = seal_lease(&keys, &id, 5, &mk("x")).unwrap();
+        let b = seal_lease(&keys, &id, 5, &mk(&"y".repeat(5000))).unwrap();
+        assert_eq!(a.len(), b.len(), "size must not depend on the contents");
+        assert_eq!(a.len(), 8 + 12 + LEASE_PLAINTEXT + 16);
+        assert_eq!(open_lease(&keys, &id, 5, &a), Some(mk("x")));
+        assert_eq!(
+            open_lease(&keys, &id, 5, &b).unwrap().label.len(),
+            MAX_LABEL
+        );
+        assert_eq!(open_lease(&keys, &id, 6, &a), None, "epoch in the AD");
+        assert_eq!(open_lease(&keys, &[8; 16], 5, &a), None, "vault in the AD");
+        let mut t = a.clone();
+        t[30] ^= 1;
+        assert_eq!(open_lease(&keys, &id, 5, &t), None);
+    }
+}

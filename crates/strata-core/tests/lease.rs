@@ -1,0 +1,567 @@
+//! The writer lease against real stores: `memory://` and `file://` (both
+//! enforce conditional create) and a `memory://` store whose conditional
+//! create is not enforced (wrapped), so both acquisition paths run.
+
+use std::io::Cursor;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_core::data::FileMeta;
+use strata_core::vault::{CreateOptions, OpenOptions};
+use strata_core::{LeaseOptions, Vault, VaultError};
+use strata_crypto::KdfParams;
+use strata_store::{
+    open_url, Bytes, Capabilities, DynStore, ObjectMeta, Store, StoreError, StoreErrorKind,
+    StoreResult,
+};
+
+const PW: &[u8] = b"lease test password";
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A store without enforced conditional create (like most S3-compatible
+/// servers, WebDAV, SFTP), and with a switch that makes every request fail.
+struct Plain {
+    inner: DynStore,
+    down: AtomicBool,
+}
+
+impl Plain {
+    fn check(&self, op: &'static str) -> StoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::new(
+                StoreErrorKind::Transient,
+                self.inner.describe(),
+                op,
+                None,
+                "store unreachable (test)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Plain {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            conditional_create: false,
+            ..self.inner.capabilities()
+        }
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        self.check("put")?;
+        self.inner.put(key, data).await
+    }
+    async fn put_if_absent(&self, key: &str, _data: Bytes) -> StoreResult<bool> {
+        Err(StoreError::unsupported(
+            self.describe(),
+            "put_if_absent",
+            Some(key),
+            "not enforced here",
+        ))
+    }
+    async fn get(&self, key: &str) -> StoreResult<Bytes> {
+        self.check("get")?;
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        self.check("get_range")?;
+        self.inner.get_range(key, range).await
+    }
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.check("list")?;
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.check("delete")?;
+        self.inner.delete(key).await
+    }
+    async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.check("stat")?;
+        self.inner.stat(key).await
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// memory://, conditional create enforced
+    Memory,
+    /// file://, conditional create enforced (hard links)
+    File,
+    /// memory:// behind [`Plain`]: no conditional create
+    NoConditional,
+}
+
+const KINDS: [Kind; 3] = [Kind::Memory, Kind::File, Kind::NoConditional];
+
+struct Env {
+    url: String,
+    _dir: tempfile::TempDir,
+    state: tempfile::TempDir,
+    plain: Option<Arc<Plain>>,
+}
+
+impl Env {
+    async fn new(kind: Kind) -> Env {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = tempfile::tempdir().unwrap();
+        let url = match kind {
+            Kind::File => format!("file://{}", dir.path().join("store").display()),
+            _ => format!("memory://lease-test-{}-{n}", std::process::id()),
+        };
+        let mut e = Env {
+            url,
+            _dir: dir,
+            state: tempfile::tempdir().unwrap(),
+            plain: None,
+        };
+        if let Kind::NoConditional = kind {
+            let (inner, _) = open_url(&e.url).unwrap();
+            e.plain = Some(Arc::new(Plain {
+                inner,
+                down: AtomicBool::new(false),
+            }));
+        }
+        let v = Vault::create(
+            e.store(),
+            PW,
+            CreateOptions {
+                kdf: KdfParams::insecure_for_tests(),
+                chunk_size: 64 << 10,
+            },
+            e.opts(None),
+        )
+        .await
+        .unwrap();
+        drop(v);
+        e
+    }
+
+    fn store(&self) -> DynStore {
+        match &self.plain {
+            Some(p) => p.clone(),
+            None => open_url(&self.url).unwrap().0,
+        }
+    }
+
+    fn opts(&self, lease: Option<LeaseOptions>) -> OpenOptions {
+        OpenOptions {
+            state_dir: Some(self.state.path().to_path_buf()),
+            lease,
+            ..Default::default()
+        }
+    }
+
+    async fn open(&self, lease: Option<LeaseOptions>) -> Result<Vault, VaultError> {
+        Vault::open(self.store(), PW, self.opts(lease)).await
+    }
+
+    async fn writer(&self, label: &str) -> Vault {
+        self.open(Some(lopts(label))).await.unwrap()
+    }
+
+    async fn lease_objects(&self) -> Vec<String> {
+        self.store()
+            .list("lease/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
+    }
+}
+
+/// Short lease times for tests: renewal every 400 ms, expiry after 2 s
+/// (whole seconds), no clock margin, a short settle delay.
+fn lopts(label: &str) -> LeaseOptions {
+    LeaseOptions {
+        ttl: Duration::from_millis(1200),
+        clock_margin: Duration::ZERO,
+        settle: Duration::from_millis(100),
+        ..LeaseOptions::new(label)
+    }
+}
+
+async fn put(v: &Vault, path: &str, data: &[u8]) {
+    v.write_file(
+        path,
+        Box::new(Cursor::new(data.to_vec())),
+        FileMeta::default(),
+        true,
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+async fn read(v: &Vault, path: &str) -> Vec<u8> {
+    let n = v.stat_path(path).unwrap();
+    let mut out = Vec::new();
+    v.export(&n, &mut out, None).await.unwrap();
+    out
+}
+
+fn locked_text(r: Result<Vault, VaultError>) -> String {
+    match r {
+        Err(e @ VaultError::Locked { .. }) => e.to_string(),
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("expected Locked, the second writer opened"),
+    }
+}
+
+#[tokio::test]
+async fn second_writer_is_refused_naming_the_holder_reader_still_opens() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        let a = e.writer("writer A").await;
+        put(&a, "/a.txt", b"from A").await;
+        a.commit().await.unwrap();
+        assert_eq!(e.lease_objects().await.len(), 1, "{kind:?}");
+
+        let msg = locked_text(e.open(Some(lopts("writer B"))).await);
+        for want in [
+            "vault is in use by writer A on ",
+            &format!("(pid {})", std::process::id()),
+            " since ",
+            "its lease expires at ",
+            "--read-only",
+            "--break-lease",
+        ] {
+            assert!(msg.contains(want), "{kind:?}: {want:?} not in {msg:?}");
+        }
+        // the refused writer left nothing behind
+        assert_eq!(e.lease_objects().await.len(), 1, "{kind:?}");
+
+        // a reader takes no lease and sees the committed state
+        let r = e.open(None).await.unwrap();
+        assert_eq!(read(&r, "/a.txt").await, b"from A");
+        let h = r.lease_holder().await.unwrap().unwrap();
+        assert_eq!(h.lease.unwrap().label, "writer A");
+
+        // the lease is sealed: neither label nor host is readable in the store
+        let key = e.lease_objects().await.remove(0);
+        let bytes = e.store().get(&key).await.unwrap();
+        assert!(!bytes.windows(8).any(|w| w == b"writer A"), "{kind:?}");
+
+        // after a clean release the next writer gets in at once
+        a.release_lease().await.unwrap();
+        assert!(e.lease_objects().await.is_empty(), "{kind:?}");
+        assert!(r.lease_holder().await.unwrap().is_none());
+        let b = e.writer("writer B").await;
+        assert_eq!(read(&b, "/a.txt").await, b"from A");
+        put(&b, "/b.txt", b"from B").await;
+        b.commit().await.unwrap();
+        b.release_lease().await.unwrap();
+
+        // a released vault commits nothing more
+        a.mkdir("/late", 0o755, false).unwrap();
+        let err = a.commit().await.unwrap_err();
+        assert!(
+            matches!(err, VaultError::LeaseLost { .. }),
+            "{kind:?}: {err}"
+        );
+        let r = e.open(None).await.unwrap();
+        assert!(r.stat_path("/late").is_err());
+        assert_eq!(read(&r, "/b.txt").await, b"from B");
+    }
+}
+
+#[tokio::test]
+async fn lease_is_renewed_while_held() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        let a = e.writer("long writer").await;
+        // three times the ttl: only renewals keep it
+        tokio::time::sleep(Duration::from_millis(3600)).await;
+        let st = a.lease_status().unwrap();
+        assert_eq!(st.state, "held", "{kind:?}: {st:?}");
+        assert!(st.renewals >= 3, "{kind:?}: {st:?}");
+        let expiring = LeaseOptions {
+            local_liveness: false,
+            ..lopts("other")
+        };
+        locked_text(e.open(Some(expiring)).await);
+        put(&a, "/x", b"still mine").await;
+        a.commit().await.unwrap();
+        a.release_lease().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn crashed_holder_expires_and_the_next_writer_takes_over() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        let a = e.writer("crashing writer").await;
+        put(&a, "/kept", b"committed before the crash").await;
+        a.commit().await.unwrap();
+        drop(a); // no release: the lease stays in the store, unrenewed
+
+        // another machine (no local liveness check) must wait for expiry
+        let remote = LeaseOptions {
+            local_liveness: false,
+            ..lopts("remote writer")
+        };
+        let msg = locked_text(e.open(Some(remote.clone())).await);
+        assert!(msg.contains("crashing writer"), "{msg}");
+        // expiry is in whole seconds: ttl rounded up, so 2-3 s after the
+        // last renewal
+        let start = std::time::Instant::now();
+        let b = loop {
+            match e.open(Some(remote.clone())).await {
+                Ok(b) => break b,
+                Err(VaultError::Locked { .. }) if start.elapsed() < Duration::from_secs(6) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(err) => panic!("{kind:?}: the lease did not expire: {err}"),
+            }
+        };
+        assert!(start.elapsed() > Duration::from_millis(500), "{kind:?}");
+        assert_eq!(read(&b, "/kept").await, b"committed before the crash");
+        // the old epoch is gone, one lease remains
+        assert_eq!(e.lease_objects().await.len(), 1, "{kind:?}");
+        b.release_lease().await.unwrap();
+
+        // on the same machine a dead holder is noticed at once
+        let c = e.writer("crashing again").await;
+        drop(c);
+        let d = e.writer("same machine").await;
+        d.release_lease().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn break_lease_takes_over_and_the_old_holder_stops_committing() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        let a = e.writer("old writer").await;
+        put(&a, "/one", b"committed by A").await;
+        a.commit().await.unwrap();
+        // A has uncommitted work when B breaks in
+        put(&a, "/pending", b"not yet committed by A").await;
+
+        let b = e
+            .open(Some(LeaseOptions {
+                break_lease: true,
+                ..lopts("breaker")
+            }))
+            .await
+            .unwrap();
+        assert!(b.stat_path("/pending").is_err());
+        put(&b, "/two", b"committed by B").await;
+        b.commit().await.unwrap();
+
+        // A notices at its next renewal (background, every ttl/3)
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let st = a.lease_status().unwrap();
+        assert_eq!(st.state, "lost", "{kind:?}: {st:?}");
+        assert!(a.lease_lost());
+        let err = a.commit().await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, VaultError::LeaseLost { .. }), "{text}");
+        assert!(text.contains("lost the vault's writer lease"), "{text}");
+        assert!(text.contains("breaker"), "{text}");
+        // A's change is not dropped: still applied in memory, still queued
+        assert!(a.uncommitted_records() > 0);
+        assert_eq!(read(&a, "/pending").await, b"not yet committed by A");
+        // and it did not reach the store; B's history is intact
+        let r = e.open(None).await.unwrap();
+        assert!(r.stat_path("/pending").is_err());
+        assert_eq!(read(&r, "/two").await, b"committed by B");
+        assert_eq!(read(&r, "/one").await, b"committed by A");
+        let report = r.check(true, None).await.unwrap();
+        assert!(report.damaged.is_empty(), "{kind:?}: {report:?}");
+        // releasing a lost lease leaves B's alone
+        a.release_lease().await.unwrap();
+        assert_eq!(
+            r.lease_holder()
+                .await
+                .unwrap()
+                .unwrap()
+                .lease
+                .unwrap()
+                .label,
+            "breaker"
+        );
+        b.commit().await.unwrap();
+        b.release_lease().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_lease_is_lost_too() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        let a = e.writer("A").await;
+        // someone breaks the lease and is done before A's next renewal
+        let b = e
+            .open(Some(LeaseOptions {
+                break_lease: true,
+                ..lopts("quick breaker")
+            }))
+            .await
+            .unwrap();
+        b.release_lease().await.unwrap();
+        assert!(e.lease_objects().await.is_empty());
+        let err = a.renew_lease().await.unwrap_err();
+        assert!(
+            err.to_string().contains("was deleted from the store"),
+            "{kind:?}: {err}"
+        );
+        a.mkdir("/x", 0o755, false).unwrap();
+        assert!(matches!(
+            a.commit().await.unwrap_err(),
+            VaultError::LeaseLost { .. }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn unreadable_lease_blocks_writers_until_broken() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        e.store()
+            .put(
+                "lease/0000000000000007",
+                Bytes::from_static(b"STRLSE01 forged"),
+            )
+            .await
+            .unwrap();
+        let msg = locked_text(e.open(Some(lopts("w"))).await);
+        assert!(
+            msg.contains("lease/0000000000000007") && msg.contains("cannot read"),
+            "{msg}"
+        );
+        assert!(msg.contains("--break-lease"), "{msg}");
+        let v = e
+            .open(Some(LeaseOptions {
+                break_lease: true,
+                ..lopts("w")
+            }))
+            .await
+            .unwrap();
+        assert_eq!(e.lease_objects().await, vec!["lease/0000000000000008"]);
+        v.release_lease().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn of_two_writers_racing_exactly_one_wins() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        for round in 0..3 {
+            let (x, y) = tokio::join!(
+                e.open(Some(lopts("racer X"))),
+                e.open(Some(lopts("racer Y")))
+            );
+            let (winner, loser) = match (x, y) {
+                (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+                (Ok(_), Ok(_)) => panic!("{kind:?} round {round}: both writers got the lease"),
+                (Err(a), Err(b)) => panic!("{kind:?} round {round}: nobody won: {a} / {b}"),
+            };
+            assert!(
+                matches!(loser, VaultError::Locked { .. }),
+                "{kind:?}: {loser}"
+            );
+            assert!(loser.to_string().contains("racer"), "{loser}");
+            assert_eq!(e.lease_objects().await.len(), 1);
+            winner.release_lease().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_a_confirmed_lease_nothing_is_committed() {
+    let e = Env::new(Kind::NoConditional).await;
+    let plain = e.plain.clone().unwrap();
+    let a = e.writer("flaky").await;
+    put(&a, "/before", b"ok").await;
+    a.commit().await.unwrap();
+    plain.down.store(true, Ordering::SeqCst);
+    // renewals fail; after ttl*2/3 the lease is not comfortably valid
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    a.mkdir("/during", 0o755, false).unwrap();
+    let err = a.commit().await.unwrap_err();
+    assert!(
+        matches!(err, VaultError::LeaseUnavailable { .. }),
+        "expected LeaseUnavailable, got {err}"
+    );
+    assert!(a.uncommitted_records() > 0);
+    plain.down.store(false, Ordering::SeqCst);
+    // back in time (nobody took it over): the commit goes through
+    a.commit().await.unwrap();
+    assert_eq!(a.uncommitted_records(), 0);
+    a.release_lease().await.unwrap();
+    let r = e.open(None).await.unwrap();
+    assert!(r.stat_path("/during").is_ok());
+}
+
+#[tokio::test]
+async fn gc_and_passwd_need_the_lease() {
+    let e = Env::new(Kind::Memory).await;
+    let a = e.writer("A").await;
+    let b = e
+        .open(Some(LeaseOptions {
+            break_lease: true,
+            ..lopts("B")
+        }))
+        .await
+        .unwrap();
+    put(&b, "/b", b"uploaded by B").await;
+    b.commit().await.unwrap();
+    let _ = a.renew_lease().await;
+    assert!(matches!(
+        a.gc().await.unwrap_err(),
+        VaultError::LeaseLost { .. }
+    ));
+    assert!(matches!(
+        a.change_password(PW, b"new", Some(KdfParams::insecure_for_tests()))
+            .await
+            .unwrap_err(),
+        VaultError::LeaseLost { .. }
+    ));
+    b.release_lease().await.unwrap();
+    let r = e.open(None).await.unwrap();
+    assert_eq!(read(&r, "/b").await, b"uploaded by B");
+    assert!(r.check(true, None).await.unwrap().damaged.is_empty());
+}
+
+#[tokio::test]
+async fn create_can_hold_the_lease() {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let url = format!("memory://lease-create-{}-{n}", std::process::id());
+    let state = tempfile::tempdir().unwrap();
+    let opts = |lease| OpenOptions {
+        state_dir: Some(state.path().to_path_buf()),
+        lease,
+        ..Default::default()
+    };
+    let v = Vault::create(
+        open_url(&url).unwrap().0,
+        PW,
+        CreateOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            chunk_size: 64 << 10,
+        },
+        opts(Some(lopts("creator"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(v.lease_status().unwrap().state, "held");
+    let err = Vault::open(open_url(&url).unwrap().0, PW, opts(Some(lopts("x"))))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("creator"), "{err}");
+    v.release_lease().await.unwrap();
+    Vault::open(open_url(&url).unwrap().0, PW, opts(Some(lopts("x"))))
+        .await
+        .unwrap()
+        .release_lease()
+        .await
+        .unwrap();
+}
