@@ -195,6 +195,23 @@ impl OpendalStore {
         }
     }
 
+    /// One cheap listing request at the root (for `prepare`): a missing
+    /// root folder is fine, anything else is reported.
+    pub(crate) async fn probe_list(&self) -> StoreResult<()> {
+        match self.op.list_with("").limit(1).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound && !self.is_s3() => Ok(()),
+            Err(e) => Err(self.err_opendal(&e, "list", "")),
+        }
+    }
+
+    fn is_s3(&self) -> bool {
+        matches!(
+            self.remote.as_deref().map(|r| &r.flavor),
+            Some(crate::cloud::Flavor::S3 { .. })
+        )
+    }
+
     pub(crate) fn description(&self) -> &str {
         &self.description
     }
@@ -403,6 +420,16 @@ impl Store for OpendalStore {
         }
         match self.op.read(key).await {
             Ok(buf) => Ok(buf.to_bytes()),
+            Err(e) if self.remote.is_some() && e.kind() != opendal::ErrorKind::NotFound => {
+                // Some WebDAV servers answer a GET of a folder with an error
+                // of their own; a folder is not an object.
+                match self.op.stat(key).await {
+                    Ok(m) if m.mode() == EntryMode::DIR => {
+                        Err(StoreError::not_found(self.description.as_str(), "get", key))
+                    }
+                    _ => Err(self.err_opendal(&e, "get", key)),
+                }
+            }
             Err(e) => Err(self.err_opendal(&e, "get", key)),
         }
     }
@@ -418,10 +445,15 @@ impl Store for OpendalStore {
         if self.remote.is_some() && range.start < range.end {
             // One request: the server clamps a range running past the end.
             // Only a range starting at or past the end needs a stat.
+            // opendal refuses a short answer ("reader got too little data"),
+            // which is what a range running past the end gets: then clamp.
             match self.op.read_with(key).range(range.clone()).await {
                 Ok(buf) => return Ok(buf.to_bytes()),
-                Err(e) if e.kind() == opendal::ErrorKind::RangeNotSatisfied => {}
-                Err(e) => return Err(self.err_opendal(&e, "get_range", key)),
+                Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
+                    return Err(self.err_opendal(&e, "get_range", key))
+                }
+                Err(e) if e.is_temporary() => return Err(self.err_opendal(&e, "get_range", key)),
+                Err(_) => {}
             }
         }
         // Clamp to the object's end ourselves so every backend behaves alike.

@@ -537,8 +537,10 @@ pub(crate) async fn prepare(store: &OpendalStore, remote: &Remote) -> StoreResul
     if remote.prepared.load(Ordering::SeqCst) {
         return Ok(());
     }
-    // Reachability + credentials + bucket: a stat of an object that need not exist.
-    store.stat("strata.vault").await?;
+    // Reachability + credentials + bucket: a one-entry listing of the root
+    // (unlike a HEAD, its error answers carry the reason, e.g. S3's
+    // InvalidAccessKeyId or NoSuchBucket).
+    store.probe_list().await?;
     let proven = if remote.can_try_conditional {
         match probe_conditional(store).await {
             Ok(p) => p,
