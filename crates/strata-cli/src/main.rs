@@ -59,5 +59,6 @@ fn main() -> ExitCode {
     let res = rt.block_on(commands::run(cli));
     // don't wait for stray blocking tasks (e.g. a reader cut short by an error)
     rt.shutdown_timeout(Duration::from_secs(1));
+    session::print_store_stats();
     report::exit(res)
 }

@@ -12,8 +12,37 @@ use crate::password::{self, Secret, Sources};
 /// Open the store named by `value` (a `--store` value, URL, path or saved name).
 pub fn open_store(value: Option<&str>) -> Result<DynStore> {
     let url = config::resolve_store(value)?;
-    let (store, _metrics) = strata_store::open_url(&url)?;
+    let (store, metrics) = strata_store::open_url(&url)?;
+    let _ = STORE_METRICS.set(metrics);
     Ok(store)
+}
+
+/// The request counters of the store this command opened (for `STRATA_STATS`).
+pub static STORE_METRICS: std::sync::OnceLock<strata_store::Metrics> = std::sync::OnceLock::new();
+
+/// With `STRATA_STATS` set, print the store requests and bytes this command
+/// made to standard error (benchmarks use it to count requests).
+pub fn print_store_stats() {
+    if std::env::var_os("STRATA_STATS").is_none_or(|v| v.is_empty()) {
+        return;
+    }
+    if let Some(m) = STORE_METRICS.get() {
+        let s = m.snapshot();
+        eprintln!(
+            "strata: store requests: {} (put {}, get {}, range {}, list {}, delete {}, stat {}), \
+             {} errors, {} bytes up, {} bytes down",
+            s.requests(),
+            s.puts,
+            s.gets,
+            s.range_gets,
+            s.lists,
+            s.deletes,
+            s.stats,
+            s.errors,
+            s.bytes_up,
+            s.bytes_down
+        );
+    }
 }
 
 /// Vault open options from the global flags.
