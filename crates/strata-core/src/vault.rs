@@ -214,7 +214,14 @@ impl Vault {
         if store.stat(HEADER_KEY).await?.is_some() {
             return Err(VaultError::AlreadyAVault { store: name });
         }
-        if !store.list("").await?.is_empty() {
+        // A `probe.*` object is a store capability probe (strata-store's
+        // `prepare`) that a crash left behind: not vault content.
+        if store
+            .list("")
+            .await?
+            .iter()
+            .any(|o| !o.key.starts_with("probe."))
+        {
             return Err(VaultError::NotEmpty { store: name });
         }
         let caps = store.capabilities();
