@@ -205,6 +205,16 @@ impl OpendalStore {
         }
     }
 
+    /// For a WebDAV store, `key`'s parent folder (`a/b/` for `a/b/c`).
+    fn missing_parent(&self, key: &str) -> Option<String> {
+        match self.remote.as_deref().map(|r| &r.flavor) {
+            Some(crate::cloud::Flavor::WebDav { .. }) => {
+                key.rfind('/').map(|i| key[..=i].to_owned())
+            }
+            _ => None,
+        }
+    }
+
     fn is_s3(&self) -> bool {
         matches!(
             self.remote.as_deref().map(|r| &r.flavor),
@@ -323,11 +333,26 @@ impl OpendalStore {
                 .blocking(op, key, move || fs_put(&dirs, &k, &data, if_absent, true))
                 .await;
         }
-        let res = if if_absent {
-            self.op.write_with(key, data).if_not_exists(true).await
-        } else {
-            self.op.write(key, data).await
+        let write = |data: Bytes| async move {
+            if if_absent {
+                self.op.write_with(key, data).if_not_exists(true).await
+            } else {
+                self.op.write(key, data).await
+            }
         };
+        let mut res = write(data.clone()).await;
+        if let (Err(e), Some(parent)) = (&res, self.missing_parent(key)) {
+            // WebDAV without opendal's per-put parent check (it costs a
+            // PROPFIND on every put): 409 Conflict (RFC 4918; rclone says
+            // 404) means the parent collection is missing; create it and
+            // put again.
+            if e.kind() == opendal::ErrorKind::NotFound || crate::cloud::is_conflict(e) {
+                if let Err(e) = self.op.create_dir(&parent).await {
+                    return Err(self.err_opendal(&e, op, key));
+                }
+                res = write(data).await;
+            }
+        }
         match res {
             Ok(_) => Ok(true),
             Err(e) if if_absent && e.kind() == opendal::ErrorKind::ConditionNotMatch => Ok(false),

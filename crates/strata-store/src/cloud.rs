@@ -362,6 +362,9 @@ pub(crate) fn open_webdav(
         }
         (None, None) => {}
     }
+    // Parent folders are created on a 409 answer instead (backend.rs):
+    // one request per put instead of two.
+    b = b.disable_create_dir(true);
     let op = Operator::new(b).map_err(|e| format!("cannot set up the WebDAV client: {e}"))?;
     let flavor = Flavor::WebDav {
         endpoint: format!("{endpoint}{root}"),
@@ -492,6 +495,12 @@ pub(crate) fn explain(
         e.message = short_cause(&text);
     }
     e
+}
+
+/// A WebDAV `409 Conflict` (RFC 4918: the parent collection is missing).
+pub(crate) fn is_conflict(err: &opendal::Error) -> bool {
+    let text = error_chain(err);
+    text.contains("409") && text.to_ascii_lowercase().contains("conflict")
 }
 
 /// The S3 error code in a response body, e.g. `InvalidAccessKeyId`.
