@@ -69,6 +69,17 @@ pub struct Global {
     pub quiet: bool,
 }
 
+/// The writer lease: one writer per vault at a time.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LeaseArgs {
+    /// Take the vault's writer lease even if another writer holds it.
+    /// Only when that writer is gone for sure (crashed on another machine):
+    /// a writer that is still running stops committing, and what it has not
+    /// committed yet is not saved to the vault
+    #[arg(long)]
+    pub break_lease: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Init(InitArgs),
@@ -154,9 +165,13 @@ pub struct MountArgs {
     #[arg(long, default_value = "2GiB", value_name = "SIZE")]
     pub cache_size: String,
 
-    /// Mount read-only (also possible while another writer holds the vault)
+    /// Mount read-only: takes no writer lease, so it also works while
+    /// another writer holds the vault (shows the state as of mounting)
     #[arg(long)]
     pub read_only: bool,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 
     /// Let other users access the mount (non-root: needs user_allow_other
     /// in /etc/fuse.conf)
@@ -264,6 +279,9 @@ pub struct PutArgs {
     /// Replace files that already exist in the vault
     #[arg(short, long)]
     pub force: bool,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 }
 
 /// Copy files and directories out of the vault (recursively).
@@ -325,6 +343,9 @@ pub struct MkdirArgs {
     /// Directories to create
     #[arg(value_name = "PATH", required = true)]
     pub paths: Vec<String>,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 }
 
 /// Remove files, links and directories from the vault.
@@ -343,6 +364,9 @@ pub struct RmArgs {
     /// Paths to remove
     #[arg(value_name = "PATH", required = true)]
     pub paths: Vec<String>,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 }
 
 /// Move or rename within the vault (like mv).
@@ -358,9 +382,13 @@ pub struct MvArgs {
     /// Target directory or new name
     #[arg(value_name = "DEST")]
     pub dest: String,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 }
 
-/// Show vault usage: file counts, sizes, deduplication, store objects.
+/// Show vault usage: file counts, sizes, deduplication, store objects, and
+/// who holds the writer lease.
 #[derive(Debug, Args)]
 pub struct InfoArgs {}
 
@@ -375,11 +403,17 @@ pub struct PasswdArgs {
     /// Read the new password from the first line of this file
     #[arg(long, value_name = "PATH")]
     pub new_password_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 }
 
 /// Delete stored objects nothing references (leftovers of interrupted runs).
 #[derive(Debug, Args)]
-pub struct GcArgs {}
+pub struct GcArgs {
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+}
 
 /// Verify the vault: every referenced blob exists with the right size.
 ///

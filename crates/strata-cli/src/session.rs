@@ -1,11 +1,13 @@
 //! Opening stores and vaults from the global options: store resolution,
 //! password sources and vault open options.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
-use strata_core::{OpenOptions, Vault};
+use strata_core::{LeaseOptions, OpenOptions, Vault};
 use strata_store::DynStore;
 
-use crate::cli::Global;
+use crate::cli::{Global, LeaseArgs};
 use crate::config;
 use crate::password::{self, Secret, Sources};
 
@@ -45,7 +47,24 @@ pub fn print_store_stats() {
     }
 }
 
-/// Vault open options from the global flags.
+/// The lease of a writer labelled `label` ("strata put", "mount at /x").
+/// `STRATA_LEASE_TTL` (seconds) shortens the lease for tests.
+pub fn lease_options(label: String, break_lease: bool) -> LeaseOptions {
+    let mut o = LeaseOptions::new(label);
+    o.break_lease = break_lease;
+    if let Some(s) = std::env::var("STRATA_LEASE_TTL")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        o.ttl = Duration::from_secs(s.max(1));
+    }
+    o
+}
+
+/// The warning `--break-lease` prints.
+pub const BREAK_LEASE_WARNING: &str = "strata: warning: --break-lease: taking the vault's writer lease from whoever holds it. If that writer is still running, it stops committing, and what it has not committed yet is not saved to the vault.";
+
+/// Vault open options from the global flags (a reader: no lease).
 pub fn open_options(g: &Global) -> OpenOptions {
     OpenOptions {
         state_dir: g.state_dir.clone(),
@@ -63,9 +82,38 @@ pub fn password_sources(g: &Global) -> Sources<'_> {
     }
 }
 
-/// Open the vault on the store given by the global options. Returns the
-/// password too (for `passwd`).
+/// Open the vault on the store given by the global options, as a reader
+/// (no writer lease; commits are never made). Returns the password too.
 pub async fn open_vault(g: &Global) -> Result<(Vault, Secret)> {
+    open(g, None).await
+}
+
+/// Open the vault as the writer `strata <verb>`: takes the writer lease
+/// (fails, naming the holder, if another writer has it). Give it back with
+/// [`finish`] on every path.
+pub async fn open_writer(g: &Global, verb: &str, l: &LeaseArgs) -> Result<(Vault, Secret)> {
+    if l.break_lease {
+        eprintln!("{BREAK_LEASE_WARNING}");
+    }
+    open(
+        g,
+        Some(lease_options(format!("strata {verb}"), l.break_lease)),
+    )
+    .await
+}
+
+/// Release the writer lease of a vault opened by [`open_writer`] and
+/// return `res` (a failed release is only a warning: the lease expires).
+pub async fn finish<T>(vault: &Vault, res: Result<T>) -> Result<T> {
+    if let Err(e) = vault.release_lease().await {
+        eprintln!(
+            "strata: warning: could not release the writer lease ({e}); it expires by itself"
+        );
+    }
+    res
+}
+
+async fn open(g: &Global, lease: Option<LeaseOptions>) -> Result<(Vault, Secret)> {
     let store = open_store(g.store.as_deref())?;
     // Fail on "not a vault" before asking for a password.
     Vault::read_header(&store).await?;
@@ -73,7 +121,11 @@ pub async fn open_vault(g: &Global) -> Result<(Vault, Secret)> {
         password_sources(g),
         &format!("Password for {}: ", store.describe()),
     )?;
-    let vault = Vault::open(store, &pw, open_options(g)).await?;
+    let opts = OpenOptions {
+        lease,
+        ..open_options(g)
+    };
+    let vault = Vault::open(store, &pw, opts).await?;
     Ok((vault, pw))
 }
 

@@ -544,23 +544,54 @@ impl Lease {
 
     /// Check that the lease in the store is still ours; mark it lost if not.
     /// Store errors are returned (the lease stays held until it expires).
+    /// One LIST where conditional create is enforced (a taker always makes
+    /// a higher epoch, never rewrites ours); otherwise also a GET of our
+    /// object (racing acquirers may have written the same epoch).
     async fn verify(&self) -> VaultResult<()> {
         let (epoch, holder) = {
             let s = lock(&self.state);
             (s.epoch, s.body.holder)
         };
-        let lost = match top_lease(&self.store, &self.keys, &self.vault_id).await? {
-            Top::Found(e, h) if e == epoch => match &h.lease {
-                Some(l) if l.holder == holder => None,
-                _ => Some(format!("it was taken over by {}", h.describe())),
-            },
-            Top::Found(e, h) if e > epoch => {
-                Some(format!("it was taken over by {}", h.describe()))
-            }
-            _ => Some(format!(
+        let epochs: BTreeMap<u64, String> = self
+            .store
+            .list(LEASE_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|o| parse_lease_key(&o.key).map(|e| (e, o.key)))
+            .collect();
+        let top = epochs.keys().next_back().copied();
+        let lost = if top.is_some_and(|t| t > epoch) {
+            let who = match top_lease(&self.store, &self.keys, &self.vault_id).await {
+                Ok(Top::Found(_, h)) => h.describe(),
+                _ => "another writer".to_string(),
+            };
+            Some(format!("it was taken over by {who}"))
+        } else if !epochs.contains_key(&epoch) {
+            Some(format!(
                 "its lease object {} was deleted from the store (broken by another writer, or removed)",
                 lease_key(epoch)
-            )),
+            ))
+        } else if self.conditional {
+            None
+        } else {
+            match self.store.get(&lease_key(epoch)).await {
+                Ok(b) => match open_lease(&self.keys, &self.vault_id, epoch, &b) {
+                    Some(l) if l.holder == holder => None,
+                    Some(l) => Some(format!(
+                        "it was taken over by {} on {} (pid {})",
+                        l.label, l.host, l.pid
+                    )),
+                    None => Some(format!(
+                        "its lease object {} was replaced by one this strata cannot read",
+                        lease_key(epoch)
+                    )),
+                },
+                Err(e) if e.kind == StoreErrorKind::NotFound => Some(format!(
+                    "its lease object {} was deleted from the store (broken by another writer, or removed)",
+                    lease_key(epoch)
+                )),
+                Err(e) => return Err(e.into()),
+            }
         };
         if let Some(why) = lost {
             warn!("lost the writer lease: {why}");
@@ -622,8 +653,8 @@ impl Lease {
     }
 
     /// Before a commit (or any other store change): the lease must be held
-    /// and comfortably valid; renew inline if the background renewal is
-    /// late. Without enforced conditional create, also re-read it.
+    /// and comfortably valid (renewed inline if the background renewal is
+    /// late), and still be ours in the store.
     pub(crate) async fn check_writable(&self) -> VaultResult<()> {
         let _op = self.op.lock().await;
         self.phase_ok()?;
@@ -638,15 +669,14 @@ impl Lease {
                 },
             });
         }
-        if !self.conditional {
-            self.verify().await.map_err(|e| match e {
-                VaultError::LeaseLost { .. } => e,
-                other => VaultError::LeaseUnavailable {
-                    detail: other.to_string(),
-                },
-            })?;
-        }
-        Ok(())
+        // A lease broken by another writer is noticed here at the latest,
+        // not only at the next renewal.
+        self.verify().await.map_err(|e| match e {
+            VaultError::LeaseLost { .. } => e,
+            other => VaultError::LeaseUnavailable {
+                detail: other.to_string(),
+            },
+        })
     }
 
     /// Delete the lease if it is still ours; afterwards nothing commits.

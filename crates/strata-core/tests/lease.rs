@@ -407,16 +407,24 @@ async fn a_deleted_lease_is_lost_too() {
             .unwrap();
         b.release_lease().await.unwrap();
         assert!(e.lease_objects().await.is_empty());
-        let err = a.renew_lease().await.unwrap_err();
+        // the next commit checks the lease (no need to wait for a renewal)
+        a.mkdir("/x", 0o755, false).unwrap();
+        let err = a.commit().await.unwrap_err();
+        assert!(
+            matches!(err, VaultError::LeaseLost { .. }),
+            "{kind:?}: {err}"
+        );
         assert!(
             err.to_string().contains("was deleted from the store"),
             "{kind:?}: {err}"
         );
-        a.mkdir("/x", 0o755, false).unwrap();
         assert!(matches!(
-            a.commit().await.unwrap_err(),
+            a.renew_lease().await.unwrap_err(),
             VaultError::LeaseLost { .. }
         ));
+        // nothing of A's reached the store, and it took no lease again
+        assert!(e.lease_objects().await.is_empty());
+        assert!(e.open(None).await.unwrap().stat_path("/x").is_err());
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use fuser::{BackgroundSession, MountOption, SessionACL};
 use serde_json::{json, Value};
-use strata_core::{OpenOptions as VaultOpenOptions, Vault};
+use strata_core::{LeaseOptions, OpenOptions as VaultOpenOptions, Vault};
 use strata_store::Metrics;
 use strata_vfs::{FsyncMode, Vfs, VfsOptions};
 use tracing::{debug, info, warn};
@@ -49,6 +49,11 @@ pub struct MountOptions {
     /// Rollback-detection state (default: `strata_core::state::default_state_dir`).
     pub state_dir: Option<PathBuf>,
     pub accept_rollback: bool,
+    /// Take the writer lease even if another writer holds it (read-write
+    /// mounts only; a read-only mount takes no lease).
+    pub break_lease: bool,
+    /// Lifetime of the writer lease (renewed every third of it).
+    pub lease_ttl: Duration,
     /// FUSE event-loop threads.
     pub threads: usize,
     /// How long unmount waits for uploads before giving up (what is left
@@ -71,6 +76,8 @@ impl MountOptions {
             fsync: FsyncMode::Cloud,
             state_dir: None,
             accept_rollback: false,
+            break_lease: false,
+            lease_ttl: LeaseOptions::new("").ttl,
             threads: 8,
             flush_timeout: Duration::from_secs(600),
             stop: StopHandle::new(),
@@ -228,6 +235,19 @@ impl StatusFile {
         m.insert("updated".into(), json!(unix_now()));
         if let Ok(Value::Object(vs)) = serde_json::to_value(self.vfs.status()) {
             m.extend(vs);
+        }
+        if let Some(l) = self.vfs.vault().lease_status() {
+            if l.state == "lost" {
+                // an error that no retry fixes: say so first
+                m.insert(
+                    "last_error".into(),
+                    json!(format!(
+                        "lost the writer lease ({}); nothing more is committed. Changes made since stay in the cache directory; unmount, and mount again when the other writer is done",
+                        l.error.as_deref().unwrap_or("taken over by another writer")
+                    )),
+                );
+            }
+            m.insert("lease".into(), json!(l));
         }
         let s = self.metrics.snapshot();
         m.insert(
@@ -425,9 +445,17 @@ pub fn run_mount(
         .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
     let lock = MountLock::acquire(&cache_dir.join("lock"))?;
 
+    // A read-write mount is a writer: it holds the vault's writer lease
+    // until it has flushed and unmounted. A read-only mount takes none.
+    let lease = (!opts.read_only).then(|| LeaseOptions {
+        break_lease: opts.break_lease,
+        ttl: opts.lease_ttl,
+        ..LeaseOptions::new(format!("mount at {}", mountpoint.display()))
+    });
     let vopts = VaultOpenOptions {
         state_dir: opts.state_dir.clone(),
         accept_rollback: opts.accept_rollback,
+        lease,
         ..VaultOpenOptions::default()
     };
     let vault = Arc::new(rt.block_on(Vault::open(store, &password, vopts))?);
@@ -437,11 +465,18 @@ pub fn run_mount(
     vfs_opts.read_cache_size = opts.read_cache_size;
     vfs_opts.read_only = opts.read_only;
     vfs_opts.fsync = opts.fsync;
-    let vfs = Vfs::new(vault.clone(), vfs_opts).map_err(|e| anyhow!(e))?;
+    let vfs = match Vfs::new(vault.clone(), vfs_opts) {
+        Ok(v) => v,
+        Err(e) => {
+            release_lease(&rt, &vault);
+            return Err(anyhow!(e));
+        }
+    };
 
     let fs = StrataFs::new(vfs.clone(), rt.handle().clone());
     let session = fuser::spawn_mount(fs, &mountpoint, &fuse_config(&opts, &store_name))
         .map_err(|e| {
+            release_lease(&rt, &vault);
             let hint = if e.kind() == io::ErrorKind::PermissionDenied && unsafe { libc::geteuid() } != 0 {
                 " (a non-root user needs read-write access to /dev/fuse: mode 0666, as the fuse3 package sets it)"
             } else {
@@ -601,6 +636,7 @@ pub fn run_mount(
     if let Some(u) = uploader {
         u.abort();
     }
+    release_lease(&rt, &vault);
     drop(status);
     drop(vfs);
     drop(lock);
@@ -611,6 +647,14 @@ pub fn run_mount(
             mountpoint.display()
         )
     })
+}
+
+/// Give the writer lease back (a failure only delays the next writer until
+/// the lease expires).
+fn release_lease(rt: &tokio::runtime::Runtime, vault: &Vault) {
+    if let Err(e) = rt.block_on(vault.release_lease()) {
+        warn!(error = %e, "could not release the writer lease; it expires by itself");
+    }
 }
 
 /// Owns the FUSE session: makes sure the mount is gone however `run_mount`

@@ -14,6 +14,7 @@
 //! about FUSE.
 
 pub mod journal;
+mod lineage;
 mod ops;
 pub mod writeback;
 
@@ -285,6 +286,14 @@ impl Vfs {
                 .map_err(|e| format!("cannot open the cache: {e}"))?;
             return Ok(Vfs::assemble(vault, opts, journal, wb));
         }
+        // Replay only onto the history this cache was writing (see `lineage`).
+        let pending = entries.iter().filter(|e| e.0 > have).count();
+        lineage::check(
+            dir,
+            &vault,
+            pending,
+            lineage::count_files(&dir.join("dirty")),
+        )?;
         for (seq, r) in entries {
             if seq <= have {
                 continue;
@@ -306,6 +315,8 @@ impl Vfs {
         journal
             .rewrite(&replayed)
             .map_err(|e| format!("cannot rewrite the journal in {}: {e}", dir.display()))?;
+        lineage::start(dir, &vault)
+            .map_err(|e| format!("cannot write the lineage file in {}: {e}", dir.display()))?;
         let wb = WriteBack::open(dir.join("dirty"))
             .map_err(|e| format!("cannot open the write-back cache: {e}"))?;
         let vfs = Vfs::assemble(vault, opts, journal, wb);

@@ -3,7 +3,7 @@
 //! Unix tools); whatever succeeded is committed before exiting.
 
 use anyhow::{anyhow, bail, Result};
-use strata_core::{Kind, VaultError};
+use strata_core::{Kind, Vault, VaultError};
 
 use crate::cli::{Global, MkdirArgs, MvArgs, RmArgs};
 use crate::display;
@@ -20,7 +20,12 @@ fn parse_mode(s: &str) -> Result<u32> {
 
 pub async fn mkdir(g: &Global, ui: Ui, a: &MkdirArgs) -> Result<()> {
     let mode = parse_mode(&a.mode)?;
-    let (vault, _pw) = session::open_vault(g).await?;
+    let (vault, _pw) = session::open_writer(g, "mkdir", &a.lease).await?;
+    let res = mkdir_in(&vault, ui, a, mode).await;
+    session::finish(&vault, res).await
+}
+
+async fn mkdir_in(vault: &Vault, ui: Ui, a: &MkdirArgs, mode: u32) -> Result<()> {
     let mut partial = Partial::default();
     let mut made = 0u64;
     for p in &a.paths {
@@ -31,7 +36,7 @@ pub async fn mkdir(g: &Global, ui: Ui, a: &MkdirArgs) -> Result<()> {
             made += 1;
         }
     }
-    session::commit(&vault).await?;
+    session::commit(vault).await?;
     if made > 0 && a.paths.len() > 1 {
         ui.note(format!(
             "created {}",
@@ -42,7 +47,12 @@ pub async fn mkdir(g: &Global, ui: Ui, a: &MkdirArgs) -> Result<()> {
 }
 
 pub async fn rm(g: &Global, ui: Ui, a: &RmArgs) -> Result<()> {
-    let (vault, _pw) = session::open_vault(g).await?;
+    let (vault, _pw) = session::open_writer(g, "rm", &a.lease).await?;
+    let res = rm_in(&vault, ui, a).await;
+    session::finish(&vault, res).await
+}
+
+async fn rm_in(vault: &Vault, ui: Ui, a: &RmArgs) -> Result<()> {
     let mut partial = Partial::default();
     let mut removed = 0u64;
     for p in &a.paths {
@@ -52,7 +62,7 @@ pub async fn rm(g: &Global, ui: Ui, a: &RmArgs) -> Result<()> {
             Err(e) => partial.fail(e.into()),
         }
     }
-    session::commit(&vault).await?;
+    session::commit(vault).await?;
     if removed > 1 {
         ui.note(format!(
             "removed {}",
@@ -63,7 +73,12 @@ pub async fn rm(g: &Global, ui: Ui, a: &RmArgs) -> Result<()> {
 }
 
 pub async fn mv(g: &Global, ui: Ui, a: &MvArgs) -> Result<()> {
-    let (vault, _pw) = session::open_vault(g).await?;
+    let (vault, _pw) = session::open_writer(g, "mv", &a.lease).await?;
+    let res = mv_in(&vault, ui, a).await;
+    session::finish(&vault, res).await
+}
+
+async fn mv_in(vault: &Vault, ui: Ui, a: &MvArgs) -> Result<()> {
     if a.sources.len() > 1 {
         match vault.stat_path(&a.dest) {
             Ok(n) if n.kind == Kind::Dir => {}
@@ -86,7 +101,7 @@ pub async fn mv(g: &Global, ui: Ui, a: &MvArgs) -> Result<()> {
             moved += 1;
         }
     }
-    session::commit(&vault).await?;
+    session::commit(vault).await?;
     if moved > 1 {
         ui.note(format!(
             "moved {}",

@@ -1,6 +1,7 @@
 //! `strata info`: usage figures of the vault and its store.
 
 use anyhow::Result;
+use strata_core::lease;
 
 use crate::cli::Global;
 use crate::display::{self, size, size_exact};
@@ -10,6 +11,28 @@ pub async fn run(g: &Global) -> Result<()> {
     let (vault, _pw) = session::open_vault(g).await?;
     let i = vault.info().await?;
     let header = strata_core::Vault::read_header(vault.store()).await?;
+    let lease = match vault.lease_holder().await? {
+        None => "free (no writer)".to_string(),
+        Some(h) => match &h.lease {
+            Some(l) => {
+                let now = lease::unix_now();
+                let state = if now <= l.expires {
+                    format!("expires {}", lease::format_utc(l.expires))
+                } else {
+                    format!(
+                        "expired {} (stale: the writer stopped without releasing it)",
+                        lease::format_utc(l.expires)
+                    )
+                };
+                format!(
+                    "held by {} since {}; {state}",
+                    h.describe(),
+                    lease::format_utc(l.acquired)
+                )
+            }
+            None => h.describe(),
+        },
+    };
     let rows: Vec<(&str, String)> = vec![
         ("store", vault.store_name().to_string()),
         ("vault id", vault.vault_id()),
@@ -18,6 +41,7 @@ pub async fn run(g: &Global) -> Result<()> {
             format!("{} version {}", header.format, header.version),
         ),
         ("metadata version", i.version.to_string()),
+        ("writer lease", lease),
         ("chunk size", size(u64::from(i.chunk_size))),
         ("files", i.files.to_string()),
         ("directories", i.dirs.to_string()),

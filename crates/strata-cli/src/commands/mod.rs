@@ -32,7 +32,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Mv(a) => edit::mv(g, ui, a).await,
         Command::Info(_) => info::run(g).await,
         Command::Passwd(a) => passwd::run(g, ui, a).await,
-        Command::Gc(_) => maint::gc(g, ui).await,
+        Command::Gc(a) => maint::gc(g, ui, a).await,
         Command::Check(a) => check::run(g, ui, a).await,
         Command::Unmount(a) => mount::unmount(a),
         Command::Status(a) => mount::status(a),

@@ -38,6 +38,8 @@ fn mount_options(g: &Global, a: &MountArgs, url: String) -> Result<MountOptions>
     };
     o.state_dir = g.state_dir.clone();
     o.accept_rollback = g.accept_rollback;
+    o.break_lease = a.lease.break_lease;
+    o.lease_ttl = crate::session::lease_options(String::new(), false).ttl;
     Ok(o)
 }
 
@@ -55,6 +57,12 @@ fn read_password_stdin() -> Result<Secret> {
 pub fn mount(g: &Global, a: &MountArgs) -> Result<()> {
     let url = config::resolve_store(g.store.as_deref())?;
     let opts = mount_options(g, a, url.clone())?;
+    if a.lease.break_lease && a.read_only {
+        bail!("--break-lease and --read-only do not go together: a read-only mount takes no writer lease");
+    }
+    if a.lease.break_lease && !a.password_stdin {
+        eprintln!("{}", crate::session::BREAK_LEASE_WARNING);
+    }
     let pw = if a.password_stdin {
         read_password_stdin()?
     } else {
@@ -189,6 +197,25 @@ pub fn status(a: &StatusArgs) -> Result<()> {
         m("errors")
     );
     println!("open files:        {}", n("open_files"));
+    match v.get("lease") {
+        Some(l) if l.is_object() => {
+            let ls = |k: &str| l.get(k).and_then(|x| x.as_str()).unwrap_or("?");
+            let expires = l.get("expires").and_then(|x| x.as_u64()).unwrap_or(0);
+            match ls("state") {
+                "held" => println!(
+                    "writer lease:      held ({}, renewed {} times, expires {})",
+                    ls("key"),
+                    l.get("renewals").and_then(|x| x.as_u64()).unwrap_or(0),
+                    strata_core::lease::format_utc(expires)
+                ),
+                other => println!("writer lease:      {}", other.to_uppercase()),
+            }
+            if let Some(e) = l.get("error").and_then(|x| x.as_str()) {
+                println!("lease problem:     {e}");
+            }
+        }
+        _ => println!("writer lease:      none (read-only mount)"),
+    }
     if let Some(e) = v.get("last_error").and_then(|x| x.as_str()) {
         println!("last error:        {e}");
     }
@@ -353,6 +380,7 @@ pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
         cache_dir: None,
         cache_size: "2GiB".into(),
         read_only: false,
+        lease: Default::default(),
         allow_other: false,
         fsync: FsyncArg::Cloud,
         daemon: false,

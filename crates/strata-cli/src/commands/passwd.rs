@@ -2,6 +2,7 @@
 //! the header; no data is re-encrypted).
 
 use anyhow::Result;
+use strata_core::Vault;
 
 use crate::cli::{Global, PasswdArgs};
 use crate::password::{self, Sources};
@@ -9,7 +10,12 @@ use crate::progress::Ui;
 use crate::session;
 
 pub async fn run(g: &Global, ui: Ui, a: &PasswdArgs) -> Result<()> {
-    let (vault, old) = session::open_vault(g).await?;
+    let (vault, old) = session::open_writer(g, "passwd", &a.lease).await?;
+    let res = change(&vault, &old, ui, a).await;
+    session::finish(&vault, res).await
+}
+
+async fn change(vault: &Vault, old: &[u8], ui: Ui, a: &PasswdArgs) -> Result<()> {
     let new = password::new(
         Sources {
             file: a.new_password_file.as_deref(),
@@ -18,7 +24,7 @@ pub async fn run(g: &Global, ui: Ui, a: &PasswdArgs) -> Result<()> {
         },
         "New password: ",
     )?;
-    vault.change_password(&old, &new, None).await?;
+    vault.change_password(old, &new, None).await?;
     ui.note(format!("password changed for {}", vault.store_name()));
     Ok(())
 }

@@ -367,15 +367,20 @@ async fn exec(vault: &Vault, item: &Item, force: bool, bar: &Bar) -> Result<(usi
 }
 
 pub async fn run(g: &Global, ui: Ui, a: &PutArgs) -> Result<()> {
-    let (vault, _pw) = session::open_vault(g).await?;
+    let (vault, _pw) = session::open_writer(g, "put", &a.lease).await?;
+    let res = put_all(&vault, ui, a).await;
+    session::finish(&vault, res).await
+}
+
+async fn put_all(vault: &Vault, ui: Ui, a: &PutArgs) -> Result<()> {
     let mut planner = Planner {
-        vault: &vault,
+        vault,
         ui,
         force: a.force,
         small: u64::from(vault.chunk_size()),
         plan: Plan::default(),
     };
-    for (local, vpath) in targets(&vault, a)? {
+    for (local, vpath) in targets(vault, a)? {
         planner.add(&local, vpath)?;
     }
     let plan = planner.plan;
@@ -387,7 +392,7 @@ pub async fn run(g: &Global, ui: Ui, a: &PutArgs) -> Result<()> {
     let mut did_any = false;
     for item in &plan.items {
         let r = tokio::select! {
-            r = exec(&vault, item, a.force, &bar) => r,
+            r = exec(vault, item, a.force, &bar) => r,
             _ = interrupt::wait() => Err(Interrupted.into()),
         };
         match r {
@@ -402,7 +407,7 @@ pub async fn run(g: &Global, ui: Ui, a: &PutArgs) -> Result<()> {
             }
         }
         if entries >= COMMIT_EVERY || bytes >= COMMIT_BYTES {
-            if let Err(e) = session::commit(&vault).await {
+            if let Err(e) = session::commit(vault).await {
                 result = Err(e);
                 break;
             }
@@ -411,7 +416,7 @@ pub async fn run(g: &Global, ui: Ui, a: &PutArgs) -> Result<()> {
         }
     }
     drop(bar);
-    let committed = session::commit(&vault).await;
+    let committed = session::commit(vault).await;
     match (result, committed) {
         (Ok(()), Ok(())) => {
             ui.note(display::summary(
