@@ -33,6 +33,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use strata_crypto::BlobId;
@@ -40,7 +41,7 @@ use strata_store::{Bytes, DynStore};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::error::{VaultError, VaultResult};
 use crate::format::blob::{self, segment_range, segments, SEGMENT};
@@ -123,6 +124,78 @@ struct Counters {
     write_errors: AtomicU64,
 }
 
+/// How fast the store delivers: bytes received over the time at least one
+/// request of this cache was outstanding, decayed so it follows the last
+/// couple of seconds of transfers. The read-ahead sizes its requests from it.
+#[derive(Debug)]
+struct LinkMeter {
+    inflight: u32,
+    last: Instant,
+    busy: f64,
+    bytes: f64,
+}
+
+/// Seconds of busy time the rate estimate remembers.
+const METER_WINDOW: f64 = 2.0;
+
+impl LinkMeter {
+    fn new() -> Self {
+        LinkMeter {
+            inflight: 0,
+            last: Instant::now(),
+            busy: 0.0,
+            bytes: 0.0,
+        }
+    }
+
+    fn advance(&mut self) {
+        let now = Instant::now();
+        if self.inflight > 0 {
+            self.busy += now.saturating_duration_since(self.last).as_secs_f64();
+        }
+        self.last = now;
+    }
+
+    fn finish(&mut self, bytes: u64) {
+        self.advance();
+        self.inflight = self.inflight.saturating_sub(1);
+        self.bytes += bytes as f64;
+        if self.busy > METER_WINDOW {
+            let k = METER_WINDOW / self.busy;
+            self.busy *= k;
+            self.bytes *= k;
+        }
+    }
+
+    /// Bytes per second, once there is enough to go by.
+    fn rate(&self) -> Option<f64> {
+        (self.busy >= 0.02 && self.bytes >= 128.0 * 1024.0).then(|| self.bytes / self.busy)
+    }
+}
+
+/// One outstanding store request on the meter (a dropped request, e.g. a
+/// cancelled read-ahead, only stops the clock).
+struct Metered<'a> {
+    meter: &'a Mutex<LinkMeter>,
+    bytes: Option<u64>,
+}
+
+impl<'a> Metered<'a> {
+    fn start(meter: &'a Mutex<LinkMeter>) -> Self {
+        let mut m = meter.lock().unwrap_or_else(|e| e.into_inner());
+        m.advance();
+        m.inflight += 1;
+        Metered { meter, bytes: None }
+    }
+}
+
+impl Drop for Metered<'_> {
+    fn drop(&mut self) {
+        let mut m = self.meter.lock().unwrap_or_else(|e| e.into_inner());
+        m.finish(self.bytes.unwrap_or(0));
+    }
+}
+
 fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -185,6 +258,7 @@ pub struct ReadCache {
     notify: Notify,
     c: Counters,
     warned: AtomicBool,
+    meter: Mutex<LinkMeter>,
 }
 
 /// Keeps a blob's entry alive and unevictable while a read uses it.
@@ -424,6 +498,7 @@ impl ReadCache {
             notify: Notify::new(),
             c: Counters::default(),
             warned: AtomicBool::new(false),
+            meter: Mutex::new(LinkMeter::new()),
         })
     }
 
@@ -435,6 +510,13 @@ impl ReadCache {
     /// The size cap in bytes.
     pub fn cap(&self) -> u64 {
         self.cap
+    }
+
+    /// How fast the store has been delivering lately, in bytes per second
+    /// (bytes received while requests of this cache were outstanding, over
+    /// that time); `None` until there is enough to go by.
+    pub fn delivery_rate(&self) -> Option<f64> {
+        self.meter.lock().unwrap_or_else(|e| e.into_inner()).rate()
     }
 
     /// Path of the cache file of blob `id` (it may not exist).
@@ -648,12 +730,19 @@ impl ReadCache {
         range: Range<u64>,
         whole: bool,
     ) -> VaultResult<Bytes> {
+        trace!(blob = %key, ?range, whole, "fetch");
+        let mut metered = Metered::start(&self.meter);
         let res = if whole {
             store.get(key).await
         } else {
             store.get_range(key, range.clone()).await
         };
+        if let Ok(b) = &res {
+            metered.bytes = Some(b.len() as u64);
+        }
+        drop(metered);
         add(&self.c.requests, 1);
+        trace!(blob = %key, ?range, ok = res.is_ok(), "fetched");
         let bytes = res.map_err(|e| VaultError::from_get(e, key, HINT))?;
         add(&self.c.bytes_fetched, bytes.len() as u64);
         let need = if whole {
@@ -706,6 +795,20 @@ impl ReadCache {
         s0: u64,
         s1: u64,
     ) -> Option<AbortHandle> {
+        self.prefetch_after(store, id, blob_len, s0, s1, Duration::ZERO)
+    }
+
+    /// [`ReadCache::prefetch`] that waits `delay` before it looks at what is
+    /// missing and fetches it.
+    pub fn prefetch_after(
+        self: &Arc<Self>,
+        store: &DynStore,
+        id: BlobId,
+        blob_len: u64,
+        s0: u64,
+        s1: u64,
+        delay: Duration,
+    ) -> Option<AbortHandle> {
         if s0 > s1 || s1 >= segments(blob_len) {
             return None;
         }
@@ -718,6 +821,9 @@ impl ReadCache {
         let cache = Arc::clone(self);
         let store = store.clone();
         let task = rt.spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             if let Err(e) = cache
                 .fetch_segments(&store, &id, blob_len, s0, s1, Mode::Prefetch)
                 .await
@@ -988,6 +1094,17 @@ impl Vault {
     /// `offset..offset+len` of `node` (clamped to the file; holes and
     /// cached or in-flight segments skipped). Nothing without a read cache.
     pub fn prefetch_range(&self, node: &Inode, offset: u64, len: u64) -> Vec<AbortHandle> {
+        self.prefetch_range_after(node, offset, len, Duration::ZERO)
+    }
+
+    /// [`Vault::prefetch_range`] whose fetches start after `delay`.
+    pub fn prefetch_range_after(
+        &self,
+        node: &Inode,
+        offset: u64,
+        len: u64,
+        delay: Duration,
+    ) -> Vec<AbortHandle> {
         let mut out = Vec::new();
         let Some(cache) = self.read_cache.get() else {
             return out;
@@ -1008,12 +1125,13 @@ impl Vault {
                 let a = pos - cstart;
                 let b = (stop - cstart).min(valid);
                 if a < b {
-                    out.extend(cache.prefetch(
+                    out.extend(cache.prefetch_after(
                         &self.store,
                         c.id,
                         u64::from(c.blob_len),
                         a / SEGMENT,
                         (b - 1) / SEGMENT,
+                        delay,
                     ));
                 }
             }
@@ -1026,91 +1144,157 @@ impl Vault {
 /// Read-ahead settings of a [`Prefetcher`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrefetchConfig {
-    /// Window after the first sequential read (and after every seek).
-    pub initial_window: u64,
-    /// The window doubles per sequential read up to this.
-    pub max_window: u64,
-    /// A read counts as sequential if it starts within this many bytes of
-    /// where the previous one ended (0 = exactly there).
+    /// Size of the first read-ahead request of a sequential run; each
+    /// further request doubles up to the request size (a slow start, so a
+    /// reader that stops early leaves little fetched for nothing).
+    pub first_request: u64,
+    /// Smallest request size (also used while the read cache has no
+    /// delivery-rate estimate yet).
+    pub min_request: u64,
+    /// Largest request size.
+    pub max_request: u64,
+    /// Requests are sized to take about this long at the store's measured
+    /// delivery rate, between `min_request` and `max_request`.
+    pub request_time: Duration,
+    /// Read-ahead requests in flight at once: with two, the next one is on
+    /// its way while the other is arriving, so the link does not idle.
+    pub max_in_flight: usize,
+    /// A read continues the current run if it starts at most this far past
+    /// the read-ahead frontier, or at most `max(tolerance, 1 MiB)` before
+    /// the end of the furthest read; anything else is a seek.
     pub tolerance: u64,
 }
 
 impl Default for PrefetchConfig {
     fn default() -> Self {
         PrefetchConfig {
-            initial_window: 256 * 1024,
-            max_window: 8 << 20,
-            tolerance: 0,
+            first_request: 128 * 1024,
+            min_request: 256 * 1024,
+            max_request: 4 << 20,
+            request_time: Duration::from_millis(100),
+            max_in_flight: 2,
+            tolerance: 128 * 1024,
         }
     }
 }
 
-/// Sequential-read detector and read-ahead for one open file handle. Call
-/// [`Prefetcher::on_read`] with every read (before or while serving it).
-/// While reads are sequential it keeps up to a window of bytes beyond the
-/// current read fetched or in flight (the window doubles per sequential read
-/// up to the max; it is topped up when less than half of it is left, so
-/// requests stay large); a seek cancels what is in flight and resets the
-/// window. Dropping it cancels too.
+/// Round `n` up to a whole number of segments.
+fn round_to_segments(n: u64) -> u64 {
+    n.div_ceil(SEGMENT).saturating_mul(SEGMENT)
+}
+
+/// Sequential-read detection and read-ahead for one open file. Call
+/// [`Prefetcher::on_read`] with every read before serving it and
+/// [`Prefetcher::on_read_done`] once it is served.
+///
+/// Reads that follow each other form a *run*; any other read (a seek)
+/// starts a new run and cancels the read-ahead in flight. A run is
+/// sequential from its second read, or from its first if it starts at
+/// offset 0. Read-ahead begins only once a read of the run has been served,
+/// so the first read after an open or a seek has the link to itself. It
+/// then issues requests in file order — the first one small, each next one
+/// twice as large up to a size worth `request_time` at the store's measured
+/// delivery rate — with at most `max_in_flight` of them outstanding and the
+/// frontier at most that many requests past the furthest read (on stores
+/// without range reads, where a request is a whole chunk, one chunk past
+/// it). So a reader that stops or seeks leaves at most about two requests'
+/// worth fetched for nothing, while a reader as fast as the link always has
+/// a request arriving and the next one on its way. Dropping it cancels.
 #[derive(Debug)]
 pub struct Prefetcher {
     cfg: PrefetchConfig,
-    /// Where the previous read ended.
-    next: Option<u64>,
-    window: u64,
-    /// File offset up to which prefetches have been issued.
+    /// Changes at every seek; reads report back with it.
+    run: u64,
+    /// Where the current run started.
+    start: u64,
+    /// End of the furthest read of the run (`None` before the first read).
+    pos: Option<u64>,
+    /// Reads in this run.
+    reads: u64,
+    /// A read of this run has been served.
+    served: bool,
+    /// File offset up to which read-ahead has been issued.
     ahead: u64,
-    /// Sequential reads in a row.
-    streak: u64,
-    tasks: Vec<AbortHandle>,
+    /// Size of the next request.
+    next_request: u64,
+    /// How far past the furthest read the frontier may be (last computed).
+    window: u64,
+    /// When the next request may start (requests are spaced so that two
+    /// of them never arrive in lockstep).
+    not_before: Option<Instant>,
+    /// Requests in flight (a request crossing a chunk boundary is one
+    /// task per chunk).
+    tasks: Vec<Vec<AbortHandle>>,
 }
 
 impl Prefetcher {
     pub fn new(cfg: PrefetchConfig) -> Self {
-        let initial = cfg.initial_window.max(SEGMENT);
+        let first = round_to_segments(cfg.first_request.max(SEGMENT));
+        let min = round_to_segments(cfg.min_request.max(first));
+        let cfg = PrefetchConfig {
+            first_request: first,
+            min_request: min,
+            max_request: round_to_segments(cfg.max_request.max(min)),
+            request_time: cfg.request_time,
+            max_in_flight: cfg.max_in_flight.max(1),
+            tolerance: cfg.tolerance,
+        };
         Prefetcher {
-            cfg: PrefetchConfig {
-                initial_window: initial,
-                max_window: cfg.max_window.max(initial),
-                tolerance: cfg.tolerance,
-            },
-            next: None,
-            window: initial,
+            next_request: cfg.first_request,
+            cfg,
+            run: 0,
+            start: 0,
+            pos: None,
+            reads: 0,
+            served: false,
             ahead: 0,
-            streak: 0,
+            window: 0,
+            not_before: None,
             tasks: Vec::new(),
         }
     }
 
-    /// The current read-ahead window in bytes.
+    fn reap(&mut self) {
+        self.tasks.retain(|r| r.iter().any(|t| !t.is_finished()));
+    }
+
+    /// How far past the furthest read the read-ahead may reach now, in
+    /// bytes (0 until the current run is sequential and under way).
     pub fn window(&self) -> u64 {
         self.window
     }
 
-    /// Prefetches issued and not finished yet.
+    /// File offset up to which read-ahead has been issued.
+    pub fn frontier(&self) -> u64 {
+        self.ahead
+    }
+
+    /// Read-ahead requests issued and not finished yet.
     pub fn in_flight(&mut self) -> usize {
-        self.tasks.retain(|t| !t.is_finished());
+        self.reap();
         self.tasks.len()
     }
 
-    /// Abort every prefetch in flight.
+    /// Abort every read-ahead request in flight.
     pub fn cancel(&mut self) {
-        for t in self.tasks.drain(..) {
+        for t in self.tasks.drain(..).flatten() {
             t.abort();
         }
+        self.not_before = None;
     }
 
-    /// Note a read of `len` bytes at `offset` of `node` and issue read-ahead.
-    /// The first read of a handle counts as sequential if it is at offset 0.
-    pub fn on_read(&mut self, vault: &Vault, node: &Inode, offset: u64, len: u64) {
+    /// Note a read of `len` bytes at `offset` of `node` (before serving it)
+    /// and issue read-ahead. Returns the run the read belongs to, for
+    /// [`Prefetcher::on_read_done`].
+    pub fn on_read(&mut self, vault: &Vault, node: &Inode, offset: u64, len: u64) -> u64 {
         let end = offset.saturating_add(len).min(node.size).max(offset);
-        self.tasks.retain(|t| !t.is_finished());
-        let sequential = match self.next {
-            Some(n) => offset.abs_diff(n) <= self.cfg.tolerance,
-            None => offset == 0,
-        };
-        self.next = Some(end);
-        if !sequential {
+        self.reap();
+        let in_run = self.pos.is_some_and(|p| {
+            let back = self.cfg.tolerance.max(1 << 20);
+            offset.saturating_add(back) >= p
+                && offset <= self.ahead.max(p).saturating_add(self.cfg.tolerance)
+        });
+        if !in_run {
             if !self.tasks.is_empty() {
                 debug!(
                     offset,
@@ -1119,24 +1303,79 @@ impl Prefetcher {
                 );
             }
             self.cancel();
-            self.window = self.cfg.initial_window;
-            self.streak = 0;
+            self.run += 1;
+            self.start = offset;
+            self.pos = Some(end);
+            self.reads = 1;
+            self.served = false;
             self.ahead = end;
+            self.next_request = self.cfg.first_request;
+            self.window = 0;
+            return self.run;
+        }
+        self.reads += 1;
+        let pos = self.pos.map_or(end, |p| p.max(end));
+        self.pos = Some(pos);
+        self.ahead = self.ahead.max(pos);
+        self.top_up(vault, node);
+        self.run
+    }
+
+    /// A read noted with [`Prefetcher::on_read`] (which returned `run`) has
+    /// been served: read-ahead may start or continue.
+    pub fn on_read_done(&mut self, vault: &Vault, node: &Inode, run: u64) {
+        if run != self.run {
             return;
         }
-        if self.streak > 0 {
-            self.window = self.window.saturating_mul(2).min(self.cfg.max_window);
-        }
-        self.streak += 1;
-        self.ahead = self.ahead.max(end);
-        if self.ahead >= node.size || self.ahead - end >= self.window / 2 {
+        self.served = true;
+        self.reap();
+        self.top_up(vault, node);
+    }
+
+    fn top_up(&mut self, vault: &Vault, node: &Inode) {
+        let Some(pos) = self.pos else { return };
+        if !self.served || !(self.start == 0 || self.reads >= 2) {
             return;
         }
-        let to = end.saturating_add(self.window).min(node.size);
-        if to > self.ahead {
-            self.tasks
-                .extend(vault.prefetch_range(node, self.ahead, to - self.ahead));
+        let Some(cache) = vault.read_cache.get() else {
+            return;
+        };
+        let rate = cache.delivery_rate();
+        let cap = rate
+            .map_or(self.cfg.min_request, |r| {
+                (r * self.cfg.request_time.as_secs_f64()) as u64
+            })
+            .clamp(self.cfg.min_request, self.cfg.max_request);
+        let cap = round_to_segments(cap);
+        let mut window = cap.saturating_mul(self.cfg.max_in_flight as u64);
+        if !vault.caps.range_reads {
+            // a request brings a whole chunk: keep the next chunk coming
+            window = window.max(u64::from(node.chunk_size));
+        }
+        self.window = window;
+        let now = Instant::now();
+        while self.tasks.len() < self.cfg.max_in_flight && self.ahead < node.size {
+            let n = self.next_request.min(cap);
+            if self.ahead.saturating_add(n) > pos.saturating_add(window) {
+                break;
+            }
+            let from = self.ahead;
+            let to = round_to_segments(from.saturating_add(n)).min(node.size);
+            let delay = self
+                .not_before
+                .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+            let req = vault.prefetch_range_after(node, from, to - from, delay);
+            if !req.is_empty() {
+                trace!(from, to, ?delay, rate, cap, "read-ahead");
+                self.tasks.push(req);
+                // Two requests issued together share the link and arrive
+                // together, and the link idles while the next two are on
+                // their way: start the next one half a transfer later.
+                self.not_before = rate
+                    .map(|r| now + delay + Duration::from_secs_f64((to - from) as f64 / r / 2.0));
+            }
             self.ahead = to;
+            self.next_request = self.next_request.saturating_mul(2).min(cap);
         }
     }
 }

@@ -29,7 +29,7 @@ use strata_core::tree::ApplyError;
 use strata_core::{Inode, Kind, Record, Ts, Vault, VaultError};
 use tracing::{info, warn};
 
-use strata_core::readcache::{PrefetchConfig, Prefetcher, ReadCache};
+use strata_core::readcache::{Prefetcher, ReadCache};
 
 use crate::journal::Journal;
 use crate::writeback::WriteBack;
@@ -418,20 +418,24 @@ impl Vfs {
         Ok(a)
     }
 
-    /// Feed the file's read-ahead detector (starts background fetches of the
-    /// segments a sequential reader will want next).
-    pub(crate) fn prefetch(&self, node: &Inode, offset: u64, len: u64) {
+    /// Feed the file's read-ahead detector before serving a read (starts
+    /// background fetches of the segments a sequential reader will want
+    /// next). Returns the read's run for [`Vfs::prefetch_done`].
+    pub(crate) fn prefetch(&self, node: &Inode, offset: u64, len: u64) -> u64 {
         if self.vault.read_cache().is_none() {
-            return;
+            return 0;
         }
         let mut m = lock(&self.prefetchers);
-        let p = m.entry(node.ino).or_insert_with(|| {
-            Prefetcher::new(PrefetchConfig {
-                tolerance: 128 * 1024,
-                ..PrefetchConfig::default()
-            })
-        });
-        p.on_read(&self.vault, node, offset, len);
+        let p = m.entry(node.ino).or_default();
+        p.on_read(&self.vault, node, offset, len)
+    }
+
+    /// A read noted with [`Vfs::prefetch`] has been served (read-ahead of a
+    /// new run starts only then, so its first read has the link alone).
+    pub(crate) fn prefetch_done(&self, node: &Inode, run: u64) {
+        if let Some(p) = lock(&self.prefetchers).get_mut(&node.ino) {
+            p.on_read_done(&self.vault, node, run);
+        }
     }
 
     /// Stop read-ahead of a file nobody has open.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use strata_core::record::now;
 use strata_core::{Inode, Kind, Record, Ts, Vault};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::{io_errno, lock, vault_errno, Errno, Vfs, VfsResult};
 
@@ -388,12 +388,18 @@ impl Vfs {
             return Err(Errno(libc::EISDIR));
         }
         let Some(ov) = self.wb.get(ino) else {
-            self.prefetch(&node, offset, u64::from(len));
-            return self
+            trace!(ino, offset, len, "read");
+            let run = self.prefetch(&node, offset, u64::from(len));
+            let r = self
                 .vault
                 .read_at(&node, offset, u64::from(len))
                 .await
                 .map_err(|e| vault_errno(e, "read"));
+            trace!(ino, offset, len, "read done");
+            if r.is_ok() {
+                self.prefetch_done(&node, run);
+            }
+            return r;
         };
         let o = ov.read().await;
         let node = self.node(ino)?;
