@@ -437,7 +437,12 @@ impl Lease {
                     if opts.break_lease {
                         warn!(store = %name, holder = %h.describe(), "breaking the writer lease");
                     } else if let Some(why) = stale {
-                        info!(store = %name, holder = %h.describe(), "taking over a stale writer lease: {why}");
+                        warn!(
+                            "taking over the stale writer lease of {} ({why}); if that writer left \
+                             uncommitted changes (a crashed mount keeps them in its cache), they \
+                             can no longer be applied once this writer commits",
+                            h.describe()
+                        );
                     } else {
                         return Err(VaultError::Locked {
                             holder: Box::new(h),

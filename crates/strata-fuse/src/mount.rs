@@ -623,6 +623,12 @@ pub fn run_mount(
         let r = rt.block_on(async {
             tokio::select! {
                 r = vfs.shutdown(opts.flush_timeout, report) => r,
+                why = lease_lost(&vault) => Err(format!(
+                    "this mount lost the vault's writer lease ({why}), so it cannot commit; what it has not \
+                     committed stays in the local cache ({}), and a later read-write mount uploads it only if \
+                     no other writer has changed the vault meanwhile",
+                    cache_dir.display()
+                )),
                 sig = signals.next() => Err(format!(
                     "interrupted by {sig}: what is not uploaded yet stays in the local cache ({}) and is uploaded at the next mount",
                     cache_dir.display()
@@ -663,6 +669,21 @@ pub fn run_mount(
             mountpoint.display()
         )
     })
+}
+
+/// Resolves once the vault's writer lease is lost (never without a lease),
+/// with the reason. Waits a second first, so a flush that can still finish
+/// does.
+async fn lease_lost(vault: &Vault) -> String {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    loop {
+        if let Some(l) = vault.lease_status().filter(|l| l.state == "lost") {
+            return l
+                .error
+                .unwrap_or_else(|| "taken over by another writer".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Give the writer lease back (a failure only delays the next writer until
