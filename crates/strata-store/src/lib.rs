@@ -20,6 +20,7 @@ mod fault;
 mod http_basic;
 mod keys;
 mod layers;
+mod sftp;
 mod url;
 
 use std::ops::Range;

@@ -1,6 +1,7 @@
 //! Store URLs: [`open_url`] parses `file:///abs/path`, a bare filesystem
-//! path, `memory://NAME` or `basic+http(s)://HOST/BASE/` (see
-//! [`HttpBasicStore`](crate::HttpBasicStore)), plus query options
+//! path, `memory://NAME`, `basic+http(s)://HOST/BASE/` (see
+//! [`HttpBasicStore`](crate::HttpBasicStore)) or
+//! `sftp://USER@HOST:PORT/ABS/PATH?key=PATH&known-hosts=PATH`, plus query options
 //! ([`StoreOptions`]), and builds the standard layer stack; [`parse_size`]
 //! reads sizes like `100MiB`.
 
@@ -16,7 +17,7 @@ use crate::DynStore;
 
 /// The schemes [`open_url`] understands, for error messages.
 const SUPPORTED: &str = "file:// (or a plain filesystem path), memory://, basic+http://, \
-     basic+https://, s3://, webdav+http://, webdav+https://, onedrive:";
+     basic+https://, s3://, webdav+http://, webdav+https://, onedrive:, sftp://";
 
 /// The option names a store URL may carry, for error messages.
 const OPTIONS: &str = "max-object-size, range-reads, no-range, concurrency, retries";
@@ -150,6 +151,7 @@ pub fn open_url(url: &str) -> StoreResult<(DynStore, Metrics)> {
     let cloud_names: &[&str] = match split_scheme(base).map(|(s, _)| s.to_ascii_lowercase()) {
         Some(s) if s == "s3" => cloud::S3_OPTIONS,
         Some(s) if s == "webdav+http" || s == "webdav+https" => cloud::WEBDAV_OPTIONS,
+        Some(s) if s == "sftp" => crate::sftp::SFTP_OPTIONS,
         _ if is_onedrive(base) => cloud::ONEDRIVE_OPTIONS,
         _ => &[],
     };
@@ -212,6 +214,10 @@ pub fn open_url(url: &str) -> StoreResult<(DynStore, Metrics)> {
             s @ ("webdav+http" | "webdav+https") => {
                 let d = format!("{}{redacted_query}", redact_url(base));
                 Arc::new(cloud::open_webdav(s, rest, &extra, d).map_err(cloud_err)?)
+            }
+            "sftp" => {
+                let d = format!("{base}{redacted_query}");
+                Arc::new(crate::sftp::open_url(base, url, d)?)
             }
             "basic+http" | "basic+https" => {
                 Arc::new(HttpBasicStore::open(base, &http_opts, &redacted_query)?)
