@@ -382,8 +382,8 @@ impl SftpStore {
             }
             other => other.to_string(),
         };
-        let d = detail.trim();
-        let lower = d.to_ascii_lowercase();
+        let lower = detail.to_ascii_lowercase();
+        let d = ssh_said(&detail);
         let kh = self
             .target
             .known_hosts
@@ -394,13 +394,19 @@ impl SftpStore {
         let (kind, msg) = if lower.contains("remote host identification has changed")
             || lower.contains("host key for") && lower.contains("has changed")
         {
+            let presented = detail
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("SHA256:"))
+                .map(|fp| format!(" (the server presents {fp})"))
+                .unwrap_or_default();
             (
                 StoreErrorKind::PermissionDenied,
                 format!(
                     "the host key of {h}:{p} does NOT match the one in {kh} (someone may be \
                      intercepting the connection, or the server's key changed); if the change \
                      is expected, remove the old entry with `ssh-keygen -R '[{h}]:{p}' -f {kh}` \
-                     and add the new one after checking its fingerprint. ssh said: {d}"
+                     and add the new one after checking its fingerprint{presented}"
                 ),
             )
         } else if lower.contains("host key verification failed")
@@ -839,6 +845,18 @@ impl SftpStore {
             }
         }
     }
+}
+
+/// The gist of ssh's error output on one line: its last two meaningful
+/// lines (no warning banners).
+fn ssh_said(out: &str) -> String {
+    let lines: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('@') && !l.starts_with("Warning:"))
+        .collect();
+    let s = lines[lines.len().saturating_sub(2)..].join(" ");
+    s.strip_prefix("ssh: ").unwrap_or(&s).to_owned()
 }
 
 /// Read `[start, end)` of `file` in concurrent pieces.
