@@ -3,12 +3,14 @@
 //! multiplexing) and `openssh-sftp-client`.
 //!
 //! URL: `sftp://[USER@]HOST[:PORT]/ABS/PATH?key=PATH&known-hosts=PATH`.
-//! `key` is the private key to log in with (only that key is offered;
-//! without it, ssh's defaults and agent apply); `known-hosts` is the
-//! known_hosts file the server's host key must be listed in (default:
-//! ssh's own, `~/.ssh/known_hosts`). Host keys are checked strictly: an
-//! unknown or changed host key is refused, never added. No password
-//! logins (batch mode).
+//! `key` is the private key to log in with (a local path, `~/` allowed;
+//! only that key is offered; without it, ssh's defaults and agent apply);
+//! `known-hosts` is the known_hosts file the server's host key must be
+//! listed in (default: ssh's own, `~/.ssh/known_hosts`). Host keys are
+//! checked strictly: an unknown or changed host key is refused, never
+//! added. No password logins (batch mode). The user's ssh configuration
+//! (`~/.ssh/config`) applies as for `ssh` itself. The store folder is
+//! created if only it is missing (like `file://`).
 //!
 //! Why not opendal's sftp service: it cannot take a known_hosts file,
 //! writes objects in place (a reader or a crash can see a partial object)
@@ -208,7 +210,11 @@ impl SftpStore {
             if v.is_empty() {
                 return Err(invalid(format!("store option `{name}` needs a path")));
             }
-            let p = PathBuf::from(v);
+            // `~/…` is the local user's home, as in ssh's own options.
+            let p = match (v.strip_prefix("~/"), std::env::var_os("HOME")) {
+                (Some(rest), Some(home)) => Path::new(&home).join(rest),
+                _ => PathBuf::from(v),
+            };
             match std::fs::metadata(&p) {
                 Ok(m) if m.is_file() => Ok(Some(p)),
                 Ok(_) => Err(invalid(format!("{name}: {} is not a file", p.display()))),
