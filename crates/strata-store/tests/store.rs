@@ -579,7 +579,8 @@ async fn url_errors() {
         msg.contains("gopher")
             && msg.contains("file://")
             && msg.contains("s3://")
-            && msg.contains("webdav+https://"),
+            && msg.contains("webdav+https://")
+            && msg.contains("sftp://"),
         "{msg}"
     );
 
