@@ -206,3 +206,60 @@ fn bad_credentials_and_endpoints_give_clear_errors() {
 
     ok(e.cmd().args(["check"]).output().unwrap(), "check");
 }
+
+/// The writer lease on a real S3 server, with conditional create enforced
+/// (SeaweedFS) and ignored (the same server behind a proxy that hides
+/// `If-None-Match`, as Garage behaves): while a mount holds the vault, a CLI
+/// writer is refused with the holder named, a reader still works, and once
+/// the mount is gone the writer gets through; the vault checks clean.
+fn lease_guards(url: String) {
+    let e = Env::with_store(Some(url));
+    let f = e.p("work/f.txt");
+    std::fs::write(&f, "x\n").unwrap();
+    {
+        let m = e.mount(&[]);
+        sh(&e.mnt(), "echo mounted > m.txt && sync");
+        let out = e
+            .cmd()
+            .args(["put", f.to_str().unwrap(), "/f.txt"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("vault is in use by mount at"), "{err}");
+        assert!(err.contains("--read-only"), "{err}");
+        ok(
+            e.cmd().args(["ls", "/"]).output().unwrap(),
+            "ls while mounted",
+        );
+        m.unmount();
+    }
+    ok(
+        e.cmd()
+            .args(["put", f.to_str().unwrap(), "/f.txt"])
+            .output()
+            .unwrap(),
+        "put after unmount",
+    );
+    let ls = ok(e.cmd().args(["ls", "/"]).output().unwrap(), "ls");
+    assert!(ls.contains("m.txt") && ls.contains("f.txt"), "{ls}");
+    ok(e.cmd().args(["check"]).output().unwrap(), "check");
+}
+
+#[test]
+fn lease_on_s3_with_enforced_conditional_create() {
+    let server = S3Server::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    lease_guards(s3_url(&server, dir.path(), "leased"));
+}
+
+#[test]
+fn lease_on_s3_that_ignores_conditional_create() {
+    let server = S3Server::start_without_auth().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy =
+        strata_testkit::ignore_if_none_match_proxy(server.endpoint.trim_start_matches("http://"))
+            .unwrap();
+    let url = s3_url(&server, dir.path(), "leased").replace(&server.endpoint, &proxy);
+    lease_guards(url);
+}

