@@ -1019,47 +1019,6 @@ fn ssh_banner(port: u16) -> bool {
     s.read_exact(&mut buf).is_ok() && buf.starts_with(b"SSH-")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
-
-    #[test]
-    fn free_ports_are_not_repeated() {
-        let a = free_port();
-        let b = free_port();
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn missing_program_names_the_package() {
-        let e = find_program("strata-no-such-program", "the Debian package nope", &[]).unwrap_err();
-        assert!(e.contains("install the Debian package nope"), "{e}");
-        assert!(e.contains("./scripts/test.sh"), "{e}");
-    }
-
-    #[test]
-    fn port_race_detection() {
-        assert!(port_race("bind: Address already in use"));
-        assert!(port_race("port 1 for Master is not available on 127.0.0.1"));
-        assert!(!port_race("permission denied"));
-    }
-}
-
 // ---------------------------------------------------------------------------
 // A proxy that makes an S3 server ignore conditional creates
 // ---------------------------------------------------------------------------
@@ -1122,4 +1081,45 @@ fn pump(mut from: TcpStream, mut to: TcpStream, rewrite: bool) {
         }
     }
     let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn free_ports_are_not_repeated() {
+        let a = free_port();
+        let b = free_port();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn missing_program_names_the_package() {
+        let e = find_program("strata-no-such-program", "the Debian package nope", &[]).unwrap_err();
+        assert!(e.contains("install the Debian package nope"), "{e}");
+        assert!(e.contains("./scripts/test.sh"), "{e}");
+    }
+
+    #[test]
+    fn port_race_detection() {
+        assert!(port_race("bind: Address already in use"));
+        assert!(port_race("port 1 for Master is not available on 127.0.0.1"));
+        assert!(!port_race("permission denied"));
+    }
 }
