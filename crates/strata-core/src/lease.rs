@@ -629,10 +629,30 @@ impl Lease {
             let bytes = Bytes::from(seal_lease(&self.keys, &self.vault_id, epoch, &body)?);
             let t0 = Instant::now();
             self.store.put(&lease_key(epoch), bytes).await?;
-            let mut s = lock(&self.state);
-            s.body = body;
-            s.valid_until = t0 + self.opts.ttl;
-            s.last_error = None;
+            {
+                let mut s = lock(&self.state);
+                s.body = body;
+                s.valid_until = t0 + self.opts.ttl;
+                s.last_error = None;
+            }
+            // A writer that took over between our check and our put has
+            // deleted our object, which the put just brought back: look
+            // again, so that leftover is never mistaken for the lease once
+            // the taker is gone.
+            if let Err(e) = self.verify().await {
+                // only a lower epoch is ours to remove (the same epoch may
+                // now hold a racing writer's lease on stores without
+                // conditional create)
+                let superseded = self.store.list(LEASE_PREFIX).await.is_ok_and(|l| {
+                    l.iter()
+                        .filter_map(|o| parse_lease_key(&o.key))
+                        .any(|e| e > epoch)
+                });
+                if matches!(e, VaultError::LeaseLost { .. }) && superseded {
+                    let _ = self.store.delete(&lease_key(epoch)).await;
+                }
+                return Err(e);
+            }
             Ok(())
         }
         .await;

@@ -25,6 +25,25 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 struct Plain {
     inner: DynStore,
     down: AtomicBool,
+    /// Report conditional create as enforced (and forward it).
+    cc: bool,
+    /// A put of this key waits for `resume` (after signalling `paused`).
+    pause_key: std::sync::Mutex<Option<String>>,
+    paused: tokio::sync::Notify,
+    resume: tokio::sync::Notify,
+}
+
+impl Plain {
+    fn new(inner: DynStore, cc: bool) -> Plain {
+        Plain {
+            inner,
+            down: AtomicBool::new(false),
+            cc,
+            pause_key: std::sync::Mutex::new(None),
+            paused: tokio::sync::Notify::new(),
+            resume: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 impl Plain {
@@ -46,7 +65,7 @@ impl Plain {
 impl Store for Plain {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            conditional_create: false,
+            conditional_create: self.cc,
             ..self.inner.capabilities()
         }
     }
@@ -55,9 +74,17 @@ impl Store for Plain {
     }
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
         self.check("put")?;
+        let pause = self.pause_key.lock().unwrap().as_deref() == Some(key);
+        if pause {
+            self.paused.notify_one();
+            self.resume.notified().await;
+        }
         self.inner.put(key, data).await
     }
-    async fn put_if_absent(&self, key: &str, _data: Bytes) -> StoreResult<bool> {
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> StoreResult<bool> {
+        if self.cc {
+            return self.inner.put_if_absent(key, data).await;
+        }
         Err(StoreError::unsupported(
             self.describe(),
             "put_if_absent",
@@ -122,10 +149,7 @@ impl Env {
         };
         if let Kind::NoConditional = kind {
             let (inner, _) = open_url(&e.url).unwrap();
-            e.plain = Some(Arc::new(Plain {
-                inner,
-                down: AtomicBool::new(false),
-            }));
+            e.plain = Some(Arc::new(Plain::new(inner, false)));
         }
         let v = Vault::create(
             e.store(),
@@ -572,4 +596,79 @@ async fn create_can_hold_the_lease() {
         .release_lease()
         .await
         .unwrap();
+}
+
+/// A renewal whose check passed just before a writer broke in, and whose
+/// put lands after the breaker deleted the old epoch, brings that object
+/// back: the holder must still see it lost and remove the leftover, or it
+/// would take the leftover for its lease once the breaker is gone.
+#[tokio::test]
+async fn a_late_renewal_does_not_resurrect_a_broken_lease() {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let url = format!("memory://lease-late-{}-{n}", std::process::id());
+    let state = tempfile::tempdir().unwrap();
+    let wrapped = Arc::new(Plain::new(open_url(&url).unwrap().0, true));
+    let store: DynStore = wrapped.clone();
+    let opts = |lease| OpenOptions {
+        state_dir: Some(state.path().to_path_buf()),
+        lease,
+        ..Default::default()
+    };
+    Vault::create(
+        store.clone(),
+        PW,
+        CreateOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            chunk_size: 64 << 10,
+        },
+        opts(None),
+    )
+    .await
+    .unwrap();
+    let long = |label: &str, break_lease| LeaseOptions {
+        ttl: Duration::from_secs(60), // no background renewal during the test
+        break_lease,
+        ..LeaseOptions::new(label)
+    };
+    let a = Arc::new(
+        Vault::open(store.clone(), PW, opts(Some(long("A", false))))
+            .await
+            .unwrap(),
+    );
+    *wrapped.pause_key.lock().unwrap() = Some("lease/0000000000000001".into());
+    let renewing = {
+        let a = a.clone();
+        tokio::spawn(async move { a.renew_lease().await })
+    };
+    wrapped.paused.notified().await; // A checked, its put is on the way
+    *wrapped.pause_key.lock().unwrap() = None;
+    let b = Vault::open(store.clone(), PW, opts(Some(long("B", true))))
+        .await
+        .unwrap();
+    let keys = |s: DynStore| async move {
+        s.list("lease/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(store.clone()).await, vec!["lease/0000000000000002"]);
+    wrapped.resume.notify_one(); // A's put lands now
+    let err = renewing.await.unwrap().unwrap_err();
+    assert!(matches!(err, VaultError::LeaseLost { .. }), "{err}");
+    assert!(a.lease_lost());
+    assert_eq!(keys(store.clone()).await, vec!["lease/0000000000000002"]);
+    b.release_lease().await.unwrap();
+    assert!(keys(store.clone()).await.is_empty());
+    a.mkdir("/zombie", 0o755, false).unwrap();
+    assert!(matches!(
+        a.commit().await.unwrap_err(),
+        VaultError::LeaseLost { .. }
+    ));
+    let c = Vault::open(store.clone(), PW, opts(Some(long("C", false))))
+        .await
+        .unwrap();
+    assert!(c.stat_path("/zombie").is_err());
+    c.release_lease().await.unwrap();
 }
