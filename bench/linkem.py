@@ -14,9 +14,13 @@ onto the link, whether or not the receiver is still there to take it).
               [--stats FILE]
 
 --forward LISTEN_PORT:TARGET_PORT (both on 127.0.0.1; may repeat; all
-forwards share the one link). --stats FILE is rewritten (atomically) every
+forwards share the one link). LINKEM_DEBUG=1 prints one line per closed
+connection (times, bytes) to stderr. --stats FILE is rewritten (atomically) every
 100 ms and at exit with JSON: {"LISTEN_PORT": {"down": N, "up": N,
 "conns": N}, ...} where "down" is target -> client bytes.
+
+A client that closes its connection stops the transfer one delay later (when
+its FIN/RST would reach the server).
 
 Model: a chunk read from one side departs when the link is free and has
 been serialised at the rate (the reader waits for that, so the sender is
@@ -70,8 +74,9 @@ class Counter:
         self.conns = 0
 
 
-async def pump(reader, writer, link, delay, not_before, count, attr):
-    """Move bytes reader -> writer through `link`."""
+async def pump(reader, writer, link, delay, not_before, counts, attr, on_eof=None):
+    """Move bytes reader -> writer through `link`, adding them to `attr` of
+    every counter in `counts`; call on_eof() when the reader side closes."""
     q = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
@@ -101,6 +106,8 @@ async def pump(reader, writer, link, delay, not_before, count, attr):
             now = loop.time()
             if not data:
                 q.put_nowait((max(now, not_before) + delay, None))
+                if on_eof is not None:
+                    on_eof()
                 break
             dep = link.depart(len(data), now)
             wait = dep - loop.time()
@@ -108,7 +115,8 @@ async def pump(reader, writer, link, delay, not_before, count, attr):
                 await asyncio.sleep(wait)  # serialisation: back-pressure
             # counted once on the link (what a data plan bills), even if the
             # receiver hangs up before it arrives
-            setattr(count, attr, getattr(count, attr) + len(data))
+            for c in counts:
+                setattr(c, attr, getattr(c, attr) + len(data))
             q.put_nowait((max(dep, not_before) + delay, data))
             if out.done():
                 break
@@ -121,6 +129,8 @@ async def handle(client_r, client_w, target, links, delay, count):
     loop = asyncio.get_running_loop()
     accepted = loop.time()
     count.conns += 1
+    mine = Counter()
+    counts = (count, mine)
     try:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         # keep the sender close to the link: little hidden buffering in here
@@ -133,10 +143,15 @@ async def handle(client_r, client_w, target, links, delay, count):
         return
     rtt = 2 * delay
     # the client's first bytes could only leave after the handshake (1 RTT)
-    a = pump(client_r, up_w, links[0], delay, accepted + rtt, count, "up")
-    b = pump(up_r, client_w, links[1], delay, accepted + rtt, count, "down")
+    down = asyncio.ensure_future(
+        pump(up_r, client_w, links[1], delay, accepted + rtt, counts, "down"))
+    # A client that hangs up (e.g. a cancelled download) stops the server one
+    # delay later, when its FIN/RST gets there: what the server sends until
+    # then still crosses (and is counted on) the link, nothing after.
+    up = pump(client_r, up_w, links[0], delay, accepted + rtt, counts, "up",
+              on_eof=lambda: loop.call_later(delay, down.cancel))
     try:
-        await asyncio.gather(a, b, return_exceptions=True)
+        await asyncio.gather(up, down, return_exceptions=True)
     except asyncio.CancelledError:
         pass
     for w in (up_w, client_w):
@@ -144,6 +159,9 @@ async def handle(client_r, client_w, target, links, delay, count):
             w.close()
         except Exception:
             pass
+    if os.environ.get("LINKEM_DEBUG"):
+        print(f"conn open {accepted:.3f} closed {loop.time():.3f} "
+              f"down {mine.down} up {mine.up}", file=sys.stderr, flush=True)
 
 
 def write_stats(path, counters):

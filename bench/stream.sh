@@ -103,9 +103,9 @@ mount_sys() { # mount_sys SYSTEM MOUNTPOINT: cold mount through the link
   rm -rf "$work/cache-$sys"; mkdir -p "$mnt"
   case $sys in
     strata)
-      $bin --store "basic+http://127.0.0.1:$lsport/?$token" -q mount "$mnt" --cache-dir "$work/cache-$sys" --daemon >/dev/null ;;
+      $bin --store "basic+http://127.0.0.1:$lsport/?$token" -q mount "$mnt" --cache-dir "$work/cache-$sys" --daemon >/dev/null 2>>"$work/mount.log" ;;
     strata-norange)
-      $bin --store "basic+http://127.0.0.1:$lsport/?$token&range-reads=false" -q mount "$mnt" --cache-dir "$work/cache-$sys" --daemon >/dev/null ;;
+      $bin --store "basic+http://127.0.0.1:$lsport/?$token&range-reads=false" -q mount "$mnt" --cache-dir "$work/cache-$sys" --daemon >/dev/null 2>>"$work/mount.log" ;;
     rclone | rclone-tuned)
       local extra=()
       [ "$sys" = rclone-tuned ] && read -r -a extra <<<"$RCLONE_TUNED"
@@ -144,16 +144,18 @@ run() { # run SYSTEM RUN -> one line of figures
 import json, sys
 name, p, s = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 pdown, sdown, link = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
-print(f"{name:<15} {p['ttfb']:7.3f} s {p['seek']:8.3f} s {pdown / p['read']:9.3f}"
-      f" {100 * s['steady_Bps'] / link:8.1f} % {s['steady_Bps'] / 1e6:6.2f} MB/s"
-      f" {sdown / s['read']:9.3f} {s['ttfb']:7.3f} s")
+print(f"{name:<15} {p['ttfb']:7.3f} s {p['ttfb256']:6.3f} s {p['seek']:7.3f} s {p['seek256']:6.3f} s"
+      f" {pdown / p['read']:8.3f} {100 * s['steady_Bps'] / link:7.1f} % {s['steady_Bps'] / 1e6:5.2f} MB/s"
+      f" {sdown / s['read']:8.3f}")
 PY
 }
 
 echo "link: $rate each way, ${delay} ms one way (RTT $((2 * delay)) ms), via bench/linkem.py; 200 MiB file"
 echo "player: read 10 MiB, seek to 150 MiB, read 10 MiB; seq: read ${SEQ_MIB} MiB from 0; cold mounts"
 echo "$(rclone version | head -1); rclone-tuned = $RCLONE_TUNED"
-printf "%-15s %9s %10s %9s %21s %9s %9s\n" system TTFB seek→byte "fetch/rd" "seq share of link" "seq f/rd" "seq TTFB"
+echo "TTFB = first byte (a 4 KiB read), 256K = until the first 256 KiB arrived; seek likewise;"
+echo "f/rd = bytes over the link / bytes read; seq = throughput after the first 256 KiB"
+printf "%-15s %9s %8s %9s %8s %8s %19s %8s\n" system TTFB 256K seek→byte 256K "f/rd" "seq (share, rate)" "seq f/rd"
 for ((r = 1; r <= RUNS; r++)); do
   for sys in $SYSTEMS; do run "$sys"; done
 done

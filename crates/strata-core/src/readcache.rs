@@ -26,7 +26,7 @@
 //! without range reads the whole object is fetched once and every segment
 //! of it cached.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io;
 use std::ops::Range;
@@ -124,75 +124,59 @@ struct Counters {
     write_errors: AtomicU64,
 }
 
-/// How fast the store delivers: bytes received over the time at least one
-/// request of this cache was outstanding, decayed so it follows the last
-/// couple of seconds of transfers. The read-ahead sizes its requests from it.
-#[derive(Debug)]
+/// How fast the store delivers: the bytes of the last completed requests of
+/// this cache over the time at least one of them was outstanding (the union
+/// of their intervals). Requests that were cancelled or failed do not count.
+/// The read-ahead sizes and spaces its requests from it.
+#[derive(Debug, Default)]
 struct LinkMeter {
-    inflight: u32,
-    last: Instant,
-    busy: f64,
-    bytes: f64,
+    /// `(start, end, bytes)` of recently completed requests, oldest first.
+    done: VecDeque<(Instant, Instant, u64)>,
 }
 
-/// Seconds of busy time the rate estimate remembers.
-const METER_WINDOW: f64 = 2.0;
+/// Completed requests the rate estimate looks at, and how old they may be.
+const METER_REQUESTS: usize = 16;
+const METER_AGE: Duration = Duration::from_secs(5);
 
 impl LinkMeter {
-    fn new() -> Self {
-        LinkMeter {
-            inflight: 0,
-            last: Instant::now(),
-            busy: 0.0,
-            bytes: 0.0,
-        }
+    fn record(&mut self, start: Instant, bytes: u64) {
+        self.record_span(start, Instant::now(), bytes);
     }
 
-    fn advance(&mut self) {
-        let now = Instant::now();
-        if self.inflight > 0 {
-            self.busy += now.saturating_duration_since(self.last).as_secs_f64();
-        }
-        self.last = now;
-    }
-
-    fn finish(&mut self, bytes: u64) {
-        self.advance();
-        self.inflight = self.inflight.saturating_sub(1);
-        self.bytes += bytes as f64;
-        if self.busy > METER_WINDOW {
-            let k = METER_WINDOW / self.busy;
-            self.busy *= k;
-            self.bytes *= k;
+    fn record_span(&mut self, start: Instant, end: Instant, bytes: u64) {
+        self.done.push_back((start, end, bytes));
+        while self.done.len() > METER_REQUESTS
+            || self
+                .done
+                .front()
+                .is_some_and(|r| end.saturating_duration_since(r.1) > METER_AGE)
+        {
+            self.done.pop_front();
         }
     }
 
     /// Bytes per second, once there is enough to go by.
     fn rate(&self) -> Option<f64> {
-        (self.busy >= 0.02 && self.bytes >= 128.0 * 1024.0).then(|| self.bytes / self.busy)
-    }
-}
-
-/// One outstanding store request on the meter (a dropped request, e.g. a
-/// cancelled read-ahead, only stops the clock).
-struct Metered<'a> {
-    meter: &'a Mutex<LinkMeter>,
-    bytes: Option<u64>,
-}
-
-impl<'a> Metered<'a> {
-    fn start(meter: &'a Mutex<LinkMeter>) -> Self {
-        let mut m = meter.lock().unwrap_or_else(|e| e.into_inner());
-        m.advance();
-        m.inflight += 1;
-        Metered { meter, bytes: None }
-    }
-}
-
-impl Drop for Metered<'_> {
-    fn drop(&mut self) {
-        let mut m = self.meter.lock().unwrap_or_else(|e| e.into_inner());
-        m.finish(self.bytes.unwrap_or(0));
+        let mut spans: Vec<(Instant, Instant)> = self.done.iter().map(|r| (r.0, r.1)).collect();
+        spans.sort();
+        let mut busy = Duration::ZERO;
+        let mut cur: Option<(Instant, Instant)> = None;
+        for (a, b) in spans {
+            cur = match cur {
+                Some((ca, cb)) if a <= cb => Some((ca, cb.max(b))),
+                Some((ca, cb)) => {
+                    busy += cb - ca;
+                    Some((a, b))
+                }
+                None => Some((a, b)),
+            };
+        }
+        if let Some((ca, cb)) = cur {
+            busy += cb - ca;
+        }
+        let bytes: u64 = self.done.iter().map(|r| r.2).sum();
+        let secs = busy.as_secs_f64();
+        (secs >= 0.02 && bytes >= 128 * 1024).then(|| bytes as f64 / secs)
     }
 }
 
@@ -498,7 +482,7 @@ impl ReadCache {
             notify: Notify::new(),
             c: Counters::default(),
             warned: AtomicBool::new(false),
-            meter: Mutex::new(LinkMeter::new()),
+            meter: Mutex::new(LinkMeter::default()),
         })
     }
 
@@ -731,16 +715,18 @@ impl ReadCache {
         whole: bool,
     ) -> VaultResult<Bytes> {
         trace!(blob = %key, ?range, whole, "fetch");
-        let mut metered = Metered::start(&self.meter);
+        let started = Instant::now();
         let res = if whole {
             store.get(key).await
         } else {
             store.get_range(key, range.clone()).await
         };
         if let Ok(b) = &res {
-            metered.bytes = Some(b.len() as u64);
+            self.meter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(started, b.len() as u64);
         }
-        drop(metered);
         add(&self.c.requests, 1);
         trace!(blob = %key, ?range, ok = res.is_ok(), "fetched");
         let bytes = res.map_err(|e| VaultError::from_get(e, key, HINT))?;
@@ -1196,8 +1182,8 @@ fn round_to_segments(n: u64) -> u64 {
 /// twice as large up to a size worth `request_time` at the store's measured
 /// delivery rate — with at most `max_in_flight` of them outstanding and the
 /// frontier at most that many requests past the furthest read (on stores
-/// without range reads, where a request is a whole chunk, one chunk past
-/// it). So a reader that stops or seeks leaves at most about two requests'
+/// without range reads, where a request is a whole chunk: one request at a
+/// time, at most one chunk past the furthest read). So a reader that stops or seeks leaves at most about two requests'
 /// worth fetched for nothing, while a reader as fast as the link always has
 /// a request arriving and the next one on its way. Dropping it cancels.
 #[derive(Debug)]
@@ -1347,14 +1333,18 @@ impl Prefetcher {
             })
             .clamp(self.cfg.min_request, self.cfg.max_request);
         let cap = round_to_segments(cap);
-        let mut window = cap.saturating_mul(self.cfg.max_in_flight as u64);
-        if !vault.caps.range_reads {
-            // a request brings a whole chunk: keep the next chunk coming
-            window = window.max(u64::from(node.chunk_size));
-        }
+        let (window, max_in_flight) = if vault.caps.range_reads {
+            let k = self.cfg.max_in_flight;
+            (cap.saturating_mul(k as u64), k)
+        } else {
+            // A request brings a whole chunk: fetch the next chunk while the
+            // reader is in this one, one at a time (two would share the link
+            // and delay the one the reader waits for).
+            (u64::from(node.chunk_size).max(cap), 1)
+        };
         self.window = window;
         let now = Instant::now();
-        while self.tasks.len() < self.cfg.max_in_flight && self.ahead < node.size {
+        while self.tasks.len() < max_in_flight && self.ahead < node.size {
             let n = self.next_request.min(cap);
             if self.ahead.saturating_add(n) > pos.saturating_add(window) {
                 break;
@@ -1409,6 +1399,27 @@ mod tests {
         assert!(!b.get(0));
         b.clear();
         assert!(!b.get(129));
+    }
+
+    #[test]
+    fn delivery_rate_counts_overlapping_requests_once() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        let mut m = LinkMeter::default();
+        assert_eq!(m.rate(), None);
+        // two overlapping requests (0..100, 50..200 ms) and one after a
+        // gap (300..400 ms): 300 KB over 300 ms of busy time
+        m.record_span(ms(0), ms(100), 100_000);
+        m.record_span(ms(50), ms(200), 100_000);
+        m.record_span(ms(300), ms(400), 100_000);
+        let r = m.rate().unwrap();
+        assert!((r - 1e6).abs() < 1e3, "{r}");
+        // only the most recent requests count
+        for i in 0..METER_REQUESTS as u64 {
+            m.record_span(ms(1000 + 10 * i), ms(1010 + 10 * i), 50_000);
+        }
+        let r = m.rate().unwrap();
+        assert!((r - 5e6).abs() < 5e3, "{r}");
     }
 
     #[test]
