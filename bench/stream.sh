@@ -23,6 +23,7 @@
 #   env: SYSTEMS="strata strata-norange rclone rclone-tuned" SEQ_MIB=48
 #        RUNS=1 RCLONE_TUNED="--buffer-size 0" KEEP=0 (keep target/bench-stream)
 #        NO_BUILD=1 (use target/release/strata as it is)
+#        STRATA_BIN=PATH (another strata binary, e.g. an older build, for a before/after)
 # Needs root (FUSE), rclone, python3. Uses ~700 MB under target/bench-stream,
 # removed at the end unless KEEP=1.
 set -euo pipefail
@@ -34,8 +35,12 @@ SEQ_MIB=${SEQ_MIB:-48}
 RUNS=${RUNS:-1}
 RCLONE_TUNED=${RCLONE_TUNED:-"--buffer-size 0"}
 bench=$PWD/bench
-[ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p strata-cli
-bin=$PWD/target/release/strata
+if [ -n "${STRATA_BIN:-}" ]; then
+  bin=$(realpath "$STRATA_BIN")
+else
+  [ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p strata-cli
+  bin=$PWD/target/release/strata
+fi
 work=$PWD/target/bench-stream
 pids=()
 cleanup() {
