@@ -1173,28 +1173,46 @@ fn round_to_segments(n: u64) -> u64 {
 /// [`Prefetcher::on_read`] with every read before serving it and
 /// [`Prefetcher::on_read_done`] once it is served.
 ///
-/// Reads that follow each other form a *run*; any other read (a seek)
-/// starts a new run and cancels the read-ahead in flight. A run is
-/// sequential from its second read, or from its first if it starts at
-/// offset 0. Read-ahead begins only once a read of the run has been served,
-/// so the first read after an open or a seek has the link to itself. It
-/// then issues requests in file order — the first one small, each next one
-/// twice as large up to a size worth `request_time` at the store's measured
-/// delivery rate — with at most `max_in_flight` of them outstanding and the
-/// frontier at most that many requests past the furthest read (on stores
-/// without range reads, where a request is a whole chunk: one request at a
-/// time, at most one chunk past the furthest read). So a reader that stops or seeks leaves at most about two requests'
-/// worth fetched for nothing, while a reader as fast as the link always has
-/// a request arriving and the next one on its way. Dropping it cancels.
+/// Reads that follow each other form a *run*. A file keeps a few runs at
+/// once (handles reading different places, or a player pulling two streams
+/// from one file), each with its own read-ahead; a read that continues none
+/// of them (a seek) starts a new run, replacing the least recently used one,
+/// and cancels the read-ahead in flight of all others (a seek means the
+/// reader wants other bytes now; a run that is continued later picks up its
+/// read-ahead again). A run is sequential from its second read, or from its
+/// first if it starts at offset 0. Read-ahead begins only once a read of
+/// the run has been served, so the first read after an open or a seek has
+/// the link to itself. It then issues requests in file order — the first one
+/// small, each next one twice as large up to a size worth `request_time` at
+/// the store's measured delivery rate — with at most `max_in_flight` of them
+/// outstanding and the frontier at most that many requests past the
+/// furthest read (on stores without range reads, where a request is a whole
+/// chunk: one request at a time, at most one chunk past the furthest read).
+/// So a reader that stops or seeks leaves at most about two requests' worth
+/// fetched for nothing, while a reader as fast as the link always has a
+/// request arriving and the next one on its way. Dropping it cancels.
 #[derive(Debug)]
 pub struct Prefetcher {
     cfg: PrefetchConfig,
-    /// Changes at every seek; reads report back with it.
-    run: u64,
-    /// Where the current run started.
+    runs: Vec<Run>,
+    /// Id of the next new run (reads report back with their run's id).
+    next_id: u64,
+    /// Clock for least-recently-used replacement of runs.
+    clock: u64,
+}
+
+/// Runs a [`Prefetcher`] follows at once.
+const MAX_RUNS: usize = 4;
+
+/// One sequential run of reads and its read-ahead.
+#[derive(Debug)]
+struct Run {
+    id: u64,
+    last_use: u64,
+    /// Where the run started.
     start: u64,
-    /// End of the furthest read of the run (`None` before the first read).
-    pos: Option<u64>,
+    /// End of the furthest read of the run.
+    pos: u64,
     /// Reads in this run.
     reads: u64,
     /// A read of this run has been served.
@@ -1213,113 +1231,34 @@ pub struct Prefetcher {
     tasks: Vec<Vec<AbortHandle>>,
 }
 
-impl Prefetcher {
-    pub fn new(cfg: PrefetchConfig) -> Self {
-        let first = round_to_segments(cfg.first_request.max(SEGMENT));
-        let min = round_to_segments(cfg.min_request.max(first));
-        let cfg = PrefetchConfig {
-            first_request: first,
-            min_request: min,
-            max_request: round_to_segments(cfg.max_request.max(min)),
-            request_time: cfg.request_time,
-            max_in_flight: cfg.max_in_flight.max(1),
-            tolerance: cfg.tolerance,
-        };
-        Prefetcher {
-            next_request: cfg.first_request,
-            cfg,
-            run: 0,
-            start: 0,
-            pos: None,
-            reads: 0,
-            served: false,
-            ahead: 0,
-            window: 0,
-            not_before: None,
-            tasks: Vec::new(),
-        }
-    }
-
+impl Run {
     fn reap(&mut self) {
         self.tasks.retain(|r| r.iter().any(|t| !t.is_finished()));
     }
 
-    /// How far past the furthest read the read-ahead may reach now, in
-    /// bytes (0 until the current run is sequential and under way).
-    pub fn window(&self) -> u64 {
-        self.window
-    }
-
-    /// File offset up to which read-ahead has been issued.
-    pub fn frontier(&self) -> u64 {
-        self.ahead
-    }
-
-    /// Read-ahead requests issued and not finished yet.
-    pub fn in_flight(&mut self) -> usize {
-        self.reap();
-        self.tasks.len()
-    }
-
-    /// Abort every read-ahead request in flight.
-    pub fn cancel(&mut self) {
+    /// Abort the read-ahead in flight; if the run is continued later, its
+    /// read-ahead starts again (small) from the furthest read (what did
+    /// arrive is in the cache and is not fetched again).
+    fn cancel(&mut self, first_request: u64) {
+        if self.tasks.is_empty() {
+            return;
+        }
         for t in self.tasks.drain(..).flatten() {
             t.abort();
         }
         self.not_before = None;
+        self.ahead = self.pos;
+        self.next_request = first_request;
     }
 
-    /// Note a read of `len` bytes at `offset` of `node` (before serving it)
-    /// and issue read-ahead. Returns the run the read belongs to, for
-    /// [`Prefetcher::on_read_done`].
-    pub fn on_read(&mut self, vault: &Vault, node: &Inode, offset: u64, len: u64) -> u64 {
-        let end = offset.saturating_add(len).min(node.size).max(offset);
-        self.reap();
-        let in_run = self.pos.is_some_and(|p| {
-            let back = self.cfg.tolerance.max(1 << 20);
-            offset.saturating_add(back) >= p
-                && offset <= self.ahead.max(p).saturating_add(self.cfg.tolerance)
-        });
-        if !in_run {
-            if !self.tasks.is_empty() {
-                debug!(
-                    offset,
-                    tasks = self.tasks.len(),
-                    "seek: cancelling read-ahead"
-                );
-            }
-            self.cancel();
-            self.run += 1;
-            self.start = offset;
-            self.pos = Some(end);
-            self.reads = 1;
-            self.served = false;
-            self.ahead = end;
-            self.next_request = self.cfg.first_request;
-            self.window = 0;
-            return self.run;
-        }
-        self.reads += 1;
-        let pos = self.pos.map_or(end, |p| p.max(end));
-        self.pos = Some(pos);
-        self.ahead = self.ahead.max(pos);
-        self.top_up(vault, node);
-        self.run
+    /// Whether a read at `offset` continues this run.
+    fn continued_by(&self, offset: u64, tolerance: u64) -> bool {
+        let back = tolerance.max(1 << 20);
+        offset.saturating_add(back) >= self.pos
+            && offset <= self.ahead.max(self.pos).saturating_add(tolerance)
     }
 
-    /// A read noted with [`Prefetcher::on_read`] (which returned `run`) has
-    /// been served: read-ahead may start or continue.
-    pub fn on_read_done(&mut self, vault: &Vault, node: &Inode, run: u64) {
-        if run != self.run {
-            return;
-        }
-        self.served = true;
-        self.reap();
-        self.top_up(vault, node);
-    }
-
-    fn top_up(&mut self, vault: &Vault, node: &Inode) {
-        let Some(pos) = self.pos else { return };
+    fn top_up(&mut self, cfg: &PrefetchConfig, vault: &Vault, node: &Inode) {
         if !self.served || !(self.start == 0 || self.reads >= 2) {
             return;
         }
@@ -1328,13 +1267,13 @@ impl Prefetcher {
         };
         let rate = cache.delivery_rate();
         let cap = rate
-            .map_or(self.cfg.min_request, |r| {
-                (r * self.cfg.request_time.as_secs_f64()) as u64
+            .map_or(cfg.min_request, |r| {
+                (r * cfg.request_time.as_secs_f64()) as u64
             })
-            .clamp(self.cfg.min_request, self.cfg.max_request);
+            .clamp(cfg.min_request, cfg.max_request);
         let cap = round_to_segments(cap);
         let (window, max_in_flight) = if vault.caps.range_reads {
-            let k = self.cfg.max_in_flight;
+            let k = cfg.max_in_flight;
             (cap.saturating_mul(k as u64), k)
         } else {
             // A request brings a whole chunk: fetch the next chunk while the
@@ -1346,7 +1285,7 @@ impl Prefetcher {
         let now = Instant::now();
         while self.tasks.len() < max_in_flight && self.ahead < node.size {
             let n = self.next_request.min(cap);
-            if self.ahead.saturating_add(n) > pos.saturating_add(window) {
+            if self.ahead.saturating_add(n) > self.pos.saturating_add(window) {
                 break;
             }
             let from = self.ahead;
@@ -1362,10 +1301,141 @@ impl Prefetcher {
                 // together, and the link idles while the next two are on
                 // their way: start the next one half a transfer later.
                 self.not_before = rate
-                    .map(|r| now + delay + Duration::from_secs_f64((to - from) as f64 / r / 2.0));
+                    .and_then(|r| Duration::try_from_secs_f64((to - from) as f64 / r / 2.0).ok())
+                    .map(|half| now + delay + half);
             }
             self.ahead = to;
             self.next_request = self.next_request.saturating_mul(2).min(cap);
+        }
+    }
+}
+
+impl Prefetcher {
+    pub fn new(cfg: PrefetchConfig) -> Self {
+        let first = round_to_segments(cfg.first_request.max(SEGMENT));
+        let min = round_to_segments(cfg.min_request.max(first));
+        let cfg = PrefetchConfig {
+            first_request: first,
+            min_request: min,
+            max_request: round_to_segments(cfg.max_request.max(min)),
+            request_time: cfg.request_time,
+            max_in_flight: cfg.max_in_flight.max(1),
+            tolerance: cfg.tolerance,
+        };
+        Prefetcher {
+            cfg,
+            runs: Vec::new(),
+            next_id: 1,
+            clock: 0,
+        }
+    }
+
+    fn latest(&self) -> Option<&Run> {
+        self.runs.iter().max_by_key(|r| r.last_use)
+    }
+
+    /// How far past its furthest read the most recently used run's
+    /// read-ahead may reach now, in bytes (0 until that run is sequential
+    /// and under way).
+    pub fn window(&self) -> u64 {
+        self.latest().map_or(0, |r| r.window)
+    }
+
+    /// File offset up to which the most recently used run has issued
+    /// read-ahead.
+    pub fn frontier(&self) -> u64 {
+        self.latest().map_or(0, |r| r.ahead)
+    }
+
+    /// Runs followed now.
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Read-ahead requests issued and not finished yet (all runs).
+    pub fn in_flight(&mut self) -> usize {
+        self.runs
+            .iter_mut()
+            .map(|r| {
+                r.reap();
+                r.tasks.len()
+            })
+            .sum()
+    }
+
+    /// Abort every read-ahead request in flight.
+    pub fn cancel(&mut self) {
+        let first = self.cfg.first_request;
+        self.runs.iter_mut().for_each(|r| r.cancel(first));
+    }
+
+    /// Note a read of `len` bytes at `offset` of `node` (before serving it)
+    /// and issue read-ahead. Returns the run the read belongs to, for
+    /// [`Prefetcher::on_read_done`].
+    pub fn on_read(&mut self, vault: &Vault, node: &Inode, offset: u64, len: u64) -> u64 {
+        let end = offset.saturating_add(len).min(node.size).max(offset);
+        self.clock += 1;
+        let tol = self.cfg.tolerance;
+        let found = self
+            .runs
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.continued_by(offset, tol))
+            .min_by_key(|(_, r)| offset.abs_diff(r.pos))
+            .map(|(i, _)| i);
+        let Some(i) = found else {
+            // a seek, or a new stream
+            let inflight = self.in_flight();
+            if inflight > 0 {
+                debug!(offset, tasks = inflight, "seek: cancelling read-ahead");
+            }
+            self.cancel();
+            if self.runs.len() >= MAX_RUNS {
+                if let Some(j) = (0..self.runs.len()).min_by_key(|&j| self.runs[j].last_use) {
+                    self.runs.swap_remove(j);
+                }
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            self.runs.push(Run {
+                id,
+                last_use: self.clock,
+                start: offset,
+                pos: end,
+                reads: 1,
+                served: false,
+                ahead: end,
+                next_request: self.cfg.first_request,
+                window: 0,
+                not_before: None,
+                tasks: Vec::new(),
+            });
+            return id;
+        };
+        let cfg = self.cfg;
+        let run = &mut self.runs[i];
+        run.last_use = self.clock;
+        run.reap();
+        run.reads += 1;
+        run.pos = run.pos.max(end);
+        run.ahead = run.ahead.max(run.pos);
+        run.top_up(&cfg, vault, node);
+        run.id
+    }
+
+    /// A read noted with [`Prefetcher::on_read`] (which returned `run`) has
+    /// been served: that run's read-ahead may start or continue — if it is
+    /// still the run read last (a read that finishes after a seek must not
+    /// restart the read-ahead the seek cancelled).
+    pub fn on_read_done(&mut self, vault: &Vault, node: &Inode, run: u64) {
+        let cfg = self.cfg;
+        let clock = self.clock;
+        if let Some(r) = self.runs.iter_mut().find(|r| r.id == run) {
+            r.served = true;
+            if r.last_use == clock {
+                r.reap();
+                r.top_up(&cfg, vault, node);
+            }
         }
     }
 }

@@ -598,6 +598,40 @@ async fn read_ahead_waste_at_a_seek_and_a_stop_is_bounded() {
     assert!(s.prefetched * SEGMENT >= read / 2, "{s:?}");
 }
 
+/// A player pulling two streams from one file (or two handles reading
+/// different places): each stream keeps its own read-ahead instead of every
+/// read looking like a seek.
+#[tokio::test]
+async fn interleaved_streams_each_get_read_ahead() {
+    let e = env("", 4 * MIB, 256 * MIB).await;
+    let size = 16 * MIB;
+    let data = random(size, 13);
+    let node = put(&e, "/movie", &data).await;
+    let before = snap(&e);
+    let mut p = Prefetcher::default();
+    let step = 64 * KIB;
+    let (mut a, mut b) = (0, 8 * MIB);
+    for _ in 0..48 {
+        for off in [&mut a, &mut b] {
+            assert_eq!(
+                read_ahead(&e, &mut p, &node, *off, step).await,
+                slice(&data, *off, step)
+            );
+            *off += step;
+        }
+    }
+    assert_eq!(p.runs(), 2);
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let s = e.cache.stats();
+    let read = 2 * 48 * step;
+    assert!(s.misses <= 4, "only each stream's first read misses: {s:?}");
+    assert!(s.prefetched * SEGMENT >= read - 4 * step, "{s:?}");
+    let d = snap(&e).since(&before);
+    let min = PrefetchConfig::default().min_request;
+    assert!(d.bytes_down <= read + 2 * 2 * min + 4 * SEGMENT, "{d:?}");
+}
+
 /// Without range reads a request is a whole chunk: the read-ahead keeps the
 /// next chunk coming, never the one after it.
 #[tokio::test]
