@@ -452,6 +452,9 @@ impl Vault {
             .buffered(self.opts.parallelism.max(1))
             .try_collect::<Vec<_>>()
             .await;
+        // On an upload error the reader may be blocked sending the next
+        // chunk: close the channel first, or joining it waits forever.
+        drop(rx);
         let _ = reader_task.await;
         let chunks = chunks?;
         let size = chunks.iter().map(|(_, n)| n).sum();

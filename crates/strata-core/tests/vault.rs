@@ -704,6 +704,37 @@ async fn crash_between_blob_upload_and_log_commit() {
     );
 }
 
+/// A store error in the middle of a many-chunk file ends the write with
+/// that error. (It used to hang: the file reader stayed blocked on the full
+/// chunk channel while the writer waited for it to finish.)
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_error_mid_file_is_reported_not_hung() {
+    let e = env("");
+    let v = create(&e, 1 << 20).await;
+    drop(v);
+    let plan = FaultPlan::new();
+    let faulty: DynStore = Arc::new(FaultStore::new(e.store.clone(), plan.clone()));
+    let v = Vault::open(faulty, PW, opts(&e)).await.unwrap();
+    plan.fail_puts_after("data/", 2);
+    let write = v.write_file(
+        "/big",
+        Box::new(Cursor::new(random(24 << 20, 9))),
+        FileMeta::default(),
+        true,
+        None,
+    );
+    // A guard against the hang, not a performance bound.
+    let res = tokio::time::timeout(std::time::Duration::from_secs(120), write)
+        .await
+        .expect("write_file must return, not hang");
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert!(matches!(
+        v.stat_path("/big"),
+        Err(VaultError::NotFound { .. })
+    ));
+}
+
 #[tokio::test]
 async fn failed_commit_is_resent_when_the_store_recovers() {
     let e = env("");
