@@ -347,10 +347,22 @@ impl OpendalStore {
             // 404) means the parent collection is missing; create it and
             // put again.
             if e.kind() == opendal::ErrorKind::NotFound || crate::cloud::is_conflict(e) {
-                if let Err(e) = self.op.create_dir(&parent).await {
-                    return Err(self.err_opendal(&e, op, key));
+                // Puts into one new folder race to create it (and its
+                // parents); Apache refuses a losing MKCOL (403, "File
+                // exists"), which stops opendal before the deeper levels.
+                // So put again whatever MKCOL said, a few times, and report
+                // MKCOL's error only if the last put fails too.
+                for attempt in 1..=3 {
+                    let mkcol = self.op.create_dir(&parent).await;
+                    res = write(data.clone()).await;
+                    match (&res, mkcol) {
+                        (Ok(_), _) => break,
+                        (Err(_), Err(e)) if attempt == 3 => {
+                            return Err(self.err_opendal(&e, op, key))
+                        }
+                        _ => {}
+                    }
                 }
-                res = write(data).await;
             }
         }
         match res {

@@ -244,6 +244,22 @@ async fn webdav_suite(server: WebDavServer) {
     let e = store.prepare().await.unwrap_err();
     assert!(e.to_string().contains("TLS failure"), "{e}");
 
+    // Puts racing to create the same new folders all land (Apache refuses
+    // the losing MKCOL with 403).
+    let store = open_prepared(&webdav_url(&server, "race", &pw)).await;
+    let puts = (0..24u8).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .put(&format!("d{}/e/{i}", i % 3), bytes_of(1000, i))
+                .await
+        }
+    });
+    for r in futures::future::join_all(puts).await {
+        r.unwrap();
+    }
+    assert_eq!(store.list("").await.unwrap().len(), 24);
+
     // Objects really live in the served folder, under the URL's path.
     let store = open_prepared(&webdav_url(&server, "files", &pw)).await;
     store
