@@ -1131,8 +1131,10 @@ impl Vault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrefetchConfig {
     /// Size of the first read-ahead request of a sequential run; each
-    /// further request doubles up to the request size (a slow start, so a
-    /// reader that stops early leaves little fetched for nothing).
+    /// further request doubles up to the request size (a slow start on fast
+    /// links, so a reader that stops early leaves little fetched for
+    /// nothing). 256 KiB: the first one then covers a player's first large
+    /// read after a small probe.
     pub first_request: u64,
     /// Smallest request size (also used while the read cache has no
     /// delivery-rate estimate yet).
@@ -1154,7 +1156,7 @@ pub struct PrefetchConfig {
 impl Default for PrefetchConfig {
     fn default() -> Self {
         PrefetchConfig {
-            first_request: 128 * 1024,
+            first_request: 256 * 1024,
             min_request: 256 * 1024,
             max_request: 4 << 20,
             request_time: Duration::from_millis(100),

@@ -353,8 +353,9 @@ async fn sequential_reads_are_prefetched() {
     assert!(s.misses <= 4, "only the first read should miss: {s:?}");
     assert!(s.hits >= segs - 4, "{s:?}");
     assert!(s.prefetched >= segs - 4, "{s:?}");
-    // requests stay large: at least the minimum request size
-    assert!(d.range_gets <= size / min + 4, "{d:?}");
+    // requests stay large: at least the minimum request size (one more
+    // wherever a request crosses a chunk boundary)
+    assert!(d.range_gets <= size / min + size / (4 * MIB) + 4, "{d:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
