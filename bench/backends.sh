@@ -51,6 +51,12 @@ timed() {
   sync
   local tf=$work/time.out
   if ! /usr/bin/time -o "$tf" -f "%e %M" "$@" >/dev/null 2>"$work/cmd.err"; then
+    case $label in
+      rclone*)  # the peer may hit a server limit strata works around: report it
+        printf "  %-34s FAILED: %s\n" "$label" \
+          "$(grep -E 'ERROR|Failed' "$work/cmd.err" | tail -1 | sed 's/^.*: //')"
+        return 0 ;;
+    esac
     echo "$label failed:" >&2; tail -20 "$work/cmd.err" >&2; exit 1
   fi
   read -r el rss <"$tf"
@@ -113,10 +119,10 @@ for kind in $kinds; do
   rc=(env -u AWS_CA_BUNDLE rclone --config /dev/null --dump headers --log-file /dev/stderr)
   timed "rclone crypt copy large" "$big_bytes" rclone_reqs "${rc[@]}" copy "$big" cr:big
   timed "rclone crypt copy large back" "$big_bytes" rclone_reqs "${rc[@]}" copy cr:big "$work/out"
-  cmp "$big" "$work/out/big.bin"
+  cmp -s "$big" "$work/out/big.bin" || echo "  (rclone: large file did not round-trip)"
   timed "rclone crypt copy small files" "$small_bytes" rclone_reqs "${rc[@]}" copy "$small" cr:small
   timed "rclone crypt copy small back" "$small_bytes" rclone_reqs "${rc[@]}" copy cr:small "$work/out/small"
-  diff -r "$small" "$work/out/small" >/dev/null
+  diff -r "$small" "$work/out/small" >/dev/null || echo "  (rclone: small files did not round-trip)"
   rm -rf "$work/out" "$work/state-$kind"
 
   exec 3>&-
