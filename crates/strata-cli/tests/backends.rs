@@ -212,8 +212,15 @@ fn bad_credentials_and_endpoints_give_clear_errors() {
 /// `If-None-Match`, as Garage behaves): while a mount holds the vault, a CLI
 /// writer is refused with the holder named, a reader still works, and once
 /// the mount is gone the writer gets through; the vault checks clean.
-fn lease_guards(url: String) {
+fn lease_guards(url: String, enforced: bool) {
     let e = Env::with_store(Some(url));
+    // `info` says what the probe found.
+    let info = ok(e.cmd().args(["info"]).output().unwrap(), "info");
+    let want = format!(
+        "create-if-absent enforced: {}",
+        if enforced { "yes" } else { "no" }
+    );
+    assert!(info.contains(&want), "{info}");
     let f = e.p("work/f.txt");
     std::fs::write(&f, "x\n").unwrap();
     {
@@ -250,7 +257,7 @@ fn lease_guards(url: String) {
 fn lease_on_s3_with_enforced_conditional_create() {
     let server = S3Server::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    lease_guards(s3_url(&server, dir.path(), "leased"));
+    lease_guards(s3_url(&server, dir.path(), "leased"), true);
 }
 
 #[test]
@@ -261,5 +268,5 @@ fn lease_on_s3_that_ignores_conditional_create() {
         strata_testkit::ignore_if_none_match_proxy(server.endpoint.trim_start_matches("http://"))
             .unwrap();
     let url = s3_url(&server, dir.path(), "leased").replace(&server.endpoint, &proxy);
-    lease_guards(url);
+    lease_guards(url, false);
 }

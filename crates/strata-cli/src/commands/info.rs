@@ -33,8 +33,24 @@ pub async fn run(g: &Global) -> Result<()> {
             None => h.describe(),
         },
     };
+    let caps = strata_store::Store::capabilities(vault.store());
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let store_caps = format!(
+        "range reads: {}; create-if-absent enforced: {}{}; max object size: {}",
+        yes_no(caps.range_reads),
+        yes_no(caps.conditional_create),
+        if caps.conditional_create {
+            ""
+        } else {
+            " (the writer lease uses put + settle + read-back)"
+        },
+        caps.max_object_size
+            .map(size)
+            .unwrap_or_else(|| "no limit".to_string())
+    );
     let rows: Vec<(&str, String)> = vec![
         ("store", vault.store_name().to_string()),
+        ("store can do", store_caps),
         ("vault id", vault.vault_id()),
         (
             "format",
