@@ -306,8 +306,9 @@ fn redact_url(url: &str) -> String {
 
 fn is_secret_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    // `token-file=PATH`, `token-env=VAR`: where the secret is, not the secret.
-    if n.ends_with("-file") || n.ends_with("-env") {
+    // `token-file=PATH`, `token-env=VAR`: where the secret is, not the
+    // secret; likewise sftp's `key=PATH` (the private key file).
+    if n.ends_with("-file") || n.ends_with("-env") || n == "key" {
         return false;
     }
     ["token", "password", "passwd", "secret", "key", "credential"]

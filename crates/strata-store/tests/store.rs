@@ -650,6 +650,26 @@ async fn url_errors() {
     let e = err("s3://me:hunter2@host/b");
     assert!(!e.to_string().contains("hunter2"), "{e}");
 
+    // File paths are shown (they are where a secret is, not the secret);
+    // secret values are not.
+    let files = tempfile::tempdir().unwrap();
+    let (k, kh) = (files.path().join("id"), files.path().join("known_hosts"));
+    std::fs::write(&k, "not a real key").unwrap();
+    std::fs::write(&kh, "").unwrap();
+    let url = format!(
+        "sftp://u@127.0.0.1:22/srv/v?key={}&known-hosts={}",
+        k.display(),
+        kh.display()
+    );
+    let (store, _) = open_url(&url).unwrap();
+    assert!(
+        store.describe().contains(&format!("key={}", k.display())),
+        "{}",
+        store.describe()
+    );
+    let e = err("memory://x?secret-key=hunter2");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+
     let dir = tempfile::tempdir().unwrap();
     let e = err(&format!("file://{}/no/such/root", dir.path().display()));
     assert_eq!(e.kind(), StoreErrorKind::NotFound, "{e}");
