@@ -380,86 +380,12 @@ async fn sequential_reads_are_prefetched_multithreaded() {
     assert!(e.cache.stats().hits > 0);
 }
 
-/// A store whose range reads take `delay` before reaching the inner store
-/// (a cancelled request never reaches it).
-struct Slow {
-    inner: DynStore,
-    delay: Duration,
-}
-
 type Fut<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
-
-impl Store for Slow {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn put<'a, 'b, 'c>(&'a self, key: &'b str, data: Bytes) -> Fut<'c, ()>
-    where
-        'a: 'c,
-        'b: 'c,
-        Self: 'c,
-    {
-        self.inner.put(key, data)
-    }
-    fn put_if_absent<'a, 'b, 'c>(&'a self, key: &'b str, data: Bytes) -> Fut<'c, bool>
-    where
-        'a: 'c,
-        'b: 'c,
-        Self: 'c,
-    {
-        self.inner.put_if_absent(key, data)
-    }
-    fn get<'a, 'b, 'c>(&'a self, key: &'b str) -> Fut<'c, Bytes>
-    where
-        'a: 'c,
-        'b: 'c,
-        Self: 'c,
-    {
-        self.inner.get(key)
-    }
-    fn get_range<'a, 'b, 'c>(&'a self, key: &'b str, range: Range<u64>) -> Fut<'c, Bytes>
-    where
-        'a: 'c,
-        'b: 'c,
-        Self: 'c,
-    {
-        Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
-            self.inner.get_range(key, range).await
-        })
-    }
-    fn list<'a, 'b, 'c>(&'a self, prefix: &'b str) -> Fut<'c, Vec<ObjectMeta>>
-    where
-        'a: 'c,
-        'b: 'c,
-        Self: 'c,
-    {
-        self.inner.list(prefix)
-    }
-    fn delete<'a, 'b, 'c>(&'a self, key: &'b str) -> Fut<'c, ()>
-    where
-        'a: 'c,
-        'b: 'c,
-        Self: 'c,
-    {
-        self.inner.delete(key)
-    }
-    fn stat<'a, 'b, 'c>(&'a self, key: &'b str) -> Fut<'c, Option<ObjectMeta>>
-    where
-        'a: 'c,
-        'b: 'c,
-        Self: 'c,
-    {
-        self.inner.stat(key)
-    }
-}
 
 /// A slow link in front of a store: every `get`/`get_range` answer takes a
 /// fixed latency and then queues for a shared bandwidth (first come, first
-/// served), like a bottleneck router. Cancelled requests stop at once.
+/// served), like a bottleneck router; an infinite bandwidth leaves only the
+/// latency. Cancelled requests stop at once.
 struct Link {
     inner: DynStore,
     latency: Duration,
@@ -663,10 +589,7 @@ async fn rangeless_read_ahead_keeps_one_chunk_coming() {
 #[tokio::test]
 async fn a_seek_cancels_read_ahead() {
     let (mem, metrics) = open_url(&url("")).unwrap();
-    let slow: DynStore = Arc::new(Slow {
-        inner: mem,
-        delay: Duration::from_millis(100),
-    });
+    let slow: DynStore = Arc::new(Link::new(mem, Duration::from_millis(100), f64::INFINITY));
     let e = env_on(slow, metrics, 4 * MIB, 256 * MIB).await;
     let size = 24 * MIB;
     let data = random(size, 9);
@@ -712,10 +635,7 @@ async fn a_seek_cancels_read_ahead() {
 #[tokio::test]
 async fn the_first_read_goes_alone() {
     let (mem, metrics) = open_url(&url("")).unwrap();
-    let slow: DynStore = Arc::new(Slow {
-        inner: mem,
-        delay: Duration::from_millis(50),
-    });
+    let slow: DynStore = Arc::new(Link::new(mem, Duration::from_millis(50), f64::INFINITY));
     let e = env_on(slow, metrics, 4 * MIB, 256 * MIB).await;
     let data = random(8 * MIB, 10);
     let node = put(&e, "/movie", &data).await;
@@ -855,10 +775,7 @@ async fn waiters_of_a_failed_fetch_do_not_hang() {
 #[tokio::test]
 async fn cancelled_fetcher_releases_its_waiters() {
     let (mem, metrics) = open_url(&url("")).unwrap();
-    let slow: DynStore = Arc::new(Slow {
-        inner: mem,
-        delay: Duration::from_millis(200),
-    });
+    let slow: DynStore = Arc::new(Link::new(mem, Duration::from_millis(200), f64::INFINITY));
     let e = env_on(slow, metrics, MIB, 64 * MIB).await;
     let data = random(MIB, 31);
     let node = Arc::new(put(&e, "/f", &data).await);
