@@ -99,14 +99,7 @@ impl Extra {
     fn flag(&self, name: &str) -> Result<bool, String> {
         match self.pairs.iter().rev().find(|(n, _)| n == name) {
             None => Ok(false),
-            Some((_, None)) => Ok(true),
-            Some((_, Some(v))) => match v.to_ascii_lowercase().as_str() {
-                "" | "true" | "yes" | "on" | "1" => Ok(true),
-                "false" | "no" | "off" | "0" => Ok(false),
-                _ => Err(format!(
-                    "store option `{name}` takes true or false, not `{v}`"
-                )),
-            },
+            Some((_, v)) => crate::url::parse_flag(name, v.as_deref()),
         }
     }
 }

@@ -111,7 +111,7 @@ impl StoreOptions {
     }
 }
 
-fn parse_flag(name: &str, value: Option<&str>) -> Result<bool, String> {
+pub(crate) fn parse_flag(name: &str, value: Option<&str>) -> Result<bool, String> {
     match value.map(str::to_ascii_lowercase).as_deref() {
         None | Some("") | Some("true") | Some("yes") | Some("on") | Some("1") => Ok(true),
         Some("false") | Some("no") | Some("off") | Some("0") => Ok(false),
