@@ -113,7 +113,7 @@ fn percent_decode(v: &str) -> String {
 
 /// Read a secret from a file (trimmed); errors name the file and what it is for.
 fn read_secret_file(path: &str, what: &str) -> Result<String, String> {
-    let p = expand_home(path);
+    let p = crate::url::expand_home(path);
     match std::fs::read_to_string(&p) {
         Ok(s) => {
             let s = s.trim().to_owned();
@@ -124,14 +124,6 @@ fn read_secret_file(path: &str, what: &str) -> Result<String, String> {
             }
         }
         Err(e) => Err(format!("cannot read {what} file {}: {e}", p.display())),
-    }
-}
-
-/// `~/x` → `$HOME/x`; other paths as given.
-fn expand_home(path: &str) -> std::path::PathBuf {
-    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => std::path::Path::new(&home).join(rest),
-        _ => std::path::PathBuf::from(path),
     }
 }
 
@@ -257,7 +249,7 @@ fn read_aws_credentials(
     path: &str,
     profile: &str,
 ) -> Result<(String, String, Option<String>), String> {
-    let p = expand_home(path);
+    let p = crate::url::expand_home(path);
     let text = std::fs::read_to_string(&p)
         .map_err(|e| format!("cannot read credentials file {}: {e}", p.display()))?;
     let (mut ak, mut sk, mut token) = (None, None, None);

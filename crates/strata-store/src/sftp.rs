@@ -210,11 +210,7 @@ impl SftpStore {
             if v.is_empty() {
                 return Err(invalid(format!("store option `{name}` needs a path")));
             }
-            // `~/…` is the local user's home, as in ssh's own options.
-            let p = match (v.strip_prefix("~/"), std::env::var_os("HOME")) {
-                (Some(rest), Some(home)) => Path::new(&home).join(rest),
-                _ => PathBuf::from(v),
-            };
+            let p = crate::url::expand_home(v);
             match std::fs::metadata(&p) {
                 Ok(m) if m.is_file() => Ok(Some(p)),
                 Ok(_) => Err(invalid(format!("{name}: {} is not a file", p.display()))),

@@ -253,6 +253,15 @@ pub fn build_stack(base: DynStore, opts: &StoreOptions) -> (DynStore, Metrics) {
     (Arc::new(retried), metrics)
 }
 
+/// `~/x` → `$HOME/x` in a path option (the local user's home, as ssh and
+/// the shell read it); other paths as given.
+pub(crate) fn expand_home(path: &str) -> std::path::PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest),
+        _ => std::path::PathBuf::from(path),
+    }
+}
+
 /// `onedrive:/path` (the one scheme written without `//`).
 fn is_onedrive(base: &str) -> bool {
     base.get(..9)
