@@ -1,33 +1,45 @@
 //! # strata-core — the vault
 //!
 //! Owns the on-store format and everything between the crypto layer and the
-//! user-facing front ends (CLI now, FUSE next):
+//! front ends (the CLI, the VFS under the FUSE mount):
 //! - [`format`]: object names and byte layouts — the public header
 //!   (`strata.vault`), data blobs (chunks sealed in 64 KiB segments), metadata
 //!   log objects and checkpoints (see docs/FORMAT.md);
-//! - [`tree`]: the in-memory metadata tree and the [`record::Record`]s that
-//!   change it (applied identically live and on replay);
+//! - [`tree`] and [`record`]: the in-memory metadata tree and the records
+//!   that change it (applied identically live and on replay);
 //! - [`vault`]: opening/creating a vault, committing records as a hash-chained
-//!   log, checkpointing, rollback detection;
-//! - [`data`]: file contents — chunking, deduplicated uploads, segment-granular
-//!   reads;
+//!   log, checkpointing, rollback detection; [`paths`]: path-level
+//!   operations on the tree;
+//! - the data plane: [`layout`] (the chunk/segment range arithmetic every
+//!   path uses), [`chunks`] (reading, sealing and uploading chunks; owns the
+//!   store, keys and read cache for file contents), [`fetch`] (data-blob
+//!   requests and the link meter), [`readcache`] (the ciphertext cache) and
+//!   [`prefetch`] (read-ahead policy); [`data`]: whole files in and out
+//!   (`put`/`get`);
 //! - [`lease`]: the writer lease (one writer per vault);
-//! - [`maint`]: `info`, `gc` and `check`;
-//! - [`readcache`]: the on-disk ciphertext cache and read-ahead of a mount.
+//! - [`maint`]: `info`, `gc` and `check`; [`state`]: what this machine has
+//!   seen of each vault (rollback detection).
 //!
-//! Data flows one way: front ends → core → crypto / store.
+//! Data flows one way: front ends → vault → chunks → fetch/readcache →
+//! crypto / store; `prefetch` drives `chunks` and never the vault.
 
+pub mod chunks;
 pub mod data;
 pub mod error;
+pub mod fetch;
 pub mod format;
+pub mod layout;
 pub mod lease;
 pub mod maint;
+pub mod paths;
+pub mod prefetch;
 pub mod readcache;
 pub mod record;
 pub mod state;
 pub mod tree;
 pub mod vault;
 
+pub use chunks::{Chunks, ReadCacheOptions};
 pub use error::{VaultError, VaultResult};
 pub use lease::LeaseOptions;
 pub use record::{ChunkRef, Kind, Record, Ts};

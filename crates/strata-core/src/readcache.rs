@@ -1,10 +1,14 @@
-//! The local read cache and read-ahead of a mount: owns [`ReadCache`] (an
-//! on-disk, size-capped cache of data-blob *ciphertext*, so the cache at rest
-//! is as encrypted as the store), the single-flight fetching of 64 KiB
-//! segments through it, and [`Prefetcher`] (per-open-file sequential-read
-//! detection with a growing read-ahead window).
+//! The read cache of a mount: owns [`ReadCache`], a size-capped cache of
+//! data-blob *ciphertext* (so the cache at rest is as encrypted as the
+//! store), and the single-flight fetching of 64 KiB segments through it.
+//! The read-ahead policy that fills it is in [`crate::prefetch`]; the store
+//! requests go through [`crate::fetch::Fetcher`].
 //!
-//! Layout: one sparse file per blob, `<dir>/<2 hex>/<62 hex>` (the blob key's
+//! Two backings: on disk for remote stores, in memory (a smaller cap) for
+//! stores as fast as the cache disk, where writing what was fetched to a
+//! cache file and reading it back only costs time.
+//!
+//! Disk layout: one sparse file per blob, `<dir>/<2 hex>/<62 hex>` (the blob key's
 //! shape), holding the stored object's bytes at the object's own offsets.
 //! Which segments are present is kept in memory only, so the cache starts
 //! empty on every mount ([`ReadCache::new`] deletes old cache files). The
@@ -12,11 +16,10 @@
 //! the cap, whole blobs are evicted in least-recently-used order (never one
 //! that a read is using at that moment).
 //!
-//! Nothing here verifies data: the vault still authenticates every segment
-//! with `blob::open_segments` after getting the ciphertext. When that fails
-//! for bytes that came from the cache, the vault drops the blob from the
-//! cache and fetches it once more from the store
-//! (see `Vault::fetch_blob_range_cached`).
+//! Nothing here verifies data: [`crate::chunks::Chunks`] authenticates
+//! every segment with `blob::open_segments` after getting the ciphertext.
+//! When that fails for bytes that came from the cache, it drops the blob
+//! from the cache and fetches it once more from the store.
 //!
 //! Missing segments are fetched once however many readers want them: the
 //! first reader claims them (an in-flight bit per segment) and the others
@@ -26,31 +29,27 @@
 //! without range reads the whole object is fetched once and every segment
 //! of it cached.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::join_all;
 use strata_crypto::BlobId;
-use strata_store::{Bytes, DynStore};
+use strata_store::Bytes;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use tracing::{debug, trace, warn};
+use tracing::{debug, warn};
 
 use crate::error::{VaultError, VaultResult};
-use crate::format::blob::{self, segment_range, segments, SEGMENT};
+use crate::fetch::Fetcher;
+use crate::format::blob::{segment_range, segments};
 use crate::format::blob_key;
-use crate::record::ChunkRef;
-use crate::tree::Inode;
-use crate::vault::Vault;
-
-const HINT: &str = "run `strata check` to list affected files";
 
 /// Planning rounds of one read before it gives up on the cache's
 /// bookkeeping and fetches what is still missing directly.
@@ -124,62 +123,6 @@ struct Counters {
     write_errors: AtomicU64,
 }
 
-/// How fast the store delivers: the bytes of the last completed requests of
-/// this cache over the time at least one of them was outstanding (the union
-/// of their intervals). Requests that were cancelled or failed do not count.
-/// The read-ahead sizes and spaces its requests from it.
-#[derive(Debug, Default)]
-struct LinkMeter {
-    /// `(start, end, bytes)` of recently completed requests, oldest first.
-    done: VecDeque<(Instant, Instant, u64)>,
-}
-
-/// Completed requests the rate estimate looks at, and how old they may be.
-const METER_REQUESTS: usize = 16;
-const METER_AGE: Duration = Duration::from_secs(5);
-
-impl LinkMeter {
-    fn record(&mut self, start: Instant, bytes: u64) {
-        self.record_span(start, Instant::now(), bytes);
-    }
-
-    fn record_span(&mut self, start: Instant, end: Instant, bytes: u64) {
-        self.done.push_back((start, end, bytes));
-        while self.done.len() > METER_REQUESTS
-            || self
-                .done
-                .front()
-                .is_some_and(|r| end.saturating_duration_since(r.1) > METER_AGE)
-        {
-            self.done.pop_front();
-        }
-    }
-
-    /// Bytes per second, once there is enough to go by.
-    fn rate(&self) -> Option<f64> {
-        let mut spans: Vec<(Instant, Instant)> = self.done.iter().map(|r| (r.0, r.1)).collect();
-        spans.sort();
-        let mut busy = Duration::ZERO;
-        let mut cur: Option<(Instant, Instant)> = None;
-        for (a, b) in spans {
-            cur = match cur {
-                Some((ca, cb)) if a <= cb => Some((ca, cb.max(b))),
-                Some((ca, cb)) => {
-                    busy += cb - ca;
-                    Some((a, b))
-                }
-                None => Some((a, b)),
-            };
-        }
-        if let Some((ca, cb)) = cur {
-            busy += cb - ca;
-        }
-        let bytes: u64 = self.done.iter().map(|r| r.2).sum();
-        let secs = busy.as_secs_f64();
-        (secs >= 0.02 && bytes >= 128 * 1024).then(|| bytes as f64 / secs)
-    }
-}
-
 fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -231,18 +174,86 @@ enum Mode {
     Prefetch,
 }
 
-/// An on-disk cache of data-blob ciphertext with a size cap. Share it as
-/// `Arc<ReadCache>` (see [`Vault::set_read_cache`]).
+/// A cache of data-blob ciphertext with a size cap, shared as
+/// `Arc<ReadCache>` by [`crate::chunks::Chunks`] and its read-ahead tasks.
 #[derive(Debug)]
 pub struct ReadCache {
-    dir: PathBuf,
+    backing: Backing,
     cap: u64,
     state: Mutex<State>,
     /// Woken whenever claimed segments are finished or released.
     notify: Notify,
     c: Counters,
     warned: AtomicBool,
-    meter: Mutex<LinkMeter>,
+}
+
+/// Where the cached ciphertext lives.
+#[derive(Debug)]
+enum Backing {
+    /// One sparse file per blob under this directory.
+    Disk(PathBuf),
+    /// Fetched runs in memory: blob → (stored-object offset → bytes).
+    Memory(Mutex<HashMap<BlobId, BTreeMap<u64, Bytes>>>),
+}
+
+impl Backing {
+    fn store(&self, id: &BlobId, items: Vec<(u64, Bytes)>) -> io::Result<()> {
+        match self {
+            Backing::Disk(dir) => write_pieces(&blob_path(dir, id), &items),
+            Backing::Memory(m) => {
+                let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+                let runs = m.entry(*id).or_default();
+                for (off, b) in items {
+                    runs.insert(off, b);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn load(&self, id: &BlobId, ranges: &[Range<u64>]) -> io::Result<Vec<Vec<u8>>> {
+        match self {
+            Backing::Disk(dir) => read_pieces(&blob_path(dir, id), ranges),
+            Backing::Memory(m) => {
+                let m = m.lock().unwrap_or_else(|e| e.into_inner());
+                let runs = m.get(id).ok_or(io::ErrorKind::NotFound)?;
+                ranges.iter().map(|r| copy_runs(runs, r.clone())).collect()
+            }
+        }
+    }
+
+    fn remove(&self, id: &BlobId) {
+        match self {
+            Backing::Disk(dir) => remove_quietly(&blob_path(dir, id)),
+            Backing::Memory(m) => {
+                m.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            }
+        }
+    }
+}
+
+/// Bytes `r` assembled from stored runs (offset → bytes); an error if any
+/// byte of `r` is in none of them.
+fn copy_runs(runs: &BTreeMap<u64, Bytes>, r: Range<u64>) -> io::Result<Vec<u8>> {
+    let mut out = vec![0u8; (r.end - r.start) as usize];
+    let mut pos = r.start;
+    while pos < r.end {
+        let (&off, b) = runs
+            .range(..=pos)
+            .rev()
+            .find(|(off, b)| *off + b.len() as u64 > pos)
+            .ok_or(io::ErrorKind::NotFound)?;
+        let stop = r.end.min(off + b.len() as u64);
+        out[(pos - r.start) as usize..(stop - r.start) as usize]
+            .copy_from_slice(&b[(pos - off) as usize..(stop - off) as usize]);
+        pos = stop;
+    }
+    Ok(out)
+}
+
+fn blob_path(dir: &Path, id: &BlobId) -> PathBuf {
+    let h = id.to_hex();
+    dir.join(&h[..2]).join(&h[2..])
 }
 
 /// Keeps a blob's entry alive and unevictable while a read uses it.
@@ -262,7 +273,7 @@ impl Drop for BlobPin<'_> {
         if remove {
             st.blobs.remove(&self.id);
             // may hold bytes of fetches that were never marked present
-            remove_quietly(&self.cache.blob_path(&self.id));
+            self.cache.backing.remove(&self.id);
         }
         self.cache.evict_locked(&mut st);
     }
@@ -475,20 +486,32 @@ impl ReadCache {
                 e,
             )
         })?;
-        Ok(ReadCache {
-            dir,
+        Ok(ReadCache::with_backing(Backing::Disk(dir), cap_bytes))
+    }
+
+    /// A cache in memory holding at most about `cap_bytes` bytes (for stores
+    /// as fast as the cache disk, where a disk cache only costs time).
+    pub fn in_memory(cap_bytes: u64) -> Self {
+        ReadCache::with_backing(Backing::Memory(Mutex::new(HashMap::new())), cap_bytes)
+    }
+
+    fn with_backing(backing: Backing, cap_bytes: u64) -> Self {
+        ReadCache {
+            backing,
             cap: cap_bytes,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             c: Counters::default(),
             warned: AtomicBool::new(false),
-            meter: Mutex::new(LinkMeter::default()),
-        })
+        }
     }
 
-    /// The cache directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The cache directory (`None` for a cache in memory).
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.backing {
+            Backing::Disk(d) => Some(d),
+            Backing::Memory(_) => None,
+        }
     }
 
     /// The size cap in bytes.
@@ -496,17 +519,10 @@ impl ReadCache {
         self.cap
     }
 
-    /// How fast the store has been delivering lately, in bytes per second
-    /// (bytes received while requests of this cache were outstanding, over
-    /// that time); `None` until there is enough to go by.
-    pub fn delivery_rate(&self) -> Option<f64> {
-        self.meter.lock().unwrap_or_else(|e| e.into_inner()).rate()
-    }
-
-    /// Path of the cache file of blob `id` (it may not exist).
-    pub fn blob_path(&self, id: &BlobId) -> PathBuf {
-        let h = id.to_hex();
-        self.dir.join(&h[..2]).join(&h[2..])
+    /// Path of the cache file of blob `id` (it may not exist; `None` for
+    /// a cache in memory).
+    pub fn blob_path(&self, id: &BlobId) -> Option<PathBuf> {
+        self.dir().map(|d| blob_path(d, id))
     }
 
     /// Counters and current size.
@@ -562,7 +578,33 @@ impl ReadCache {
         if remove {
             blobs.remove(id);
         }
-        remove_quietly(&self.blob_path(id));
+        self.backing.remove(id);
+    }
+
+    /// Cached bytes `ranges` of blob `id` (disk reads off the async threads).
+    async fn load(&self, id: &BlobId, ranges: Vec<Range<u64>>) -> io::Result<Vec<Vec<u8>>> {
+        match &self.backing {
+            Backing::Disk(dir) => {
+                let path = blob_path(dir, id);
+                tokio::task::spawn_blocking(move || read_pieces(&path, &ranges))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+            }
+            Backing::Memory(_) => self.backing.load(id, &ranges),
+        }
+    }
+
+    /// Keep `(offset, bytes)` pieces of blob `id`.
+    async fn save(&self, id: &BlobId, items: Vec<(u64, Bytes)>) -> io::Result<()> {
+        match &self.backing {
+            Backing::Disk(dir) => {
+                let path = blob_path(dir, id);
+                tokio::task::spawn_blocking(move || write_pieces(&path, &items))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+            }
+            Backing::Memory(_) => self.backing.store(id, items),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -615,7 +657,7 @@ impl ReadCache {
             if let Some(e) = st.blobs.remove(&id) {
                 st.size = st.size.saturating_sub(e.bytes);
             }
-            remove_quietly(&self.blob_path(&id));
+            self.backing.remove(&id);
             add(&self.c.evictions, 1);
         }
     }
@@ -705,50 +747,18 @@ impl ReadCache {
         }
     }
 
-    /// One store request: `range` of the object, or (`whole`) the whole
-    /// object cut to `range` (which then starts at 0).
+    /// One store request (see [`Fetcher::get`]), counted.
     async fn fetch_piece(
         &self,
-        store: &DynStore,
+        fetcher: &Fetcher,
         key: &str,
         range: Range<u64>,
         whole: bool,
     ) -> VaultResult<Bytes> {
-        trace!(blob = %key, ?range, whole, "fetch");
-        let started = Instant::now();
-        let res = if whole {
-            store.get(key).await
-        } else {
-            store.get_range(key, range.clone()).await
-        };
-        if let Ok(b) = &res {
-            self.meter
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(started, b.len() as u64);
-        }
         add(&self.c.requests, 1);
-        trace!(blob = %key, ?range, ok = res.is_ok(), "fetched");
-        let bytes = res.map_err(|e| VaultError::from_get(e, key, HINT))?;
+        let bytes = fetcher.get(key, range, whole).await?;
         add(&self.c.bytes_fetched, bytes.len() as u64);
-        let need = if whole {
-            range.end
-        } else {
-            range.end - range.start
-        };
-        if (bytes.len() as u64) < need {
-            return Err(VaultError::Corrupt {
-                object: key.to_string(),
-                range: Some(range),
-                file: None,
-                detail: format!(
-                    "object is truncated (got {} of {} bytes)",
-                    bytes.len(),
-                    need
-                ),
-            });
-        }
-        Ok(bytes.slice(..need as usize))
+        Ok(bytes)
     }
 
     /// Ciphertext of segments `s0..=s1` of blob `id` (plaintext length
@@ -759,36 +769,23 @@ impl ReadCache {
     /// segment share one fetch.
     pub async fn read_segments(
         &self,
-        store: &DynStore,
+        fetcher: &Fetcher,
         id: &BlobId,
         blob_len: u64,
         s0: u64,
         s1: u64,
     ) -> VaultResult<SegmentBytes> {
-        self.fetch_segments(store, id, blob_len, s0, s1, Mode::Read)
+        self.fetch_segments(fetcher, id, blob_len, s0, s1, Mode::Read)
             .await
     }
 
     /// Start fetching the missing segments of `s0..=s1` of blob `id` into the
-    /// cache in the background. `None` when there is nothing to fetch (all
-    /// cached or being fetched) or no tokio runtime to run it on. Abort the
-    /// handle to cancel; errors are only logged.
-    pub fn prefetch(
-        self: &Arc<Self>,
-        store: &DynStore,
-        id: BlobId,
-        blob_len: u64,
-        s0: u64,
-        s1: u64,
-    ) -> Option<AbortHandle> {
-        self.prefetch_after(store, id, blob_len, s0, s1, Duration::ZERO)
-    }
-
-    /// [`ReadCache::prefetch`] that waits `delay` before it looks at what is
-    /// missing and fetches it.
+    /// cache in the background, after `delay`. `None` when there is nothing
+    /// to fetch (all cached or being fetched) or no tokio runtime to run it
+    /// on. Abort the handle to cancel; errors are only logged.
     pub fn prefetch_after(
         self: &Arc<Self>,
-        store: &DynStore,
+        fetcher: &Arc<Fetcher>,
         id: BlobId,
         blob_len: u64,
         s0: u64,
@@ -805,13 +802,13 @@ impl ReadCache {
         }
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let cache = Arc::clone(self);
-        let store = store.clone();
+        let fetcher = Arc::clone(fetcher);
         let task = rt.spawn(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             if let Err(e) = cache
-                .fetch_segments(&store, &id, blob_len, s0, s1, Mode::Prefetch)
+                .fetch_segments(&fetcher, &id, blob_len, s0, s1, Mode::Prefetch)
                 .await
             {
                 debug!(blob = %blob_key(&id), error = %e, "prefetch failed");
@@ -822,7 +819,7 @@ impl ReadCache {
 
     async fn fetch_segments(
         &self,
-        store: &DynStore,
+        fetcher: &Fetcher,
         id: &BlobId,
         blob_len: u64,
         s0: u64,
@@ -850,14 +847,13 @@ impl ReadCache {
             Vec::new()
         };
         let mut filled = vec![false; (s1 - s0 + 1) as usize];
-        let whole = !store.capabilities().range_reads;
+        let whole = !fetcher.caps().range_reads;
         let Some(_pin) = self.pin(id, blob_len) else {
             debug!(blob = %key, "blob length differs from the cached one; bypassing the cache");
             if want {
-                let b = self.fetch_piece(store, &key, span.clone(), whole).await?;
-                let from = if whole { span.start as usize } else { 0 };
+                let b = self.fetch_piece(fetcher, &key, span.clone(), whole).await?;
                 let n = out.len();
-                out.copy_from_slice(&b[from..from + n]);
+                out.copy_from_slice(&b[..n]);
                 add(&self.c.misses, s1 - s0 + 1);
                 add(&self.c.bytes_served, out.len() as u64);
             }
@@ -875,12 +871,7 @@ impl ReadCache {
                     .iter()
                     .map(|&(a, b)| segment_range(blob_len, a, b))
                     .collect();
-                let path = self.blob_path(id);
-                let r2 = ranges.clone();
-                let res = tokio::task::spawn_blocking(move || read_pieces(&path, &r2))
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
-                match res {
+                match self.load(id, ranges.clone()).await {
                     Ok(bufs) => {
                         for ((&(a, b), r), buf) in plan.disk.iter().zip(&ranges).zip(bufs) {
                             let at = (r.start - span.start) as usize;
@@ -914,7 +905,7 @@ impl ReadCache {
                 let results = join_all(
                     pieces
                         .iter()
-                        .map(|(_, r)| self.fetch_piece(store, &key, r.clone(), whole)),
+                        .map(|(_, r)| self.fetch_piece(fetcher, &key, r.clone(), whole)),
                 )
                 .await;
                 let mut first_err = None;
@@ -949,20 +940,16 @@ impl ReadCache {
                     }
                 }
                 if !writes.is_empty() {
-                    let path = self.blob_path(id);
                     let items: Vec<(u64, Bytes)> =
                         writes.iter().map(|(_, off, b)| (*off, b.clone())).collect();
-                    let res = tokio::task::spawn_blocking(move || write_pieces(&path, &items))
-                        .await
-                        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
-                    let stored = match res {
+                    let stored = match self.save(id, items).await {
                         Ok(()) => true,
                         Err(e) => {
                             add(&self.c.write_errors, 1);
                             if self.warned.swap(true, Ordering::Relaxed) {
-                                debug!(dir = %self.dir.display(), error = %e, "could not write to the read cache");
+                                debug!(error = %e, "could not write to the read cache");
                             } else {
-                                warn!(dir = %self.dir.display(), error = %e, "could not write to the read cache; reads go on without it");
+                                warn!(dir = ?self.dir(), error = %e, "could not write to the read cache; reads go on without it");
                             }
                             false
                         }
@@ -995,8 +982,7 @@ impl ReadCache {
         // The bookkeeping kept failing us (e.g. the cache directory was
         // removed under us): fetch what is left straight from the store.
         debug!(blob = %key, "read cache did not settle; reading around it");
-        let b = self.fetch_piece(store, &key, span.clone(), whole).await?;
-        let from = if whole { span.start as usize } else { 0 };
+        let b = self.fetch_piece(fetcher, &key, span.clone(), whole).await?;
         for (i, f) in filled.iter().enumerate() {
             if *f {
                 continue;
@@ -1004,7 +990,7 @@ impl ReadCache {
             let sr = segment_range(blob_len, s0 + i as u64, s0 + i as u64);
             let at = (sr.start - span.start) as usize;
             let len = (sr.end - sr.start) as usize;
-            out[at..at + len].copy_from_slice(&b[from + at..from + at + len]);
+            out[at..at + len].copy_from_slice(&b[at..at + len]);
             add(&self.c.misses, 1);
         }
         add(&self.c.bytes_served, out.len() as u64);
@@ -1015,448 +1001,19 @@ impl ReadCache {
     }
 }
 
-impl Vault {
-    /// Use `cache` for reads of file data from now on. Returns false (and
-    /// changes nothing) if a read cache was already set.
-    pub fn set_read_cache(&self, cache: Arc<ReadCache>) -> bool {
-        self.read_cache.set(cache).is_ok()
-    }
-
-    /// The read cache, if one is set.
-    pub fn read_cache(&self) -> Option<&Arc<ReadCache>> {
-        self.read_cache.get()
-    }
-
-    /// `fetch_blob_range` through the read cache: plaintext bytes `a..b`
-    /// (`a < b`) of a chunk's blob. Cached bytes that fail authentication
-    /// drop the blob from the cache and are fetched once more from the store.
-    pub(crate) async fn fetch_blob_range_cached(
-        &self,
-        cache: &ReadCache,
-        c: &ChunkRef,
-        a: u64,
-        b: u64,
-    ) -> VaultResult<Vec<u8>> {
-        let key = blob_key(&c.id);
-        let blob_len = u64::from(c.blob_len);
-        let s0 = a / SEGMENT;
-        let s1 = b.saturating_sub(1) / SEGMENT;
-        let mut retried = false;
-        loop {
-            let got = cache
-                .read_segments(&self.store, &c.id, blob_len, s0, s1)
-                .await?;
-            let from_cache = got.from_cache;
-            let keys = self.keys.clone();
-            let id = c.id;
-            let k2 = key.clone();
-            let res = tokio::task::spawn_blocking(move || {
-                blob::open_segments(&keys, &id, blob_len, s0, &got.bytes, &k2)
-            })
-            .await
-            .map_err(|e| VaultError::Invalid(format!("decryption task failed: {e}")))?;
-            match res {
-                Ok(plain) => {
-                    let off = (a - s0 * SEGMENT) as usize;
-                    let n = (b - a) as usize;
-                    return plain.get(off..off + n).map(<[u8]>::to_vec).ok_or_else(|| {
-                        VaultError::corrupt(&key, "blob is shorter than the metadata says")
-                    });
-                }
-                Err(e) => {
-                    cache.invalidate(&c.id);
-                    if from_cache && !retried {
-                        warn!(blob = %key, error = %e, "cached copy failed authentication; refetching from the store");
-                        retried = true;
-                        continue;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    /// Start background fetches into the read cache of file bytes
-    /// `offset..offset+len` of `node` (clamped to the file; holes and
-    /// cached or in-flight segments skipped). Nothing without a read cache.
-    pub fn prefetch_range(&self, node: &Inode, offset: u64, len: u64) -> Vec<AbortHandle> {
-        self.prefetch_range_after(node, offset, len, Duration::ZERO)
-    }
-
-    /// [`Vault::prefetch_range`] whose fetches start after `delay`.
-    pub fn prefetch_range_after(
-        &self,
-        node: &Inode,
-        offset: u64,
-        len: u64,
-        delay: Duration,
-    ) -> Vec<AbortHandle> {
-        let mut out = Vec::new();
-        let Some(cache) = self.read_cache.get() else {
-            return out;
-        };
-        let end = offset.saturating_add(len).min(node.size);
-        let cs = u64::from(node.chunk_size.max(1));
-        let mut pos = offset;
-        while pos < end {
-            let ci = pos / cs;
-            let cstart = ci * cs;
-            let stop = end.min(cstart.saturating_add(cs));
-            let slot = usize::try_from(ci)
-                .ok()
-                .and_then(|i| node.chunks.get(i).copied())
-                .flatten();
-            if let Some(c) = slot {
-                let valid = u64::from(c.len.min(c.blob_len));
-                let a = pos - cstart;
-                let b = (stop - cstart).min(valid);
-                if a < b {
-                    out.extend(cache.prefetch_after(
-                        &self.store,
-                        c.id,
-                        u64::from(c.blob_len),
-                        a / SEGMENT,
-                        (b - 1) / SEGMENT,
-                        delay,
-                    ));
-                }
-            }
-            pos = stop;
-        }
-        out
-    }
-}
-
-/// Read-ahead settings of a [`Prefetcher`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PrefetchConfig {
-    /// Size of the first read-ahead request of a sequential run; each
-    /// further request doubles up to the request size (a slow start on fast
-    /// links, so a reader that stops early leaves little fetched for
-    /// nothing). 256 KiB: the first one then covers a player's first large
-    /// read after a small probe.
-    pub first_request: u64,
-    /// Smallest request size (also used while the read cache has no
-    /// delivery-rate estimate yet).
-    pub min_request: u64,
-    /// Largest request size.
-    pub max_request: u64,
-    /// Requests are sized to take about this long at the store's measured
-    /// delivery rate, between `min_request` and `max_request`.
-    pub request_time: Duration,
-    /// Read-ahead requests in flight at once: with two, the next one is on
-    /// its way while the other is arriving, so the link does not idle.
-    pub max_in_flight: usize,
-    /// A read continues the current run if it starts at most this far past
-    /// the read-ahead frontier, or at most `max(tolerance, 1 MiB)` before
-    /// the end of the furthest read; anything else is a seek.
-    pub tolerance: u64,
-}
-
-impl Default for PrefetchConfig {
-    fn default() -> Self {
-        PrefetchConfig {
-            first_request: 256 * 1024,
-            min_request: 256 * 1024,
-            max_request: 4 << 20,
-            request_time: Duration::from_millis(100),
-            max_in_flight: 2,
-            tolerance: 128 * 1024,
-        }
-    }
-}
-
-/// Round `n` up to a whole number of segments.
-fn round_to_segments(n: u64) -> u64 {
-    n.div_ceil(SEGMENT).saturating_mul(SEGMENT)
-}
-
-/// Sequential-read detection and read-ahead for one open file. Call
-/// [`Prefetcher::on_read`] with every read before serving it and
-/// [`Prefetcher::on_read_done`] once it is served.
-///
-/// Reads that follow each other form a *run*. A file keeps a few runs at
-/// once (handles reading different places, or a player pulling two streams
-/// from one file), each with its own read-ahead; a read that continues none
-/// of them (a seek) starts a new run, replacing the least recently used one,
-/// and cancels the read-ahead in flight of all others (a seek means the
-/// reader wants other bytes now; a run that is continued later picks up its
-/// read-ahead again). A run is sequential from its second read, or from its
-/// first if it starts at offset 0. Read-ahead begins only once a read of
-/// the run has been served, so the first read after an open or a seek has
-/// the link to itself. It then issues requests in file order — the first one
-/// small, each next one twice as large up to a size worth `request_time` at
-/// the store's measured delivery rate — with at most `max_in_flight` of them
-/// outstanding and the frontier at most that many requests past the
-/// furthest read (on stores without range reads, where a request is a whole
-/// chunk: one request at a time, at most one chunk past the furthest read).
-/// So a reader that stops or seeks leaves at most about two requests' worth
-/// fetched for nothing, while a reader as fast as the link always has a
-/// request arriving and the next one on its way. Dropping it cancels.
-#[derive(Debug)]
-pub struct Prefetcher {
-    cfg: PrefetchConfig,
-    runs: Vec<Run>,
-    /// Id of the next new run (reads report back with their run's id).
-    next_id: u64,
-    /// Clock for least-recently-used replacement of runs.
-    clock: u64,
-}
-
-/// Runs a [`Prefetcher`] follows at once.
-const MAX_RUNS: usize = 4;
-
-/// One sequential run of reads and its read-ahead.
-#[derive(Debug)]
-struct Run {
-    id: u64,
-    last_use: u64,
-    /// Where the run started.
-    start: u64,
-    /// End of the furthest read of the run.
-    pos: u64,
-    /// Reads in this run.
-    reads: u64,
-    /// A read of this run has been served.
-    served: bool,
-    /// File offset up to which read-ahead has been issued.
-    ahead: u64,
-    /// Size of the next request.
-    next_request: u64,
-    /// How far past the furthest read the frontier may be (last computed).
-    window: u64,
-    /// When the next request may start (requests are spaced so that two
-    /// of them never arrive in lockstep).
-    not_before: Option<Instant>,
-    /// Requests in flight (a request crossing a chunk boundary is one
-    /// task per chunk).
-    tasks: Vec<Vec<AbortHandle>>,
-}
-
-impl Run {
-    fn reap(&mut self) {
-        self.tasks.retain(|r| r.iter().any(|t| !t.is_finished()));
-    }
-
-    /// Abort the read-ahead in flight; if the run is continued later, its
-    /// read-ahead starts again (small) from the furthest read (what did
-    /// arrive is in the cache and is not fetched again).
-    fn cancel(&mut self, first_request: u64) {
-        if self.tasks.is_empty() {
-            return;
-        }
-        for t in self.tasks.drain(..).flatten() {
-            t.abort();
-        }
-        self.not_before = None;
-        self.ahead = self.pos;
-        self.next_request = first_request;
-    }
-
-    /// Whether a read at `offset` continues this run.
-    fn continued_by(&self, offset: u64, tolerance: u64) -> bool {
-        let back = tolerance.max(1 << 20);
-        offset.saturating_add(back) >= self.pos
-            && offset <= self.ahead.max(self.pos).saturating_add(tolerance)
-    }
-
-    fn top_up(&mut self, cfg: &PrefetchConfig, vault: &Vault, node: &Inode) {
-        if !self.served || !(self.start == 0 || self.reads >= 2) {
-            return;
-        }
-        let Some(cache) = vault.read_cache.get() else {
-            return;
-        };
-        let rate = cache.delivery_rate();
-        let cap = rate
-            .map_or(cfg.min_request, |r| {
-                (r * cfg.request_time.as_secs_f64()) as u64
-            })
-            .clamp(cfg.min_request, cfg.max_request);
-        let cap = round_to_segments(cap);
-        let (window, max_in_flight) = if vault.caps.range_reads {
-            let k = cfg.max_in_flight;
-            (cap.saturating_mul(k as u64), k)
-        } else {
-            // A request brings a whole chunk: fetch the next chunk while the
-            // reader is in this one, one at a time (two would share the link
-            // and delay the one the reader waits for).
-            (u64::from(node.chunk_size).max(cap), 1)
-        };
-        self.window = window;
-        let now = Instant::now();
-        while self.tasks.len() < max_in_flight && self.ahead < node.size {
-            let n = self.next_request.min(cap);
-            if self.ahead.saturating_add(n) > self.pos.saturating_add(window) {
-                break;
-            }
-            let from = self.ahead;
-            let to = round_to_segments(from.saturating_add(n)).min(node.size);
-            let delay = self
-                .not_before
-                .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
-            let req = vault.prefetch_range_after(node, from, to - from, delay);
-            if !req.is_empty() {
-                trace!(from, to, ?delay, rate, cap, "read-ahead");
-                self.tasks.push(req);
-                // Two requests issued together share the link and arrive
-                // together, and the link idles while the next two are on
-                // their way: start the next one half a transfer later.
-                self.not_before = rate
-                    .and_then(|r| Duration::try_from_secs_f64((to - from) as f64 / r / 2.0).ok())
-                    .map(|half| now + delay + half);
-            }
-            self.ahead = to;
-            self.next_request = self.next_request.saturating_mul(2).min(cap);
-        }
-    }
-}
-
-impl Prefetcher {
-    pub fn new(cfg: PrefetchConfig) -> Self {
-        let first = round_to_segments(cfg.first_request.max(SEGMENT));
-        let min = round_to_segments(cfg.min_request.max(first));
-        let cfg = PrefetchConfig {
-            first_request: first,
-            min_request: min,
-            max_request: round_to_segments(cfg.max_request.max(min)),
-            request_time: cfg.request_time,
-            max_in_flight: cfg.max_in_flight.max(1),
-            tolerance: cfg.tolerance,
-        };
-        Prefetcher {
-            cfg,
-            runs: Vec::new(),
-            next_id: 1,
-            clock: 0,
-        }
-    }
-
-    fn latest(&self) -> Option<&Run> {
-        self.runs.iter().max_by_key(|r| r.last_use)
-    }
-
-    /// How far past its furthest read the most recently used run's
-    /// read-ahead may reach now, in bytes (0 until that run is sequential
-    /// and under way).
-    pub fn window(&self) -> u64 {
-        self.latest().map_or(0, |r| r.window)
-    }
-
-    /// File offset up to which the most recently used run has issued
-    /// read-ahead.
-    pub fn frontier(&self) -> u64 {
-        self.latest().map_or(0, |r| r.ahead)
-    }
-
-    /// Runs followed now.
-    pub fn runs(&self) -> usize {
-        self.runs.len()
-    }
-
-    /// Read-ahead requests issued and not finished yet (all runs).
-    pub fn in_flight(&mut self) -> usize {
-        self.runs
-            .iter_mut()
-            .map(|r| {
-                r.reap();
-                r.tasks.len()
-            })
-            .sum()
-    }
-
-    /// Abort every read-ahead request in flight.
-    pub fn cancel(&mut self) {
-        let first = self.cfg.first_request;
-        self.runs.iter_mut().for_each(|r| r.cancel(first));
-    }
-
-    /// Note a read of `len` bytes at `offset` of `node` (before serving it)
-    /// and issue read-ahead. Returns the run the read belongs to, for
-    /// [`Prefetcher::on_read_done`].
-    pub fn on_read(&mut self, vault: &Vault, node: &Inode, offset: u64, len: u64) -> u64 {
-        let end = offset.saturating_add(len).min(node.size).max(offset);
-        self.clock += 1;
-        let tol = self.cfg.tolerance;
-        let found = self
-            .runs
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.continued_by(offset, tol))
-            .min_by_key(|(_, r)| offset.abs_diff(r.pos))
-            .map(|(i, _)| i);
-        let Some(i) = found else {
-            // a seek, or a new stream
-            let inflight = self.in_flight();
-            if inflight > 0 {
-                debug!(offset, tasks = inflight, "seek: cancelling read-ahead");
-            }
-            self.cancel();
-            if self.runs.len() >= MAX_RUNS {
-                if let Some(j) = (0..self.runs.len()).min_by_key(|&j| self.runs[j].last_use) {
-                    self.runs.swap_remove(j);
-                }
-            }
-            let id = self.next_id;
-            self.next_id += 1;
-            self.runs.push(Run {
-                id,
-                last_use: self.clock,
-                start: offset,
-                pos: end,
-                reads: 1,
-                served: false,
-                ahead: end,
-                next_request: self.cfg.first_request,
-                window: 0,
-                not_before: None,
-                tasks: Vec::new(),
-            });
-            return id;
-        };
-        let cfg = self.cfg;
-        let run = &mut self.runs[i];
-        run.last_use = self.clock;
-        run.reap();
-        run.reads += 1;
-        run.pos = run.pos.max(end);
-        run.ahead = run.ahead.max(run.pos);
-        run.top_up(&cfg, vault, node);
-        run.id
-    }
-
-    /// A read noted with [`Prefetcher::on_read`] (which returned `run`) has
-    /// been served: that run's read-ahead may start or continue — if it is
-    /// still the run read last (a read that finishes after a seek must not
-    /// restart the read-ahead the seek cancelled).
-    pub fn on_read_done(&mut self, vault: &Vault, node: &Inode, run: u64) {
-        let cfg = self.cfg;
-        let clock = self.clock;
-        if let Some(r) = self.runs.iter_mut().find(|r| r.id == run) {
-            r.served = true;
-            if r.last_use == clock {
-                r.reap();
-                r.top_up(&cfg, vault, node);
-            }
-        }
-    }
-}
-
-impl Default for Prefetcher {
-    fn default() -> Self {
-        Prefetcher::new(PrefetchConfig::default())
-    }
-}
-
-impl Drop for Prefetcher {
-    fn drop(&mut self) {
-        self.cancel();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_runs_are_assembled() {
+        let mut runs = BTreeMap::new();
+        runs.insert(10, Bytes::from_static(b"abcde"));
+        runs.insert(15, Bytes::from_static(b"fgh"));
+        assert_eq!(copy_runs(&runs, 12..17).unwrap(), b"cdefg");
+        assert!(copy_runs(&runs, 8..12).is_err());
+        assert!(copy_runs(&runs, 16..19).is_err());
+    }
 
     #[test]
     fn runs_and_bits() {
@@ -1474,27 +1031,6 @@ mod tests {
     }
 
     #[test]
-    fn delivery_rate_counts_overlapping_requests_once() {
-        let t = Instant::now();
-        let ms = |n: u64| t + Duration::from_millis(n);
-        let mut m = LinkMeter::default();
-        assert_eq!(m.rate(), None);
-        // two overlapping requests (0..100, 50..200 ms) and one after a
-        // gap (300..400 ms): 300 KB over 300 ms of busy time
-        m.record_span(ms(0), ms(100), 100_000);
-        m.record_span(ms(50), ms(200), 100_000);
-        m.record_span(ms(300), ms(400), 100_000);
-        let r = m.rate().unwrap();
-        assert!((r - 1e6).abs() < 1e3, "{r}");
-        // only the most recent requests count
-        for i in 0..METER_REQUESTS as u64 {
-            m.record_span(ms(1000 + 10 * i), ms(1010 + 10 * i), 50_000);
-        }
-        let r = m.rate().unwrap();
-        assert!((r - 5e6).abs() < 5e3, "{r}");
-    }
-
-    #[test]
     fn new_clears_only_our_files() {
         let d = tempfile::tempdir().unwrap();
         let sub = d.path().join("ab");
@@ -1504,6 +1040,7 @@ mod tests {
         fs::write(sub.join("keep.txt"), b"x").unwrap();
         fs::write(d.path().join("other"), b"x").unwrap();
         let c = ReadCache::new(d.path().to_path_buf(), 1 << 20).unwrap();
+        assert_eq!(c.dir(), Some(d.path()));
         assert!(!ours.exists());
         assert!(sub.join("keep.txt").exists());
         assert!(d.path().join("other").exists());

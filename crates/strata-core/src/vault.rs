@@ -15,6 +15,7 @@ use strata_crypto::{BlobId, KdfParams, Keys};
 use strata_store::{Bytes, Capabilities, DynStore, StoreErrorKind};
 use tracing::{debug, info, warn};
 
+use crate::chunks::{Chunks, ReadCacheOptions};
 use crate::error::{VaultError, VaultResult};
 use crate::format::blob::{chunk_size_for, SEGMENT};
 use crate::format::header::Header;
@@ -64,6 +65,9 @@ pub struct OpenOptions {
     /// and embedded single-process use leave it `None`). With a lease,
     /// nothing is written to the store unless the lease is held.
     pub lease: Option<LeaseOptions>,
+    /// A read cache for file data (mounts keep one; see
+    /// [`crate::readcache`]).
+    pub read_cache: Option<ReadCacheOptions>,
 }
 
 impl Default for OpenOptions {
@@ -74,6 +78,7 @@ impl Default for OpenOptions {
             checkpoint_records: 20_000,
             parallelism: 4,
             lease: None,
+            read_cache: None,
         }
     }
 }
@@ -127,8 +132,8 @@ pub struct Vault {
     /// Writers hold it shared while uploading+referencing blobs; blob deletion
     /// takes it exclusively (so a blob is never deleted under a writer).
     pub(crate) data_lock: Arc<tokio::sync::RwLock<()>>,
-    /// Local cache for data reads (set once, by a mount; see `readcache`).
-    pub(crate) read_cache: std::sync::OnceLock<Arc<crate::readcache::ReadCache>>,
+    /// The data plane: file contents in and out of the store.
+    pub(crate) chunks: Arc<Chunks>,
     /// The writer lease, when opened as a lease-holding writer.
     lease: Option<Arc<Lease>>,
     /// Called with every newly sealed log before it is sent (see
@@ -293,6 +298,11 @@ impl Vault {
             .unwrap_or(SEGMENT) as u32;
         Vault {
             store_name: store.describe(),
+            chunks: Arc::new(Chunks::new(
+                store.clone(),
+                keys.clone(),
+                opts.read_cache.as_ref(),
+            )),
             store,
             header: Mutex::new(header),
             vault_id,
@@ -317,7 +327,7 @@ impl Vault {
             }),
             commit_lock: tokio::sync::Mutex::new(()),
             data_lock: Arc::new(tokio::sync::RwLock::new(())),
-            read_cache: std::sync::OnceLock::new(),
+
             lease: None,
             stage_hook: std::sync::OnceLock::new(),
         }
@@ -492,6 +502,11 @@ impl Vault {
         &self.store
     }
 
+    /// The data plane (reads, uploads, read-ahead of file contents).
+    pub fn chunks(&self) -> &Arc<Chunks> {
+        &self.chunks
+    }
+
     /// Human-readable store name.
     pub fn store_name(&self) -> &str {
         &self.store_name
@@ -632,12 +647,6 @@ impl Vault {
     /// records the store already has.
     pub fn writer_seq(&self) -> u64 {
         lock(&self.inner).writer_seq
-    }
-
-    /// Sequence number the next applied record will get.
-    pub fn next_seq(&self) -> u64 {
-        let g = lock(&self.inner);
-        g.pending_first_seq + g.pending.len() as u64
     }
 
     /// Make every applied record durable in the store. Afterwards, deletes

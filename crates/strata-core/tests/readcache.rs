@@ -12,8 +12,10 @@ use std::time::Duration;
 use rand::{Rng, RngCore, SeedableRng};
 use strata_core::data::FileMeta;
 use strata_core::format::blob::{segment_range, SEGMENT};
-use strata_core::readcache::{PrefetchConfig, Prefetcher, ReadCache};
+use strata_core::prefetch::{PrefetchConfig, Prefetcher};
+use strata_core::readcache::ReadCache;
 use strata_core::vault::{CreateOptions, OpenOptions};
+use strata_core::ReadCacheOptions;
 use strata_core::{Inode, Vault, VaultError};
 use strata_crypto::KdfParams;
 use strata_store::{
@@ -40,7 +42,13 @@ fn url(query: &str) -> String {
 }
 
 async fn env_on(store: DynStore, metrics: Metrics, chunk: u64, cap: u64) -> Env {
+    env_backed(store, metrics, chunk, cap, true).await
+}
+
+/// A vault whose read cache is on disk (`disk`) or in memory.
+async fn env_backed(store: DynStore, metrics: Metrics, chunk: u64, cap: u64, disk: bool) -> Env {
     let state = tempfile::tempdir().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
     let vault = Vault::create(
         store,
         PW,
@@ -50,14 +58,17 @@ async fn env_on(store: DynStore, metrics: Metrics, chunk: u64, cap: u64) -> Env 
         },
         OpenOptions {
             state_dir: Some(state.path().to_path_buf()),
+            read_cache: Some(ReadCacheOptions {
+                dir: disk.then(|| cache_dir.path().join("cache")),
+                cap,
+            }),
             ..Default::default()
         },
     )
     .await
     .unwrap();
-    let cache_dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(ReadCache::new(cache_dir.path().join("cache"), cap).unwrap());
-    assert!(vault.set_read_cache(cache.clone()));
+    let cache = vault.chunks().read_cache().cloned().unwrap();
+    assert_eq!(cache.dir().is_some(), disk);
     Env {
         vault: Arc::new(vault),
         metrics,
@@ -104,6 +115,37 @@ async fn read(e: &Env, node: &Inode, off: u64, len: u64) -> Vec<u8> {
 fn slice(data: &[u8], off: u64, len: u64) -> &[u8] {
     let end = (off + len).min(data.len() as u64) as usize;
     &data[(off as usize).min(end)..end]
+}
+
+#[tokio::test]
+async fn memory_cache_serves_repeats_and_read_ahead() {
+    let (store, metrics) = open_url(&url("")).unwrap();
+    let e = env_backed(store, metrics, MIB, 8 * MIB, false).await;
+    let data = random(3 * MIB, 9);
+    let node = put(&e, "/f", &data).await;
+    let before = snap(&e);
+    for _ in 0..2 {
+        assert_eq!(
+            read(&e, &node, 5000, 100_000).await,
+            slice(&data, 5000, 100_000)
+        );
+    }
+    let d = snap(&e).since(&before);
+    assert_eq!(d.range_gets, 1, "{d:?}");
+    let s = e.cache.stats();
+    assert_eq!((s.misses, s.hits), (2, 2), "{s:?}");
+    // sequential reads are read ahead into memory, and served from there
+    let mut p = Prefetcher::default();
+    let mut off = 0;
+    while off < 3 * MIB {
+        assert_eq!(
+            read_ahead(&e, &mut p, &node, off, 128 * KIB).await,
+            slice(&data, off, 128 * KIB)
+        );
+        off += 128 * KIB;
+    }
+    let s = e.cache.stats();
+    assert!(s.prefetched > 0 && s.size <= s.cap, "{s:?}");
 }
 
 #[tokio::test]
@@ -237,7 +279,7 @@ async fn cap_evicts_least_recently_used_blobs() {
     assert!(e.cache.stats().size <= cap);
     // evicted blobs' files are gone from disk
     let id0 = files[1].0.chunks[0].unwrap().id;
-    assert!(!e.cache.blob_path(&id0).exists());
+    assert!(!e.cache.blob_path(&id0).unwrap().exists());
 }
 
 #[tokio::test]
@@ -250,7 +292,7 @@ async fn corrupted_cache_file_is_healed_from_the_store() {
         read(&e, &node, 0, 3 * SEGMENT).await,
         slice(&data, 0, 3 * SEGMENT)
     );
-    let path = e.cache.blob_path(&c.id);
+    let path = e.cache.blob_path(&c.id).unwrap();
     assert!(path.exists());
     assert!(path.starts_with(e.cache_dir.path()));
     // flip a byte inside segment 1 of the cache file
@@ -310,12 +352,12 @@ async fn corruption_in_the_store_is_still_reported() {
 
 /// One read as a mount serves it: tell the read-ahead, serve, report back.
 async fn read_ahead(e: &Env, p: &mut Prefetcher, node: &Inode, off: u64, len: u64) -> Vec<u8> {
-    let run = p.on_read(&e.vault, node, off, len);
+    let run = p.on_read(e.vault.chunks(), node, off, len);
     // reads of a mount arrive as separate requests: let the runtime run
     // the read-ahead tasks in between
     tokio::task::yield_now().await;
     let got = read(e, node, off, len).await;
-    p.on_read_done(&e.vault, node, run);
+    p.on_read_done(e.vault.chunks(), node, run);
     got
 }
 
@@ -606,10 +648,10 @@ async fn a_seek_cancels_read_ahead() {
     assert!(p.in_flight() > 0, "read-ahead should be under way");
     let before = snap(&e);
     let off = 20 * MIB + 1000;
-    let run = p.on_read(&e.vault, &node, off, MIB);
+    let run = p.on_read(e.vault.chunks(), &node, off, MIB);
     assert_eq!(p.in_flight(), 0);
     assert_eq!(read(&e, &node, off, MIB).await, slice(&data, off, MIB));
-    p.on_read_done(&e.vault, &node, run);
+    p.on_read_done(e.vault.chunks(), &node, run);
     // one read after a seek is not a sequential run yet: no read-ahead
     assert_eq!(p.in_flight(), 0);
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -621,13 +663,13 @@ async fn a_seek_cancels_read_ahead() {
     );
     // sequential again from the new position: read-ahead resumes
     let next = off + MIB;
-    let run = p.on_read(&e.vault, &node, next, step);
+    let run = p.on_read(e.vault.chunks(), &node, next, step);
     assert!(
         p.in_flight() > 0,
         "the second read of a run starts read-ahead"
     );
     assert_eq!(read(&e, &node, next, step).await, slice(&data, next, step));
-    p.on_read_done(&e.vault, &node, run);
+    p.on_read_done(e.vault.chunks(), &node, run);
 }
 
 /// The first read after an open or a seek has the link to itself: read-ahead
@@ -641,7 +683,7 @@ async fn the_first_read_goes_alone() {
     let node = put(&e, "/movie", &data).await;
     let mut p = Prefetcher::default();
     let before = snap(&e);
-    let run = p.on_read(&e.vault, &node, 0, 16 * KIB);
+    let run = p.on_read(e.vault.chunks(), &node, 0, 16 * KIB);
     assert_eq!(p.in_flight(), 0, "nothing may compete with the first read");
     assert_eq!(
         read(&e, &node, 0, 16 * KIB).await,
@@ -649,16 +691,19 @@ async fn the_first_read_goes_alone() {
     );
     let seg0 = segment_range(4 * MIB, 0, 0);
     assert_eq!(snap(&e).since(&before).bytes_down, seg0.end - seg0.start);
-    p.on_read_done(&e.vault, &node, run);
+    p.on_read_done(e.vault.chunks(), &node, run);
     // a run from offset 0 is sequential at once; requests start small
     assert!(p.in_flight() > 0);
     assert!(p.frontier() <= 16 * KIB + 2 * PrefetchConfig::default().min_request);
     // a read reported from an earlier run does not release a new run
     let old = run;
-    let run = p.on_read(&e.vault, &node, 6 * MIB, 4 * KIB);
-    p.on_read_done(&e.vault, &node, old);
+    let run = p.on_read(e.vault.chunks(), &node, 6 * MIB, 4 * KIB);
+    p.on_read_done(e.vault.chunks(), &node, old);
     let mid = snap(&e);
-    assert_eq!(p.on_read(&e.vault, &node, 6 * MIB + 4 * KIB, 4 * KIB), run);
+    assert_eq!(
+        p.on_read(e.vault.chunks(), &node, 6 * MIB + 4 * KIB, 4 * KIB),
+        run
+    );
     assert_eq!(p.in_flight(), 0, "held until a read of this run is served");
     assert_eq!(snap(&e).since(&mid).requests(), 0);
 }
@@ -717,10 +762,10 @@ async fn concurrent_random_and_sequential_readers() {
                         off = rng.gen_range(0..node.size);
                     }
                     let len = rng.gen_range(1..200_000u64);
-                    let run = p.on_read(&v, node, off, len);
+                    let run = p.on_read(v.chunks(), node, off, len);
                     let got = v.read_at(node, off, len).await.unwrap();
                     assert_eq!(got, slice(data, off, len));
-                    p.on_read_done(&v, node, run);
+                    p.on_read_done(v.chunks(), node, run);
                     off = (off + len).min(node.size);
                     if off == node.size {
                         off = 0;

@@ -421,7 +421,7 @@ impl Filesystem for StrataFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -429,7 +429,7 @@ impl Filesystem for StrataFs {
         reply: ReplyData,
     ) {
         self.spawn(move |vfs| async move {
-            match vfs.read(ino.0, offset, size).await {
+            match vfs.read(ino.0, fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(e)),
             }
@@ -440,7 +440,7 @@ impl Filesystem for StrataFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
@@ -450,7 +450,7 @@ impl Filesystem for StrataFs {
     ) {
         let data = data.to_vec();
         self.spawn(move |vfs| async move {
-            match vfs.write(ino.0, offset, &data).await {
+            match vfs.write(ino.0, fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
             }
@@ -472,13 +472,15 @@ impl Filesystem for StrataFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |vfs| async move { Self::reply_empty(reply, vfs.release(ino.0).await) });
+        self.spawn(
+            move |vfs| async move { Self::reply_empty(reply, vfs.release(ino.0, fh.0).await) },
+        );
     }
 
     fn fsync(

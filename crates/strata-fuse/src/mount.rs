@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use fuser::{BackgroundSession, MountOption, SessionACL};
 use serde_json::{json, Value};
-use strata_core::{LeaseOptions, OpenOptions as VaultOpenOptions, Vault};
+use strata_core::{LeaseOptions, OpenOptions as VaultOpenOptions, ReadCacheOptions, Vault};
 use strata_store::Metrics;
 use strata_vfs::{FsyncMode, Vfs, VfsOptions};
 use tracing::{debug, info, warn};
@@ -37,9 +37,10 @@ pub struct MountOptions {
     pub cache_dir: Option<PathBuf>,
     /// Dirty (not yet uploaded) data above this makes writers wait.
     pub cache_size: u64,
-    /// On-disk cache of downloaded ciphertext in `<cache dir>/read`, in
-    /// bytes (0 = none); the VFS's read-ahead works through it. Default:
-    /// the VFS default.
+    /// Cache of downloaded ciphertext, in bytes (0 = none); read-ahead
+    /// works through it. On disk in `<cache dir>/read` for remote stores; in
+    /// memory, capped at [`LOCAL_READ_CACHE`], for stores on local disk
+    /// (where a disk cache only costs time). Default: 512 MiB.
     pub read_cache_size: u64,
     pub read_only: bool,
     /// Let other users access the mount (needs `user_allow_other` in
@@ -70,7 +71,7 @@ impl MountOptions {
             mountpoint: mountpoint.into(),
             cache_dir: None,
             cache_size: 1 << 30,
-            read_cache_size: VfsOptions::new(PathBuf::new()).read_cache_size,
+            read_cache_size: 512 << 20,
             read_only: false,
             allow_other: false,
             fsync: FsyncMode::Cloud,
@@ -265,11 +266,12 @@ impl StatusFile {
                 "errors": s.errors,
             }),
         );
-        if let Some(rc) = self.vfs.vault().read_cache() {
+        if let Some(rc) = self.vfs.vault().chunks().read_cache() {
             let st = rc.stats();
             m.insert(
                 "read_cache".into(),
-                json!({"hits": st.hits, "misses": st.misses, "size": st.size, "cap": st.cap}),
+                json!({"hits": st.hits, "misses": st.misses, "size": st.size, "cap": st.cap,
+                       "in_memory": rc.dir().is_none()}),
             );
         }
         Value::Object(m)
@@ -359,6 +361,16 @@ fn bound_allocator() {
     }
 }
 
+/// Read-cache cap of a mount of a store on local disk (kept in memory).
+pub const LOCAL_READ_CACHE: u64 = 64 << 20;
+
+/// Whether a store (by its description) is on this machine's disk or in
+/// memory, as fast as the cache disk: no disk read cache, the largest
+/// kernel read-ahead.
+fn is_local_store(store: &str) -> bool {
+    store.starts_with("file://") || store.starts_with("memory://")
+}
+
 /// Kernel read-ahead of a mount of a remote store (the kernel's own default).
 /// The mount's prefetcher does the read-ahead over the network, sized to the
 /// link; larger kernel windows only add bytes a reader that stops or seeks
@@ -381,7 +393,7 @@ fn tune_readahead(mountpoint: &Path, store: &str) {
         libc::major(dev),
         libc::minor(dev)
     );
-    let local = store.starts_with("file://") || store.starts_with("memory://");
+    let local = is_local_store(store);
     let want = u64::from(
         if local {
             MAX_READAHEAD
@@ -468,17 +480,26 @@ pub fn run_mount(
         ttl: opts.lease_ttl,
         ..LeaseOptions::new(format!("mount at {}", mountpoint.display()))
     });
+    let local = is_local_store(&store_name);
+    let read_cache = (opts.read_cache_size > 0).then(|| ReadCacheOptions {
+        dir: (!local).then(|| cache_dir.join("read")),
+        cap: if local {
+            opts.read_cache_size.min(LOCAL_READ_CACHE)
+        } else {
+            opts.read_cache_size
+        },
+    });
     let vopts = VaultOpenOptions {
         state_dir: opts.state_dir.clone(),
         accept_rollback: opts.accept_rollback,
         lease,
+        read_cache,
         ..VaultOpenOptions::default()
     };
     let vault = Arc::new(rt.block_on(Vault::open(store, &password, vopts))?);
     drop(password);
     let mut vfs_opts = VfsOptions::new(cache_dir.clone());
     vfs_opts.dirty_limit = opts.cache_size;
-    vfs_opts.read_cache_size = opts.read_cache_size;
     vfs_opts.read_only = opts.read_only;
     vfs_opts.fsync = opts.fsync;
     let vfs = match Vfs::new(vault.clone(), vfs_opts) {

@@ -111,10 +111,10 @@ fn truncate_during_upload_loses_the_rewrite() {
     rt.block_on(async {
         let s = setup(300).await;
         let vfs = &s.vfs;
-        let (a, _fh) = vfs.create(ROOT_INO, b"f", 0o644, 0, 0, 0).unwrap();
+        let (a, fh) = vfs.create(ROOT_INO, b"f", 0o644, 0, 0, 0).unwrap();
         let ino = a.ino;
         // two full chunks: the uploader starts both at once (each put takes 300 ms)
-        vfs.write(ino, 0, &vec![0xAB; 2 * CS]).await.unwrap();
+        vfs.write(ino, fh, 0, &vec![0xAB; 2 * CS]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         // drop chunk 1 while its upload is in flight, then write it again
         vfs.setattr(
@@ -126,18 +126,18 @@ fn truncate_during_upload_loses_the_rewrite() {
         )
         .await
         .unwrap();
-        vfs.write(ino, CS as u64, &[0xCD; 1000]).await.unwrap();
+        vfs.write(ino, fh, CS as u64, &[0xCD; 1000]).await.unwrap();
         // the stale upload finishes here (partial new chunk waits 2 s)
         tokio::time::sleep(Duration::from_millis(600)).await;
         vfs.fsync(ino).await.unwrap();
-        let got = vfs.read(ino, CS as u64, 1000).await.unwrap();
+        let got = vfs.read(ino, fh, CS as u64, 1000).await.unwrap();
         let stale = got.iter().filter(|b| **b == 0xAB).count();
         assert_eq!(
             stale, 0,
             "read returns {stale} bytes of the stale upload instead of the rewrite"
         );
         assert_eq!(got, vec![0xCD; 1000]);
-        vfs.release(ino).await.unwrap();
+        vfs.release(ino, fh).await.unwrap();
     });
 }
 
@@ -154,9 +154,9 @@ fn upload_keeps_ctime() {
     rt.block_on(async {
         let s = setup(0).await;
         let vfs = &s.vfs;
-        let (a, _fh) = vfs.create(ROOT_INO, b"f", 0o644, 0, 0, 0).unwrap();
+        let (a, fh) = vfs.create(ROOT_INO, b"f", 0o644, 0, 0, 0).unwrap();
         let ino = a.ino;
-        vfs.write(ino, 0, b"data").await.unwrap();
+        vfs.write(ino, fh, 0, b"data").await.unwrap();
         let old = 1_000_000_000_000_000_000i64; // 2001
         vfs.setattr(
             ino,
@@ -178,7 +178,7 @@ fn upload_keeps_ctime() {
             before.ctime,
             after.ctime
         );
-        vfs.release(ino).await.unwrap();
+        vfs.release(ino, fh).await.unwrap();
     });
 }
 
@@ -200,14 +200,14 @@ fn utimens_during_reads_is_kept() {
     rt.block_on(async {
         let s = setup(300).await;
         let vfs = s.vfs.clone();
-        let (a, _fh) = vfs.create(ROOT_INO, b"f", 0o644, 0, 0, 0).unwrap();
+        let (a, fh) = vfs.create(ROOT_INO, b"f", 0o644, 0, 0, 0).unwrap();
         let ino = a.ino;
-        vfs.write(ino, 0, &vec![1u8; CS]).await.unwrap();
+        vfs.write(ino, fh, 0, &vec![1u8; CS]).await.unwrap();
         vfs.fsync(ino).await.unwrap(); // chunk 0 in the store
-        vfs.write(ino, CS as u64, b"tail").await.unwrap(); // an overlay with pending data
-                                                           // reader A holds the overlay's read lock while it fetches chunk 0 (300 ms)
+        vfs.write(ino, fh, CS as u64, b"tail").await.unwrap(); // an overlay with pending data
+                                                               // reader A holds the overlay's read lock while it fetches chunk 0 (300 ms)
         let v = vfs.clone();
-        let ra = tokio::spawn(async move { v.read(ino, 0, 100).await });
+        let ra = tokio::spawn(async move { v.read(ino, fh, 0, 100).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         // setattr waits for the write lock in flush_attr
         let old = 1_000_000_000_000_000_000i64;
@@ -225,7 +225,7 @@ fn utimens_during_reads_is_kept() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         // reader B queues behind the writer and gets the lock when flush_attr drops it
         let v = vfs.clone();
-        let rb = tokio::spawn(async move { v.read(ino, 0, 100).await });
+        let rb = tokio::spawn(async move { v.read(ino, fh, 0, 100).await });
         let attr = sa.await.unwrap().unwrap();
         ra.await.unwrap().unwrap();
         rb.await.unwrap().unwrap();
@@ -236,6 +236,6 @@ fn utimens_during_reads_is_kept() {
             old,
             "the upload overwrote the explicit mtime"
         );
-        vfs.release(ino).await.unwrap();
+        vfs.release(ino, fh).await.unwrap();
     });
 }

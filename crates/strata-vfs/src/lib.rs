@@ -7,18 +7,24 @@
 //!   before an operation returns (synced on close/fsync) and replayed after a
 //!   crash;
 //! - the **write-back cache** ([`writeback`]): writes land in dirty chunk
-//!   files on local disk; a background uploader seals and uploads chunks that
-//!   changed and commits metadata in batches.
+//!   files on local disk; its background uploader seals and uploads chunks
+//!   that changed and commits metadata in batches;
+//! - the **read and write paths** (`io`): reads, writes, truncates, flush
+//!   and fsync, over the write-back cache and the vault's data plane
+//!   ([`strata_core::Chunks`]);
+//! - **open handles** (`handles`): per-`fh` state, such as each handle's
+//!   read-ahead.
 //!
 //! Front ends (the FUSE adapter) call [`Vfs`] methods; nothing here knows
 //! about FUSE.
 
+mod handles;
+mod io;
 pub mod journal;
 mod lineage;
 mod ops;
 pub mod writeback;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,8 +35,7 @@ use strata_core::tree::ApplyError;
 use strata_core::{Inode, Kind, Record, Ts, Vault, VaultError};
 use tracing::{info, warn};
 
-use strata_core::readcache::{Prefetcher, ReadCache};
-
+use crate::handles::Handles;
 use crate::journal::Journal;
 use crate::writeback::WriteBack;
 
@@ -46,12 +51,11 @@ pub enum FsyncMode {
 /// Mount-time options of the VFS.
 #[derive(Debug, Clone)]
 pub struct VfsOptions {
-    /// Holds the journal, dirty chunks and the read cache.
+    /// Holds the journal and dirty chunks (the read cache is the vault's:
+    /// [`strata_core::OpenOptions::read_cache`]).
     pub cache_dir: PathBuf,
     /// Dirty data above this makes writers wait for uploads.
     pub dirty_limit: u64,
-    /// Size cap of the on-disk read cache (ciphertext); 0 disables it.
-    pub read_cache_size: u64,
     pub read_only: bool,
     pub fsync: FsyncMode,
     /// Commit metadata at most this often (batches small operations).
@@ -67,7 +71,6 @@ impl VfsOptions {
         VfsOptions {
             cache_dir,
             dirty_limit: 1 << 30,
-            read_cache_size: 512 << 20,
             read_only: false,
             fsync: FsyncMode::Cloud,
             commit_interval: Duration::from_secs(1),
@@ -233,9 +236,8 @@ pub struct Vfs {
     pub(crate) opts: VfsOptions,
     pub(crate) journal: Mutex<Journal>,
     pub(crate) wb: WriteBack,
-    /// Open handle count per inode (for unlink-while-open).
-    pub(crate) open: Mutex<HashMap<u64, u32>>,
-    pub(crate) next_fh: AtomicU64,
+    /// Open file handles (per-handle read-ahead, unlink-while-open).
+    pub(crate) handles: Handles,
     pub(crate) counters: Counters,
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) shutting_down: AtomicBool,
@@ -246,8 +248,6 @@ pub struct Vfs {
     pub(crate) wake: tokio::sync::Notify,
     /// Signalled when uploads finish or commits land (fsync / space waiters).
     pub(crate) progress: tokio::sync::Notify,
-    /// Sequential-read detection per open file (read-ahead window).
-    pub(crate) prefetchers: Mutex<HashMap<u64, Prefetcher>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -335,34 +335,19 @@ impl Vfs {
     }
 
     fn assemble(vault: Arc<Vault>, opts: VfsOptions, journal: Journal, wb: WriteBack) -> Arc<Vfs> {
-        let dir = opts.cache_dir.clone();
-        let vfs = Arc::new(Vfs {
+        Arc::new(Vfs {
             vault,
             opts,
             journal: Mutex::new(journal),
             wb,
-            open: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            handles: Handles::default(),
             counters: Counters::default(),
             last_error: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             uploader_running: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             progress: tokio::sync::Notify::new(),
-            prefetchers: Mutex::new(HashMap::new()),
-        });
-        if vfs.opts.read_cache_size > 0 {
-            match ReadCache::new(dir.join("read"), vfs.opts.read_cache_size) {
-                Ok(rc) => {
-                    vfs.vault.set_read_cache(Arc::new(rc));
-                }
-                Err(e) => warn!(
-                    "read cache disabled: cannot open it in {}: {e}",
-                    dir.display()
-                ),
-            }
-        }
-        vfs
+        })
     }
 
     pub fn vault(&self) -> &Arc<Vault> {
@@ -418,33 +403,8 @@ impl Vfs {
         Ok(a)
     }
 
-    /// Feed the file's read-ahead detector before serving a read (starts
-    /// background fetches of the segments a sequential reader will want
-    /// next). Returns the read's run for [`Vfs::prefetch_done`].
-    pub(crate) fn prefetch(&self, node: &Inode, offset: u64, len: u64) -> u64 {
-        if self.vault.read_cache().is_none() {
-            return 0;
-        }
-        let mut m = lock(&self.prefetchers);
-        let p = m.entry(node.ino).or_default();
-        p.on_read(&self.vault, node, offset, len)
-    }
-
-    /// A read noted with [`Vfs::prefetch`] has been served (read-ahead of a
-    /// new run starts only then, so its first read has the link alone).
-    pub(crate) fn prefetch_done(&self, node: &Inode, run: u64) {
-        if let Some(p) = lock(&self.prefetchers).get_mut(&node.ino) {
-            p.on_read_done(&self.vault, node, run);
-        }
-    }
-
-    /// Stop read-ahead of a file nobody has open.
-    pub(crate) fn drop_prefetcher(&self, ino: u64) {
-        lock(&self.prefetchers).remove(&ino);
-    }
-
     pub(crate) fn open_count(&self, ino: u64) -> u32 {
-        lock(&self.open).get(&ino).copied().unwrap_or(0)
+        self.handles.open_count(ino)
     }
 
     /// Current state for `strata status`.
@@ -459,7 +419,7 @@ impl Vfs {
             bytes_uploaded: self.counters.bytes_uploaded.load(Ordering::Relaxed),
             chunks_uploaded: self.counters.chunks_uploaded.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
-            open_files: lock(&self.open).values().map(|v| u64::from(*v)).sum(),
+            open_files: self.handles.total(),
             metadata_version: self.vault.version(),
             last_error: lock(&self.last_error).clone(),
             fsync_mode: self.opts.fsync,

@@ -5,7 +5,7 @@
 use strata_core::record::{now, NewInode, RENAME_EXCHANGE, RENAME_NOREPLACE};
 use strata_core::{Kind, Record, Ts};
 
-use crate::{lock, Attr, DirEntry, Errno, SetAttr, SetTime, StatFs, Vfs, VfsResult};
+use crate::{Attr, DirEntry, Errno, SetAttr, SetTime, StatFs, Vfs, VfsResult};
 
 /// `setxattr` flags.
 pub const XATTR_CREATE: i32 = 1;
@@ -310,10 +310,7 @@ impl Vfs {
         {
             self.truncate(&n, 0, now()).await?;
         }
-        *lock(&self.open).entry(ino).or_default() += 1;
-        Ok(self
-            .next_fh
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        Ok(self.handles.open(ino))
     }
 
     /// Create and open a regular file.
@@ -337,29 +334,14 @@ impl Vfs {
             gid,
             None,
         )?;
-        *lock(&self.open).entry(a.ino).or_default() += 1;
-        Ok((
-            a,
-            self.next_fh
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        ))
+        let fh = self.handles.open(a.ino);
+        Ok((a, fh))
     }
 
-    /// Last close of a handle: an unlinked file goes away when no handle is left.
-    pub async fn release(&self, ino: u64) -> VfsResult<()> {
-        let left = {
-            let mut o = lock(&self.open);
-            let c = o.entry(ino).or_default();
-            *c = c.saturating_sub(1);
-            let left = *c;
-            if left == 0 {
-                o.remove(&ino);
-            }
-            left
-        };
-        if left == 0 {
-            self.drop_prefetcher(ino);
-        }
+    /// Release handle `fh` of `ino` (its read-ahead stops): an unlinked
+    /// file goes away when no handle is left.
+    pub async fn release(&self, ino: u64, fh: u64) -> VfsResult<()> {
+        let left = self.handles.close(ino, fh);
         if left == 0 && !self.opts.read_only {
             if let Some(n) = self.vault.inode(ino) {
                 if n.nlink == 0 {

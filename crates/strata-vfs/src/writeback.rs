@@ -19,28 +19,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
-use strata_core::record::now;
+use strata_core::layout::chunk_start;
 use strata_core::{Inode, Kind, Record, Ts, Vault};
-use tracing::{debug, info, trace, warn};
+use tracing::{info, warn};
 
-use crate::{io_errno, lock, vault_errno, Errno, Vfs, VfsResult};
+use crate::{io_errno, lock, vault_errno, Vfs, VfsResult};
 
 /// One dirty chunk.
 #[derive(Debug, Clone)]
 pub(crate) struct DChunk {
     /// Bumped by every change of the file's bytes.
-    gen: u64,
+    pub(crate) gen: u64,
     /// Length of the chunk file (valid bytes of the chunk).
-    len: u64,
-    last_write: Instant,
+    pub(crate) len: u64,
+    pub(crate) last_write: Instant,
     /// Generation being uploaded (an upload clears only its own mark).
-    uploading: Option<u64>,
+    pub(crate) uploading: Option<u64>,
     /// (generation, record sequence) of the last upload applied to the tree.
-    uploaded: Option<(u64, u64)>,
+    pub(crate) uploaded: Option<(u64, u64)>,
 }
 
 impl DChunk {
-    fn is_dirty(&self) -> bool {
+    pub(crate) fn is_dirty(&self) -> bool {
         self.uploaded.map(|u| u.0) != Some(self.gen)
     }
 }
@@ -55,7 +55,7 @@ pub(crate) struct Overlay {
     pub(crate) chunks: BTreeMap<u64, DChunk>,
 }
 
-type OverlayRef = Arc<tokio::sync::RwLock<Overlay>>;
+pub(crate) type OverlayRef = Arc<tokio::sync::RwLock<Overlay>>;
 
 pub struct WriteBack {
     dir: PathBuf,
@@ -63,12 +63,12 @@ pub struct WriteBack {
     /// dropped and re-created never repeats a generation an in-flight
     /// upload still carries.
     next_gen: AtomicU64,
-    overlays: Mutex<HashMap<u64, OverlayRef>>,
+    pub(crate) overlays: Mutex<HashMap<u64, OverlayRef>>,
     /// (size, mtime) of each overlay, readable without its async lock
     /// (getattr must never see a stale size because an upload holds it).
-    attrs: Mutex<HashMap<u64, (u64, Ts)>>,
+    pub(crate) attrs: Mutex<HashMap<u64, (u64, Ts)>>,
     /// Bytes in chunk files.
-    bytes: AtomicU64,
+    pub(crate) bytes: AtomicU64,
 }
 
 impl WriteBack {
@@ -83,11 +83,11 @@ impl WriteBack {
         })
     }
 
-    fn gen(&self) -> u64 {
+    pub(crate) fn gen(&self) -> u64 {
         self.next_gen.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn path(&self, ino: u64, ci: u64) -> PathBuf {
+    pub(crate) fn path(&self, ino: u64, ci: u64) -> PathBuf {
         self.dir.join(format!("{ino}.{ci}"))
     }
 
@@ -115,8 +115,7 @@ impl WriteBack {
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
-            let cs = u64::from(node.chunk_size);
-            let start = ci * cs;
+            let start = chunk_start(ci, node.chunk_size);
             let flen = e.metadata().map(|m| m.len()).unwrap_or(0);
             if start >= node.size && !(start == 0 && node.size == 0 && flen == 0) {
                 let _ = std::fs::remove_file(&path);
@@ -158,7 +157,7 @@ impl WriteBack {
         }
     }
 
-    fn overlay_or_insert(&self, ino: u64, init: impl FnOnce() -> Overlay) -> OverlayRef {
+    pub(crate) fn overlay_or_insert(&self, ino: u64, init: impl FnOnce() -> Overlay) -> OverlayRef {
         lock(&self.overlays)
             .entry(ino)
             .or_insert_with(|| Arc::new(tokio::sync::RwLock::new(init())))
@@ -175,7 +174,7 @@ impl WriteBack {
     }
 
     /// Mirror an overlay's size/mtime (call with its lock held).
-    fn publish(&self, ino: u64, o: &Overlay) {
+    pub(crate) fn publish(&self, ino: u64, o: &Overlay) {
         lock(&self.attrs).insert(ino, (o.size, o.mtime));
     }
 
@@ -218,7 +217,7 @@ impl WriteBack {
         (self.bytes.load(Ordering::Relaxed), chunks, files)
     }
 
-    fn add_bytes(&self, old: u64, new: u64) {
+    pub(crate) fn add_bytes(&self, old: u64, new: u64) {
         if new >= old {
             self.bytes.fetch_add(new - old, Ordering::Relaxed);
         } else {
@@ -232,14 +231,13 @@ impl WriteBack {
     }
 }
 
-fn block<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
 /// Committed plaintext length of chunk `ci` of `node`.
-fn committed_len(node: &Inode, ci: u64) -> u64 {
-    let cs = u64::from(node.chunk_size);
-    let start = ci * cs;
+pub(crate) fn committed_len(node: &Inode, ci: u64) -> u64 {
+    let start = chunk_start(ci, node.chunk_size);
     let slot = usize::try_from(ci)
         .ok()
         .and_then(|i| node.chunks.get(i).copied())
@@ -251,257 +249,8 @@ fn committed_len(node: &Inode, ci: u64) -> u64 {
 }
 
 impl Vfs {
-    /// Lock a file's overlay for writing, creating it if needed. Loops if a
-    /// clean overlay was dropped from the map while we waited for its lock,
-    /// so changes never land in an overlay nobody else can see.
-    async fn lock_overlay(&self, node: &Inode) -> tokio::sync::OwnedRwLockWriteGuard<Overlay> {
-        loop {
-            let ov = self.wb.overlay_or_insert(node.ino, || Overlay {
-                size: node.size,
-                mtime: node.mtime,
-                attr_dirty: false,
-                chunks: BTreeMap::new(),
-            });
-            let g = ov.clone().write_owned().await;
-            let current = crate::lock(&self.wb.overlays)
-                .get(&node.ino)
-                .is_some_and(|c| Arc::ptr_eq(c, &ov));
-            if current {
-                return g;
-            }
-        }
-    }
-
-    /// Wait while dirty data is above the limit (writers slow down, never fail).
-    async fn wait_for_space(&self) {
-        let mut warned = false;
-        while self.wb.bytes.load(Ordering::Relaxed) > self.opts.dirty_limit
-            && !self.shutting_down.load(Ordering::Relaxed)
-        {
-            if !warned {
-                debug!("write-back cache full; writer waits for uploads");
-                warned = true;
-            }
-            self.wake.notify_one();
-            let _ =
-                tokio::time::timeout(Duration::from_millis(200), self.progress.notified()).await;
-        }
-    }
-
-    /// Create the chunk file for `ci`, filled with the chunk's stored bytes
-    /// unless the coming write `[a, b)` covers all of them.
-    async fn fill_chunk(&self, node: &Inode, ci: u64, a: u64, b: u64) -> VfsResult<u64> {
-        let path = self.wb.path(node.ino, ci);
-        let valid = committed_len(node, ci);
-        if valid == 0 || (a == 0 && b >= valid) {
-            block(|| File::create(&path)).map_err(|e| io_errno(e, "creating a cache file"))?;
-            return Ok(0);
-        }
-        let cs = u64::from(node.chunk_size);
-        let data = self
-            .vault
-            .read_at(node, ci * cs, valid)
-            .await
-            .map_err(|e| vault_errno(e, "reading a chunk before a partial write"))?;
-        let tmp = path.with_extension("fill");
-        block(|| -> std::io::Result<()> {
-            let f = File::create(&tmp)?;
-            f.write_all_at(&data, 0)?;
-            f.sync_data()?; // the rename must never expose a half-filled chunk
-            std::fs::rename(&tmp, &path)
-        })
-        .map_err(|e| io_errno(e, "filling a cache file"))?;
-        Ok(valid)
-    }
-
-    /// Write `data` at `offset` of file `ino`.
-    // the entry API cannot hold the map across the fill's await
-    #[allow(clippy::map_entry)]
-    pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
-        if self.opts.read_only {
-            return Err(Errno(libc::EROFS));
-        }
-        let node = self.node(ino)?;
-        if node.kind != Kind::File {
-            return Err(Errno(libc::EISDIR));
-        }
-        if data.is_empty() {
-            return Ok(0);
-        }
-        let end = offset
-            .checked_add(data.len() as u64)
-            .ok_or(Errno(libc::EFBIG))?;
-        self.wait_for_space().await;
-        let mut o = self.lock_overlay(&node).await;
-        // the tree may have changed while we waited for the lock
-        let node = self.node(ino)?;
-        let cs = u64::from(node.chunk_size.max(1));
-        let mut pos = offset;
-        while pos < end {
-            let ci = pos / cs;
-            let cstart = ci * cs;
-            let a = pos - cstart;
-            let b = end.min(cstart + cs) - cstart;
-            if !o.chunks.contains_key(&ci) {
-                let filled = self.fill_chunk(&node, ci, a, b).await?;
-                self.wb.add_bytes(0, filled);
-                o.chunks.insert(
-                    ci,
-                    DChunk {
-                        gen: self.wb.gen(),
-                        len: filled,
-                        last_write: Instant::now(),
-                        uploading: None,
-                        uploaded: None,
-                    },
-                );
-            }
-            let path = self.wb.path(ino, ci);
-            let src = &data[(pos - offset) as usize..(pos - offset + (b - a)) as usize];
-            block(|| -> std::io::Result<()> {
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.write_all_at(src, a)
-            })
-            .map_err(|e| io_errno(e, "writing to the cache"))?;
-            if let Some(c) = o.chunks.get_mut(&ci) {
-                let old = c.len;
-                c.len = c.len.max(b);
-                c.gen = self.wb.gen();
-                c.last_write = Instant::now();
-                self.wb.add_bytes(old, c.len);
-            }
-            pos = cstart + b;
-        }
-        o.size = o.size.max(end);
-        o.mtime = now();
-        self.wb.publish(ino, &o);
-        o.attr_dirty = true;
-        drop(o);
-        self.wake.notify_one();
-        Ok(data.len() as u32)
-    }
-
-    /// Read up to `len` bytes at `offset`, dirty data first.
-    pub async fn read(&self, ino: u64, offset: u64, len: u32) -> VfsResult<Vec<u8>> {
-        let node = self.node(ino)?;
-        if node.kind != Kind::File {
-            return Err(Errno(libc::EISDIR));
-        }
-        let Some(ov) = self.wb.get(ino) else {
-            trace!(ino, offset, len, "read");
-            let run = self.prefetch(&node, offset, u64::from(len));
-            let r = self
-                .vault
-                .read_at(&node, offset, u64::from(len))
-                .await
-                .map_err(|e| vault_errno(e, "read"));
-            trace!(ino, offset, len, "read done");
-            if r.is_ok() {
-                self.prefetch_done(&node, run);
-            }
-            return r;
-        };
-        let o = ov.read().await;
-        let node = self.node(ino)?;
-        let size = o.size;
-        let end = offset.saturating_add(u64::from(len)).min(size);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let mut view = node.clone();
-        view.size = size;
-        let cs = u64::from(node.chunk_size.max(1));
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        let mut pos = offset;
-        while pos < end {
-            let ci = pos / cs;
-            let cstart = ci * cs;
-            let stop = end.min(cstart + cs);
-            match o.chunks.get(&ci) {
-                Some(c) => {
-                    let a = pos - cstart;
-                    let b = stop - cstart;
-                    let mut buf = vec![0u8; (b - a) as usize];
-                    let have = c.len.min(b).saturating_sub(a) as usize;
-                    if have > 0 {
-                        let path = self.wb.path(ino, ci);
-                        block(|| -> std::io::Result<()> {
-                            let f = File::open(&path)?;
-                            f.read_exact_at(&mut buf[..have], a)
-                        })
-                        .map_err(|e| io_errno(e, "reading from the cache"))?;
-                    }
-                    out.extend_from_slice(&buf);
-                }
-                None => {
-                    let part = self
-                        .vault
-                        .read_at(&view, pos, stop - pos)
-                        .await
-                        .map_err(|e| vault_errno(e, "read"))?;
-                    out.extend_from_slice(&part);
-                }
-            }
-            pos = stop;
-        }
-        Ok(out)
-    }
-
-    /// Change a file's size (truncate or extend with a hole).
-    pub(crate) async fn truncate(&self, node: &Inode, size: u64, ctime: Ts) -> VfsResult<()> {
-        let mut o = self.lock_overlay(node).await;
-        let t = now();
-        self.apply(Record::SetAttr {
-            ino: node.ino,
-            perm: None,
-            uid: None,
-            gid: None,
-            size: Some(size),
-            atime: None,
-            mtime: Some(t),
-            ctime,
-        })?;
-        let cs = u64::from(node.chunk_size.max(1));
-        let keep = size.div_ceil(cs);
-        let doomed: Vec<u64> = o.chunks.range(keep..).map(|(k, _)| *k).collect();
-        for ci in doomed {
-            if let Some(c) = o.chunks.remove(&ci) {
-                let _ = block(|| std::fs::remove_file(self.wb.path(node.ino, ci)));
-                self.wb.add_bytes(c.len, 0);
-            }
-        }
-        if size > 0 {
-            let last = keep - 1;
-            let valid = size - last * cs;
-            if let Some(c) = o.chunks.get_mut(&last) {
-                if c.len > valid {
-                    let path = self.wb.path(node.ino, last);
-                    block(|| {
-                        OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .and_then(|f| f.set_len(valid))
-                    })
-                    .map_err(|e| io_errno(e, "truncating a cache file"))?;
-                    self.wb.add_bytes(c.len, valid);
-                    c.len = valid;
-                    c.gen = self.wb.gen();
-                }
-            }
-        }
-        o.size = size;
-        o.mtime = t;
-        self.wb.publish(node.ino, &o);
-        o.attr_dirty = false;
-        if o.chunks.is_empty() {
-            drop(o);
-            self.forget_clean_overlay(node.ino);
-        }
-        Ok(())
-    }
-
     /// Remove an overlay that holds nothing.
-    fn forget_clean_overlay(&self, ino: u64) {
+    pub(crate) fn forget_clean_overlay(&self, ino: u64) {
         let mut m = crate::lock(&self.wb.overlays);
         let clean = m.get(&ino).is_some_and(|ov| {
             ov.try_read()
@@ -513,113 +262,8 @@ impl Vfs {
         }
     }
 
-    /// Put the overlay's size/mtime into the tree (journaled). Called on
-    /// flush/fsync so a crash never loses the size of closed files.
-    pub(crate) async fn flush_attr(&self, ino: u64) -> VfsResult<()> {
-        let Some(ov) = self.wb.get(ino) else {
-            return Ok(());
-        };
-        let mut o = ov.write().await;
-        if !o.attr_dirty {
-            return Ok(());
-        }
-        let node = self.node(ino)?;
-        if node.size != o.size || node.mtime != o.mtime {
-            self.apply(Record::SetAttr {
-                ino,
-                perm: None,
-                uid: None,
-                gid: None,
-                size: Some(o.size).filter(|s| *s != node.size),
-                atime: None,
-                mtime: Some(o.mtime),
-                ctime: o.mtime.max(node.ctime),
-            })?;
-        }
-        o.attr_dirty = false;
-        Ok(())
-    }
-
-    /// Apply an attribute change that sets mtime explicitly (utimens), with
-    /// the file's overlay locked: pending writes' time is replaced, and no
-    /// upload can slip an older mtime in between.
-    pub(crate) async fn set_attr_with_mtime(&self, r: Record, mtime: Ts) -> VfsResult<()> {
-        let ino = match &r {
-            Record::SetAttr { ino, .. } => *ino,
-            _ => return Err(Errno(libc::EINVAL)),
-        };
-        let Some(ov) = self.wb.get(ino) else {
-            self.apply(r)?;
-            return Ok(());
-        };
-        let mut o = ov.write().await;
-        let node = self.node(ino)?;
-        if o.size != node.size {
-            self.apply(Record::SetAttr {
-                ino,
-                perm: None,
-                uid: None,
-                gid: None,
-                size: Some(o.size),
-                atime: None,
-                mtime: None,
-                ctime: o.mtime.max(node.ctime),
-            })?;
-        }
-        self.apply(r)?;
-        o.mtime = mtime;
-        o.attr_dirty = false;
-        self.wb.publish(ino, &o);
-        Ok(())
-    }
-
-    /// Make the file's data and size durable on local disk (close semantics).
-    pub async fn flush(&self, ino: u64) -> VfsResult<()> {
-        if self.opts.read_only {
-            return Ok(());
-        }
-        self.flush_attr(ino).await?;
-        if let Some(ov) = self.wb.get(ino) {
-            let o = ov.read().await;
-            let paths: Vec<PathBuf> = o
-                .chunks
-                .iter()
-                .filter(|(_, c)| c.is_dirty())
-                .map(|(ci, _)| self.wb.path(ino, *ci))
-                .collect();
-            drop(o);
-            block(|| -> std::io::Result<()> {
-                for p in paths {
-                    match File::open(&p) {
-                        Ok(f) => f.sync_data()?,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(())
-            })
-            .map_err(|e| io_errno(e, "syncing the cache"))?;
-        }
-        self.sync_journal()
-    }
-
-    /// fsync: local durability, and in `Cloud` mode upload the file's dirty
-    /// chunks and commit before returning.
-    pub async fn fsync(&self, ino: u64) -> VfsResult<()> {
-        if self.opts.read_only {
-            return Ok(());
-        }
-        self.flush(ino).await?;
-        if self.opts.fsync == crate::FsyncMode::Local {
-            return Ok(());
-        }
-        self.upload_file_now(ino).await?;
-        self.flush_attr(ino).await?;
-        self.commit_now().await
-    }
-
     /// Upload every dirty chunk of `ino` (waiting for ones in flight).
-    async fn upload_file_now(&self, ino: u64) -> VfsResult<()> {
+    pub(crate) async fn upload_file_now(&self, ino: u64) -> VfsResult<()> {
         loop {
             let Some(ov) = self.wb.get(ino) else {
                 return Ok(());

@@ -101,17 +101,17 @@ impl Drop for Mounted {
 }
 
 async fn write_file(v: &Vfs, name: &str, data: &[u8]) -> u64 {
-    let (a, _) = v
+    let (a, fh) = v
         .create(ROOT_INO, name.as_bytes(), 0o644, 0o022, 0, 0)
         .unwrap();
-    v.write(a.ino, 0, data).await.unwrap();
-    v.release(a.ino).await.unwrap(); // close: durable in the local cache
+    v.write(a.ino, fh, 0, data).await.unwrap();
+    v.release(a.ino, fh).await.unwrap(); // close: durable in the local cache
     a.ino
 }
 
 async fn read(v: &Vfs, name: &str) -> Option<Vec<u8>> {
     let a = v.lookup(ROOT_INO, name.as_bytes()).ok()?;
-    Some(v.read(a.ino, 0, a.size as u32 + 1).await.unwrap())
+    Some(v.read(a.ino, 0, 0, a.size as u32 + 1).await.unwrap())
 }
 
 /// Break the mount's lease; return the breaker (holding it).

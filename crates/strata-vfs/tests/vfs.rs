@@ -101,7 +101,7 @@ fn same(got: &[u8], want: &[u8], what: &str) {
 
 async fn read_all(v: &Vfs, ino: u64) -> Vec<u8> {
     let size = v.getattr(ino).unwrap().size;
-    v.read(ino, 0, size as u32 + 10).await.unwrap()
+    v.read(ino, 0, 0, size as u32 + 10).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +114,7 @@ async fn model_based_random_operations_across_remounts() {
     for round in 0..4 {
         let (v, _) = e.mount().await;
         // open-unlinked handles kept across operations in this round
-        let mut held: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut held: Vec<(u64, u64, Vec<u8>)> = Vec::new();
         for _ in 0..150 {
             let nm = &names[rng.gen_range(0..names.len())];
             let op = rng.gen_range(0..10);
@@ -125,10 +125,10 @@ async fn model_based_random_operations_across_remounts() {
                     let ino = if exists {
                         v.lookup(ROOT_INO, nm.as_bytes()).unwrap().ino
                     } else {
-                        let (a, _fh) = v
+                        let (a, fh) = v
                             .create(ROOT_INO, nm.as_bytes(), 0o644, 0o022, 0, 0)
                             .unwrap();
-                        v.release(a.ino).await.unwrap();
+                        v.release(a.ino, fh).await.unwrap();
                         model.insert(nm.clone(), Vec::new());
                         a.ino
                     };
@@ -136,7 +136,7 @@ async fn model_based_random_operations_across_remounts() {
                     let off = rng.gen_range(0..(m.len() as u64 + 600_000));
                     let len = rng.gen_range(1..300_000usize);
                     let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-                    assert_eq!(v.write(ino, off, &data).await.unwrap() as usize, len);
+                    assert_eq!(v.write(ino, 0, off, &data).await.unwrap() as usize, len);
                     let end = off as usize + len;
                     if m.len() < end {
                         m.resize(end, 0);
@@ -171,11 +171,11 @@ async fn model_based_random_operations_across_remounts() {
                 6 if exists => {
                     // unlink while open: still readable until release
                     let ino = v.lookup(ROOT_INO, nm.as_bytes()).unwrap().ino;
-                    v.open(ino, false).await.unwrap();
+                    let fh = v.open(ino, false).await.unwrap();
                     v.unlink(ROOT_INO, nm.as_bytes()).unwrap();
                     let c = model.remove(nm).unwrap();
                     assert_eq!(read_all(&v, ino).await, c);
-                    held.push((ino, c));
+                    held.push((ino, fh, c));
                 }
                 7 if exists => {
                     let to = format!("{nm}-link");
@@ -184,7 +184,7 @@ async fn model_based_random_operations_across_remounts() {
                         v.link(ino, ROOT_INO, to.as_bytes()).unwrap();
                         assert_eq!(v.getattr(ino).unwrap().nlink, 2);
                         // write through one name, see it through the other
-                        v.write(ino, 0, b"LINKED").await.unwrap();
+                        v.write(ino, 0, 0, b"LINKED").await.unwrap();
                         let m = model.get_mut(nm).unwrap();
                         if m.len() < 6 {
                             m.resize(6, 0);
@@ -217,15 +217,15 @@ async fn model_based_random_operations_across_remounts() {
                 }
             }
         }
-        for (ino, c) in held {
-            v.write(ino, 0, b"orphan write").await.unwrap();
+        for (ino, fh, c) in held {
+            v.write(ino, fh, 0, b"orphan write").await.unwrap();
             let mut c = c;
             if c.len() < 12 {
                 c.resize(12, 0);
             }
             c[..12].copy_from_slice(b"orphan write");
             assert_eq!(read_all(&v, ino).await, c);
-            v.release(ino).await.unwrap();
+            v.release(ino, fh).await.unwrap();
             assert_eq!(v.getattr(ino), Err(Errno(libc::ENOENT)));
         }
         unmount(v).await;
@@ -266,7 +266,7 @@ async fn crash_recovery_replays_journal_and_dirty_chunks() {
         .unwrap();
     let (a, _) = v.create(d.ino, b"closed.bin", 0o600, 0, 0, 0).unwrap();
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    v.write(a.ino, 0, &data).await.unwrap();
+    v.write(a.ino, 0, 0, &data).await.unwrap();
     v.flush(a.ino).await.unwrap(); // close: durable in the local journal + cache
     v.setxattr(a.ino, b"user.k", b"v", 0).unwrap();
     v.flush(a.ino).await.unwrap();
@@ -318,7 +318,7 @@ async fn fsync_in_cloud_mode_reaches_the_store() {
     let e = Env::new("", 1 << 20).await;
     let (v, _) = e.mount().await;
     let (a, _) = v.create(ROOT_INO, b"f", 0o644, 0, 0, 0).unwrap();
-    v.write(a.ino, 0, b"durable").await.unwrap();
+    v.write(a.ino, 0, 0, b"durable").await.unwrap();
     v.fsync(a.ino).await.unwrap();
     // a second, independent reader of the store sees it right away
     let (store, _) = open_url(&e.url).unwrap();
@@ -342,9 +342,14 @@ async fn random_writes_reupload_only_touched_chunks_on_a_primitive_store() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     rng.fill(&mut model[..]);
     for off in (0..size).step_by(1 << 20) {
-        v.write(a.ino, off, &model[off as usize..(off + (1 << 20)) as usize])
-            .await
-            .unwrap();
+        v.write(
+            a.ino,
+            0,
+            off,
+            &model[off as usize..(off + (1 << 20)) as usize],
+        )
+        .await
+        .unwrap();
     }
     v.fsync(a.ino).await.unwrap();
     let before = metrics.snapshot();
@@ -356,7 +361,7 @@ async fn random_writes_reupload_only_touched_chunks_on_a_primitive_store() {
     for ci in &touched {
         let off = ci * cs + rng.gen_range(0..cs - 4096);
         let patch: Vec<u8> = (0..4096).map(|_| rng.gen()).collect();
-        v.write(a.ino, off, &patch).await.unwrap();
+        v.write(a.ino, 0, off, &patch).await.unwrap();
         model[off as usize..off as usize + 4096].copy_from_slice(&patch);
     }
     v.fsync(a.ino).await.unwrap();

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::stream::{self, TryStreamExt};
-use strata_core::data::{apply_error, FileMeta};
+use strata_core::data::FileMeta;
+use strata_core::paths::apply_error;
 use strata_core::record::now;
 use strata_core::{Inode, Kind, Record, Ts, Vault, VaultError};
 

@@ -1,0 +1,382 @@
+//! The read and write paths of the VFS: `read`, `write`, `truncate`,
+//! `flush` (close) and `fsync`. Writes go into the write-back cache
+//! ([`crate::writeback`]); reads take dirty bytes from there and the rest
+//! from the vault's data plane ([`strata_core::Chunks`]), with the
+//! handle's read-ahead. Every range is split into chunk pieces by
+//! [`strata_core::layout::chunk_pieces`].
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_core::layout::{chunk_count, chunk_pieces, chunk_start, last_piece};
+use strata_core::record::now;
+use strata_core::{Inode, Kind, Record, Ts};
+use tracing::{debug, trace};
+
+use crate::writeback::{block, committed_len, DChunk, Overlay};
+use crate::{io_errno, lock, vault_errno, Errno, Vfs, VfsResult};
+
+impl Vfs {
+    /// Lock a file's overlay for writing, creating it if needed. Loops if a
+    /// clean overlay was dropped from the map while we waited for its lock,
+    /// so changes never land in an overlay nobody else can see.
+    async fn lock_overlay(&self, node: &Inode) -> tokio::sync::OwnedRwLockWriteGuard<Overlay> {
+        loop {
+            let ov = self.wb.overlay_or_insert(node.ino, || Overlay {
+                size: node.size,
+                mtime: node.mtime,
+                attr_dirty: false,
+                chunks: BTreeMap::new(),
+            });
+            let g = ov.clone().write_owned().await;
+            let current = crate::lock(&self.wb.overlays)
+                .get(&node.ino)
+                .is_some_and(|c| Arc::ptr_eq(c, &ov));
+            if current {
+                return g;
+            }
+        }
+    }
+
+    /// Wait while dirty data is above the limit (writers slow down, never fail).
+    async fn wait_for_space(&self) {
+        let mut warned = false;
+        while self.wb.bytes.load(Ordering::Relaxed) > self.opts.dirty_limit
+            && !self.shutting_down.load(Ordering::Relaxed)
+        {
+            if !warned {
+                debug!("write-back cache full; writer waits for uploads");
+                warned = true;
+            }
+            self.wake.notify_one();
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), self.progress.notified()).await;
+        }
+    }
+
+    /// Create the chunk file for `ci`, filled with the chunk's stored bytes
+    /// unless the coming write `[a, b)` covers all of them.
+    async fn fill_chunk(&self, node: &Inode, ci: u64, a: u64, b: u64) -> VfsResult<u64> {
+        let path = self.wb.path(node.ino, ci);
+        let valid = committed_len(node, ci);
+        if valid == 0 || (a == 0 && b >= valid) {
+            block(|| File::create(&path)).map_err(|e| io_errno(e, "creating a cache file"))?;
+            return Ok(0);
+        }
+        let start = chunk_start(ci, node.chunk_size);
+        let data = self
+            .vault
+            .read_at(node, start, valid)
+            .await
+            .map_err(|e| vault_errno(e, "reading a chunk before a partial write"))?;
+        let tmp = path.with_extension("fill");
+        block(|| -> std::io::Result<()> {
+            let f = File::create(&tmp)?;
+            f.write_all_at(&data, 0)?;
+            f.sync_data()?; // the rename must never expose a half-filled chunk
+            std::fs::rename(&tmp, &path)
+        })
+        .map_err(|e| io_errno(e, "filling a cache file"))?;
+        Ok(valid)
+    }
+
+    /// Write `data` at `offset` of file `ino` through handle `fh`.
+    // the entry API cannot hold the map across the fill's await
+    #[allow(clippy::map_entry)]
+    pub async fn write(&self, ino: u64, _fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
+        if self.opts.read_only {
+            return Err(Errno(libc::EROFS));
+        }
+        let node = self.node(ino)?;
+        if node.kind != Kind::File {
+            return Err(Errno(libc::EISDIR));
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(Errno(libc::EFBIG))?;
+        self.wait_for_space().await;
+        let mut o = self.lock_overlay(&node).await;
+        // the tree may have changed while we waited for the lock
+        let node = self.node(ino)?;
+        for p in chunk_pieces(offset..end, node.chunk_size) {
+            let ci = p.index;
+            if !o.chunks.contains_key(&ci) {
+                let filled = self.fill_chunk(&node, ci, p.a, p.b).await?;
+                self.wb.add_bytes(0, filled);
+                o.chunks.insert(
+                    ci,
+                    DChunk {
+                        gen: self.wb.gen(),
+                        len: filled,
+                        last_write: Instant::now(),
+                        uploading: None,
+                        uploaded: None,
+                    },
+                );
+            }
+            let path = self.wb.path(ino, ci);
+            let r = p.file_range();
+            let src = &data[(r.start - offset) as usize..(r.end - offset) as usize];
+            block(|| -> std::io::Result<()> {
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.write_all_at(src, p.a)
+            })
+            .map_err(|e| io_errno(e, "writing to the cache"))?;
+            if let Some(c) = o.chunks.get_mut(&ci) {
+                let old = c.len;
+                c.len = c.len.max(p.b);
+                c.gen = self.wb.gen();
+                c.last_write = Instant::now();
+                self.wb.add_bytes(old, c.len);
+            }
+        }
+        o.size = o.size.max(end);
+        o.mtime = now();
+        self.wb.publish(ino, &o);
+        o.attr_dirty = true;
+        drop(o);
+        self.wake.notify_one();
+        Ok(data.len() as u32)
+    }
+
+    /// Read from the store (no pending writes to the file), with the read-ahead
+    /// of handle `fh`.
+    async fn read_stored(
+        &self,
+        node: &Inode,
+        fh: u64,
+        offset: u64,
+        len: u64,
+    ) -> VfsResult<Vec<u8>> {
+        let chunks = self.vault.chunks();
+        let handle = chunks
+            .can_prefetch()
+            .then(|| self.handles.get(node.ino, fh))
+            .flatten();
+        let run = handle
+            .as_ref()
+            .map(|h| lock(&h.prefetcher).on_read(chunks, node, offset, len));
+        trace!(ino = node.ino, offset, len, "read");
+        let r = chunks
+            .read(node, offset, len)
+            .await
+            .map_err(|e| vault_errno(e, "read"))?;
+        trace!(ino = node.ino, offset, len, "read done");
+        if let (Some(h), Some(run)) = (handle, run) {
+            lock(&h.prefetcher).on_read_done(chunks, node, run);
+        }
+        Ok(r)
+    }
+
+    /// Read up to `len` bytes at `offset` of `ino` through handle `fh`,
+    /// dirty data first.
+    pub async fn read(&self, ino: u64, fh: u64, offset: u64, len: u32) -> VfsResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::File {
+            return Err(Errno(libc::EISDIR));
+        }
+        let Some(ov) = self.wb.get(ino) else {
+            return self.read_stored(&node, fh, offset, u64::from(len)).await;
+        };
+        let o = ov.read().await;
+        let node = self.node(ino)?;
+        let end = offset.saturating_add(u64::from(len)).min(o.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut view = node.clone();
+        view.size = o.size;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for p in chunk_pieces(offset..end, node.chunk_size) {
+            match o.chunks.get(&p.index) {
+                Some(c) => {
+                    let mut buf = vec![0u8; p.len() as usize];
+                    let have = c.len.min(p.b).saturating_sub(p.a) as usize;
+                    if have > 0 {
+                        let path = self.wb.path(ino, p.index);
+                        block(|| -> std::io::Result<()> {
+                            let f = File::open(&path)?;
+                            f.read_exact_at(&mut buf[..have], p.a)
+                        })
+                        .map_err(|e| io_errno(e, "reading from the cache"))?;
+                    }
+                    out.extend_from_slice(&buf);
+                }
+                None => {
+                    let part = self
+                        .vault
+                        .chunks()
+                        .read_piece(&view, &p)
+                        .await
+                        .map_err(|e| vault_errno(e, "read"))?;
+                    out.extend_from_slice(&part);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Change a file's size (truncate or extend with a hole).
+    pub(crate) async fn truncate(&self, node: &Inode, size: u64, ctime: Ts) -> VfsResult<()> {
+        let mut o = self.lock_overlay(node).await;
+        let t = now();
+        self.apply(Record::SetAttr {
+            ino: node.ino,
+            perm: None,
+            uid: None,
+            gid: None,
+            size: Some(size),
+            atime: None,
+            mtime: Some(t),
+            ctime,
+        })?;
+        let keep = chunk_count(size, node.chunk_size);
+        let doomed: Vec<u64> = o.chunks.range(keep..).map(|(k, _)| *k).collect();
+        for ci in doomed {
+            if let Some(c) = o.chunks.remove(&ci) {
+                let _ = block(|| std::fs::remove_file(self.wb.path(node.ino, ci)));
+                self.wb.add_bytes(c.len, 0);
+            }
+        }
+        if let Some(lp) = last_piece(size, node.chunk_size) {
+            let (last, valid) = (lp.index, lp.b);
+            if let Some(c) = o.chunks.get_mut(&last) {
+                if c.len > valid {
+                    let path = self.wb.path(node.ino, last);
+                    block(|| {
+                        OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .and_then(|f| f.set_len(valid))
+                    })
+                    .map_err(|e| io_errno(e, "truncating a cache file"))?;
+                    self.wb.add_bytes(c.len, valid);
+                    c.len = valid;
+                    c.gen = self.wb.gen();
+                }
+            }
+        }
+        o.size = size;
+        o.mtime = t;
+        self.wb.publish(node.ino, &o);
+        o.attr_dirty = false;
+        if o.chunks.is_empty() {
+            drop(o);
+            self.forget_clean_overlay(node.ino);
+        }
+        Ok(())
+    }
+
+    /// Put the overlay's size/mtime into the tree (journaled). Called on
+    /// flush/fsync so a crash never loses the size of closed files.
+    pub(crate) async fn flush_attr(&self, ino: u64) -> VfsResult<()> {
+        let Some(ov) = self.wb.get(ino) else {
+            return Ok(());
+        };
+        let mut o = ov.write().await;
+        if !o.attr_dirty {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        if node.size != o.size || node.mtime != o.mtime {
+            self.apply(Record::SetAttr {
+                ino,
+                perm: None,
+                uid: None,
+                gid: None,
+                size: Some(o.size).filter(|s| *s != node.size),
+                atime: None,
+                mtime: Some(o.mtime),
+                ctime: o.mtime.max(node.ctime),
+            })?;
+        }
+        o.attr_dirty = false;
+        Ok(())
+    }
+
+    /// Apply an attribute change that sets mtime explicitly (utimens), with
+    /// the file's overlay locked: pending writes' time is replaced, and no
+    /// upload can slip an older mtime in between.
+    pub(crate) async fn set_attr_with_mtime(&self, r: Record, mtime: Ts) -> VfsResult<()> {
+        let ino = match &r {
+            Record::SetAttr { ino, .. } => *ino,
+            _ => return Err(Errno(libc::EINVAL)),
+        };
+        let Some(ov) = self.wb.get(ino) else {
+            self.apply(r)?;
+            return Ok(());
+        };
+        let mut o = ov.write().await;
+        let node = self.node(ino)?;
+        if o.size != node.size {
+            self.apply(Record::SetAttr {
+                ino,
+                perm: None,
+                uid: None,
+                gid: None,
+                size: Some(o.size),
+                atime: None,
+                mtime: None,
+                ctime: o.mtime.max(node.ctime),
+            })?;
+        }
+        self.apply(r)?;
+        o.mtime = mtime;
+        o.attr_dirty = false;
+        self.wb.publish(ino, &o);
+        Ok(())
+    }
+
+    /// Make the file's data and size durable on local disk (close semantics).
+    pub async fn flush(&self, ino: u64) -> VfsResult<()> {
+        if self.opts.read_only {
+            return Ok(());
+        }
+        self.flush_attr(ino).await?;
+        if let Some(ov) = self.wb.get(ino) {
+            let o = ov.read().await;
+            let paths: Vec<PathBuf> = o
+                .chunks
+                .iter()
+                .filter(|(_, c)| c.is_dirty())
+                .map(|(ci, _)| self.wb.path(ino, *ci))
+                .collect();
+            drop(o);
+            block(|| -> std::io::Result<()> {
+                for p in paths {
+                    match File::open(&p) {
+                        Ok(f) => f.sync_data()?,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| io_errno(e, "syncing the cache"))?;
+        }
+        self.sync_journal()
+    }
+
+    /// fsync: local durability, and in `Cloud` mode upload the file's dirty
+    /// chunks and commit before returning.
+    pub async fn fsync(&self, ino: u64) -> VfsResult<()> {
+        if self.opts.read_only {
+            return Ok(());
+        }
+        self.flush(ino).await?;
+        if self.opts.fsync == crate::FsyncMode::Local {
+            return Ok(());
+        }
+        self.upload_file_now(ino).await?;
+        self.flush_attr(ino).await?;
+        self.commit_now().await
+    }
+}
