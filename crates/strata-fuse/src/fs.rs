@@ -23,7 +23,7 @@ use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
     PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen,
     ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use strata_core::Kind;
@@ -31,11 +31,13 @@ use strata_vfs::{Attr, SetAttr, SetTime, Vfs, VfsResult};
 use tracing::debug;
 
 /// How long the kernel may cache attributes and directory entries. Every
-/// change goes through this mount (single writer), so the kernel's own
-/// invalidation on its operations keeps the caches right; the TTL only bounds
-/// staleness for changes the VFS makes by itself (background uploads are not
-/// meant to change what a `stat` shows).
-pub const TTL: Duration = Duration::from_secs(1);
+/// change goes through this mount (single writer: the writer lease), so the
+/// kernel's own invalidation on its operations keeps the caches right, and
+/// the VFS changes nothing by itself that a `stat` shows (background uploads
+/// and commits keep sizes and times as the overlay reported them; journal
+/// replay and orphan cleanup happen before the mount is visible). So the
+/// TTL is long: `ls -l` of a tree it has seen costs no requests.
+pub const TTL: Duration = Duration::from_secs(60);
 
 /// What `init` asks the kernel for (it may grant less).
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -195,6 +197,19 @@ impl StrataFs {
         Ok(Arc::new(v))
     }
 
+    /// The listing of directory handle `fh`: taken at offset 0 (the first
+    /// read, or a rewind), the one taken then for later offsets.
+    fn cached_listing(&self, ino: u64, fh: u64, offset: u64) -> VfsResult<Listing> {
+        if offset != 0 {
+            if let Some(l) = lock(&self.dirs).get(&fh).cloned() {
+                return Ok(l);
+            }
+        }
+        let l = self.listing(ino)?;
+        lock(&self.dirs).insert(fh, l.clone());
+        Ok(l)
+    }
+
     fn reply_entry(reply: ReplyEntry, r: VfsResult<Attr>) {
         match r {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
@@ -229,9 +244,12 @@ impl Filesystem for StrataFs {
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         // O_TRUNC arrives with open (one atomic step) instead of a separate setattr.
+        // READDIRPLUS: a listing carries every entry's attributes, so
+        // `ls -l` / `find` need no lookup per entry.
         for cap in [
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS,
         ] {
             if let Err(missing) = config.add_capabilities(cap) {
                 debug!(?missing, "kernel lacks a FUSE capability");
@@ -514,23 +532,12 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let cached = if offset == 0 {
-            None
-        } else {
-            lock(&self.dirs).get(&fh.0).cloned()
-        };
-        let listing = match cached {
-            Some(l) => l,
-            None => match self.listing(ino.0) {
-                Ok(l) => {
-                    lock(&self.dirs).insert(fh.0, l.clone());
-                    l
-                }
-                Err(e) => {
-                    reply.error(errno(e));
-                    return;
-                }
-            },
+        let listing = match self.cached_listing(ino.0, fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => {
+                reply.error(errno(e));
+                return;
+            }
         };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, (child, kind, name)) in listing.iter().enumerate().skip(start) {
@@ -539,6 +546,41 @@ impl Filesystem for StrataFs {
                 (i + 1) as u64,
                 *kind,
                 OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listing = match self.cached_listing(ino.0, fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => {
+                reply.error(errno(e));
+                return;
+            }
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (child, _, name)) in listing.iter().enumerate().skip(start) {
+            // an entry removed since the listing was taken is skipped
+            let Ok(a) = self.vfs.getattr(*child) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(*child),
+                (i + 1) as u64,
+                OsStr::from_bytes(name),
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
             ) {
                 break;
             }
