@@ -33,6 +33,8 @@ pub struct PrefetchConfig {
     pub request_time: Duration,
     /// Read-ahead requests in flight at once: with two, the next one is on
     /// its way while the other is arriving, so the link does not idle.
+    /// Twice as many on a link where even `max_request` takes under half of
+    /// `request_time` (there, request latency rather than bandwidth limits).
     pub max_in_flight: usize,
     /// A read continues the current run if it starts at most this far past
     /// the read-ahead frontier, or at most `max(tolerance, 1 MiB)` before
@@ -153,8 +155,18 @@ impl Run {
             })
             .clamp(cfg.min_request, cfg.max_request);
         let cap = round_to_segments(cap);
+        // On a link so fast that even the largest request takes under half
+        // the request time, per-request latency is what limits a single
+        // stream: keep twice as many requests in flight (like rclone's
+        // multi-thread download). Slow links keep `max_in_flight`.
+        let fast = rate
+            .is_some_and(|r| r * cfg.request_time.as_secs_f64() >= 2.0 * cfg.max_request as f64);
         let (window, max_in_flight) = if chunks.range_reads() {
-            let k = cfg.max_in_flight;
+            let k = if fast {
+                cfg.max_in_flight * 2
+            } else {
+                cfg.max_in_flight
+            };
             (cap.saturating_mul(k as u64), k)
         } else {
             // A request brings a whole chunk: fetch the next chunk while the

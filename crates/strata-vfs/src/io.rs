@@ -106,8 +106,10 @@ impl Vfs {
         let mut o = self.lock_overlay(&node).await;
         // the tree may have changed while we waited for the lock
         let node = self.node(ino)?;
+        let mut full = false;
         for p in chunk_pieces(offset..end, node.chunk_size) {
             let ci = p.index;
+            full |= p.b == u64::from(node.chunk_size);
             if !o.chunks.contains_key(&ci) {
                 let filled = self.fill_chunk(&node, ci, p.a, p.b).await?;
                 self.wb.add_bytes(0, filled);
@@ -143,7 +145,10 @@ impl Vfs {
         self.wb.publish(ino, &o);
         o.attr_dirty = true;
         drop(o);
-        self.wake.notify_one();
+        if full {
+            // a full chunk is uploaded at once; others wait until idle
+            self.wake.notify_one();
+        }
         Ok(data.len() as u32)
     }
 

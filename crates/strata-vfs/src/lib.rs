@@ -368,7 +368,9 @@ impl Vfs {
             self.note_error(format!("local journal write failed: {e}"));
         }
         drop(j);
-        self.wake.notify_one();
+        // No wake-up of the uploader: it commits on its own tick, and
+        // waking it for every record made it rescan every pending file per
+        // operation (quadratic CPU when many small files are pending).
         Ok(seq)
     }
 
@@ -392,8 +394,11 @@ impl Vfs {
     /// Attributes of an inode, with the write-back overlay (size, mtime of
     /// unflushed writes) applied.
     pub fn getattr(&self, ino: u64) -> VfsResult<Attr> {
-        let n = self.node(ino)?;
-        let mut a = Attr::from_inode(&n);
+        // built inside the tree lock: no copy of a directory's entries
+        let mut a = self
+            .vault
+            .with_tree(|t| t.get(ino).map(Attr::from_inode))
+            .ok_or(Errno(libc::ENOENT))?;
         if let Some((size, mtime)) = self.wb.overlay_attr(ino) {
             a.size = size;
             a.blocks = size.div_ceil(512);

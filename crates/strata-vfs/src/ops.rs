@@ -32,21 +32,25 @@ fn resolve(t: SetTime) -> Ts {
 }
 
 impl Vfs {
+    /// Look a name up in a directory (without copying the directory: a
+    /// lookup or create in a directory of many entries stays cheap).
     fn dir_lookup(&self, parent: u64, name: &[u8]) -> VfsResult<u64> {
-        let p = self.node(parent)?;
-        if p.kind != Kind::Dir {
-            return Err(Errno(libc::ENOTDIR));
-        }
         if name.len() > strata_core::tree::NAME_MAX {
             return Err(Errno(libc::ENAMETOOLONG));
         }
-        p.entries.get(name).copied().ok_or(Errno(libc::ENOENT))
+        self.vault.with_tree(|t| {
+            let p = t.get(parent).ok_or(Errno(libc::ENOENT))?;
+            if p.kind != Kind::Dir {
+                return Err(Errno(libc::ENOTDIR));
+            }
+            p.entries.get(name).copied().ok_or(Errno(libc::ENOENT))
+        })
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> VfsResult<Attr> {
         let ino = match name {
             b"." => parent,
-            b".." => self.node(parent)?.parent,
+            b".." => self.parent_of(parent)?,
             _ => self.dir_lookup(parent, name)?,
         };
         self.getattr(ino)
@@ -73,7 +77,9 @@ impl Vfs {
     }
 
     pub fn parent_of(&self, ino: u64) -> VfsResult<u64> {
-        Ok(self.node(ino)?.parent)
+        self.vault
+            .with_tree(|t| t.get(ino).map(|n| n.parent))
+            .ok_or(Errno(libc::ENOENT))
     }
 
     /// Create any kind of inode (`mode` includes the type bits).
@@ -94,20 +100,23 @@ impl Vfs {
         } else {
             kind_from_mode(mode)?
         };
-        let p = self.node(parent)?;
-        if p.kind != Kind::Dir {
+        let (p_kind, p_nlink, p_perm, p_gid) = self
+            .vault
+            .with_tree(|t| t.get(parent).map(|p| (p.kind, p.nlink, p.perm, p.gid)))
+            .ok_or(Errno(libc::ENOENT))?;
+        if p_kind != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
         }
-        if p.nlink == 0 {
+        if p_nlink == 0 {
             return Err(Errno(libc::ENOENT)); // directory was removed
         }
         // setgid directories pass their group on (and setgid to subdirectories)
         let mut perm = (mode & 0o7777) & !umask;
-        let gid = if p.perm & 0o2000 != 0 {
+        let gid = if p_perm & 0o2000 != 0 {
             if kind == Kind::Dir {
                 perm |= 0o2000;
             }
-            p.gid
+            p_gid
         } else {
             gid
         };

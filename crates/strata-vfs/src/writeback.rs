@@ -491,10 +491,16 @@ impl Vfs {
         let mut due = Vec::new();
         for (ino, ov) in ovs {
             let Ok(o) = ov.try_read() else { continue };
+            if !o
+                .chunks
+                .values()
+                .any(|c| c.is_dirty() && c.uploading.is_none())
+            {
+                continue;
+            }
             let cs = self
                 .vault
-                .inode(ino)
-                .map(|n| u64::from(n.chunk_size))
+                .with_tree(|t| t.get(ino).map(|n| u64::from(n.chunk_size)))
                 .unwrap_or(u64::MAX);
             for (ci, c) in &o.chunks {
                 if c.is_dirty()
