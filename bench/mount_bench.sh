@@ -36,6 +36,7 @@
 #   - untar of real source trees (.crate files from the cargo registry cache,
 #     tokio + a few big ones) until in store, as above
 #   - peak RSS (VmHWM) of the daemon process, max over all mounts of the run
+#   - CPU time (user + system) of the daemon processes, summed over the run
 #
 # Durability differs: strata's file:// store fsyncs every object; gocryptfs
 # data is durable after `sync`; rclone's local backend never fsyncs (its
@@ -88,6 +89,7 @@ mkdir -p "$W"/{strata,gocryptfs,rclone}/mnt
 
 declare -A PID=()     # system -> daemon pid of the current mount
 declare -A PEAK=()    # system -> max VmHWM KiB over the run
+declare -A CPU=()     # system -> daemon CPU ticks (user + system) over the run
 
 is_mounted() { grep -q " $1 " /proc/mounts; }
 
@@ -121,11 +123,15 @@ rec() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RES"; log "  $1 [$2] = $3"; }
 fdiv() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-peak_note() { # system: fold the daemon's VmHWM into PEAK
-  local s=$1 k
+peak_note() { # system: fold the daemon's VmHWM into PEAK and its CPU time into CPU
+  local s=$1 k t
   k=$(awk '/^VmHWM:/ {print $2}' "/proc/${PID[$s]}/status" 2>/dev/null || echo 0)
   [ -n "$k" ] || k=0
   if [ "$k" -gt "${PEAK[$s]:-0}" ]; then PEAK[$s]=$k; fi
+  # utime + stime (fields 14, 15) up to now; what unmount itself costs is not counted
+  t=$(awk '{print $14 + $15}' "/proc/${PID[$s]}/stat" 2>/dev/null || echo 0)
+  [ -n "$t" ] || t=0
+  CPU[$s]=$(( ${CPU[$s]:-0} + t ))
 }
 wait_mounted() { # mnt pid
   local i
@@ -428,6 +434,7 @@ for s in $SYSTEMS; do
     "phase_$p" "$s"
   done
   rec peak_rss_mb "$s" "$(fdiv "${PEAK[$s]:-0}" 1024)"
+  rec daemon_cpu_s "$s" "$(fdiv "${CPU[$s]:-0}" "$(getconf CLK_TCK)")"
   log "[$s] work dir (store, caches) at the end: $(du -sh "$W/$s" | cut -f1)"
   rm -rf "${W:?}/$s"
 done
@@ -458,6 +465,7 @@ rows = [
     ("untar_store_s", f"untar {tfiles} files/{tmb} MB, until in store, s", False),
     ("mount_s", f"cold mount (vault holds the {size} MiB file), s", False),
     ("peak_rss_mb", "daemon peak RSS over the run, MB", False),
+    ("daemon_cpu_s", "daemon CPU (user + system) over the run, s", False),
 ]
 w = max(len(r[1]) for r in rows)
 def fmt(x):
