@@ -101,11 +101,6 @@ pub fn status_file_name(mountpoint: &Path) -> String {
     format!("{}.json", hex::encode(&h.as_bytes()[..16]))
 }
 
-/// Where the mount at `mountpoint` (canonical) writes its status.
-pub fn status_path(mountpoint: &Path) -> anyhow::Result<PathBuf> {
-    Ok(runtime_dir()?.join(status_file_name(mountpoint)))
-}
-
 fn find_status_file(mountpoint: &Path) -> Option<PathBuf> {
     let name = status_file_name(mountpoint);
     runtime_dir_candidates()
