@@ -10,6 +10,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use rustix::fs::{access, Access};
+use rustix::io::Errno;
+use rustix::mount::UnmountFlags;
+use rustix::process::{geteuid, kill_process, Pid, Signal};
 
 /// Where status files live, in order of preference: `$STRATA_RUNTIME_DIR`,
 /// `/run/strata` if writable, `$XDG_RUNTIME_DIR/strata`, `/tmp/strata-<uid>`.
@@ -30,10 +34,11 @@ pub fn runtime_dir() -> anyhow::Result<PathBuf> {
             return Ok(d);
         }
     }
-    let d = PathBuf::from(format!("/tmp/strata-{}", unsafe { libc::geteuid() }));
+    let uid = geteuid().as_raw();
+    let d = PathBuf::from(format!("/tmp/strata-{uid}"));
     make_private_dir(&d)?;
     let md = std::fs::symlink_metadata(&d)?;
-    if !md.is_dir() || md.uid() != unsafe { libc::geteuid() } {
+    if !md.is_dir() || md.uid() != uid {
         bail!(
             "{} is not a directory owned by this user; set STRATA_RUNTIME_DIR",
             d.display()
@@ -53,9 +58,7 @@ fn runtime_dir_candidates() -> Vec<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         v.push(PathBuf::from(x).join("strata"));
     }
-    v.push(PathBuf::from(format!("/tmp/strata-{}", unsafe {
-        libc::geteuid()
-    })));
+    v.push(PathBuf::from(format!("/tmp/strata-{}", geteuid().as_raw())));
     v
 }
 
@@ -67,10 +70,7 @@ fn make_private_dir(d: &Path) -> io::Result<()> {
 }
 
 fn writable(d: &Path) -> bool {
-    let Ok(c) = CString::new(d.as_os_str().as_bytes()) else {
-        return false;
-    };
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    access(d, Access::WRITE_OK).is_ok()
 }
 
 /// The mountpoint as an absolute path with symlinks resolved. A live mount's
@@ -99,11 +99,6 @@ pub fn canonical_mountpoint(p: &Path) -> anyhow::Result<PathBuf> {
 pub fn status_file_name(mountpoint: &Path) -> String {
     let h = blake3::hash(mountpoint.as_os_str().as_bytes());
     format!("{}.json", hex::encode(&h.as_bytes()[..16]))
-}
-
-/// Where the mount at `mountpoint` (canonical) writes its status.
-pub fn status_path(mountpoint: &Path) -> anyhow::Result<PathBuf> {
-    Ok(runtime_dir()?.join(status_file_name(mountpoint)))
 }
 
 fn find_status_file(mountpoint: &Path) -> Option<PathBuf> {
@@ -206,15 +201,18 @@ pub fn fusermount_path() -> Option<PathBuf> {
 /// Unmount `mountpoint`: `umount2` as root, `fusermount3 -u` otherwise.
 /// `lazy` detaches a busy mount (open files keep working).
 pub fn unmount_now(mountpoint: &Path, lazy: bool) -> io::Result<()> {
-    if unsafe { libc::geteuid() } == 0 {
+    if geteuid().is_root() {
         let c = CString::new(mountpoint.as_os_str().as_bytes())?;
-        let flags = if lazy { libc::MNT_DETACH } else { 0 };
-        if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        let flags = if lazy {
+            UnmountFlags::DETACH
+        } else {
+            UnmountFlags::empty()
+        };
+        let Err(e) = rustix::mount::unmount(c.as_c_str(), flags) else {
             return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EPERM) {
-            return Err(e);
+        };
+        if e != Errno::PERM {
+            return Err(e.into());
         }
         // no CAP_SYS_ADMIN in this namespace: fall back to fusermount3
     }
@@ -244,10 +242,7 @@ fn fusermount_unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
 /// root, `umount2(MNT_FORCE)` aborts it (open files then fail with ENOTCONN).
 pub fn force_abort(mountpoint: &Path) -> io::Result<()> {
     let c = CString::new(mountpoint.as_os_str().as_bytes())?;
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) } == 0 {
-        return Ok(());
-    }
-    Err(io::Error::last_os_error())
+    Ok(rustix::mount::unmount(c.as_c_str(), UnmountFlags::FORCE)?)
 }
 
 /// Stop the Strata mount at `mountpoint`: send SIGTERM to the process named
@@ -268,13 +263,15 @@ pub fn unmount(mountpoint: &Path, timeout: Duration) -> anyhow::Result<()> {
     let Some(pid) = owner_alive(&st) else {
         return cleanup_dead(&mp, Some(&path));
     };
-    let pid_t =
-        libc::pid_t::try_from(pid).map_err(|_| anyhow!("bad pid {pid} in {}", path.display()))?;
-    if unsafe { libc::kill(pid_t, libc::SIGTERM) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ESRCH) {
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| anyhow!("bad pid {pid} in {}", path.display()))?;
+    if let Err(e) = kill_process(target, Signal::TERM) {
+        if e == Errno::SRCH {
             return cleanup_dead(&mp, Some(&path));
         }
+        let e = io::Error::from(e);
         bail!("cannot signal the Strata process {pid} of {shown}: {e}");
     }
     let start = Instant::now();

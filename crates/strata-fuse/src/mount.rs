@@ -6,7 +6,6 @@
 use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use fuser::{BackgroundSession, MountOption, SessionACL};
+use rustix::fs::{flock, FlockOperation};
+use rustix::io::Errno;
+use rustix::process::geteuid;
 use serde_json::{json, Value};
 use strata_core::{LeaseOptions, OpenOptions as VaultOpenOptions, ReadCacheOptions, Vault};
 use strata_store::Metrics;
@@ -181,9 +183,8 @@ impl MountLock {
             .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            if e == Errno::WOULDBLOCK {
                 let mut s = String::new();
                 let _ = file.read_to_string(&mut s);
                 let who = match s.trim().parse::<u32>() {
@@ -195,7 +196,7 @@ impl MountLock {
                     path.display()
                 );
             }
-            bail!("cannot lock {}: {e}", path.display());
+            bail!("cannot lock {}: {}", path.display(), io::Error::from(e));
         }
         file.set_len(0)?;
         file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
@@ -206,7 +207,7 @@ impl MountLock {
 impl Drop for MountLock {
     fn drop(&mut self) {
         let _ = self.file.set_len(0);
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+        let _ = flock(&self.file, FlockOperation::Unlock);
     }
 }
 
@@ -517,7 +518,7 @@ pub fn run_mount(
     let session = fuser::spawn_mount(fs, &mountpoint, &fuse_config(&opts, &store_name))
         .map_err(|e| {
             release_lease(&rt, &vault);
-            let hint = if e.kind() == io::ErrorKind::PermissionDenied && unsafe { libc::geteuid() } != 0 {
+            let hint = if e.kind() == io::ErrorKind::PermissionDenied && !geteuid().is_root() {
                 " (a non-root user needs read-write access to /dev/fuse: mode 0666, as the fuse3 package sets it)"
             } else {
                 ""
@@ -667,7 +668,7 @@ pub fn run_mount(
 
     // Without root a detached busy mount cannot be aborted: its session
     // lingers until the files are closed (or this process exits).
-    let can_abort = unsafe { libc::geteuid() } == 0;
+    let can_abort = geteuid().is_root();
     if busy {
         guard.detach(true);
     }
@@ -729,7 +730,7 @@ impl MountedGuard {
     /// Detach the mount; `abort` also ends the FUSE connection so open
     /// files stop working and the session can end.
     fn detach(&mut self, abort: bool) {
-        if abort && unsafe { libc::geteuid() } == 0 && control::is_mounted(&self.mountpoint) {
+        if abort && geteuid().is_root() && control::is_mounted(&self.mountpoint) {
             // MNT_FORCE aborts the FUSE connection (and usually still fails with EBUSY)
             let _ = control::force_abort(&self.mountpoint);
         }

@@ -40,7 +40,7 @@ fn serial() -> MutexGuard<'static, ()> {
 /// settings) and /dev/fuse. Elsewhere they fail with a clear message (a
 /// skipped test must never count as passed); scripts/test.sh runs as root.
 fn can_mount() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     let dev = Path::new("/dev/fuse").exists();
     assert!(
         root && dev,
@@ -253,6 +253,7 @@ fn checkl(rc: libc::ssize_t) -> io::Result<usize> {
 
 fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> io::Result<()> {
     let (a, b) = (cstr(a), cstr(b));
+    // SAFETY: both paths are pointers to NUL-terminated strings that outlive the call.
     check(unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
@@ -267,6 +268,8 @@ fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> io::Result<()> {
 
 fn setxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
     let n = CString::new(name).unwrap();
+    // SAFETY: path and name are pointers to NUL-terminated strings that outlive the call; the
+    // kernel reads `value.len()` bytes from `value`.
     check(unsafe {
         libc::setxattr(
             cstr(p).as_ptr(),
@@ -288,6 +291,8 @@ fn getxattr(p: &Path, name: &str, size: usize) -> io::Result<(usize, Vec<u8>)> {
     } else {
         buf.as_mut_ptr().cast()
     };
+    // SAFETY: path and name are pointers to NUL-terminated strings that outlive the call; `ptr`
+    // is null with size 0 (a size probe) or points to `buf`, `size` bytes long.
     let got = checkl(unsafe { libc::getxattr(cstr(p).as_ptr(), n.as_ptr(), ptr, size) })?;
     buf.truncate(got.min(size));
     Ok((got, buf))
@@ -300,6 +305,8 @@ fn listxattr(p: &Path, size: usize) -> io::Result<(usize, Vec<u8>)> {
     } else {
         buf.as_mut_ptr().cast()
     };
+    // SAFETY: the path is a NUL-terminated string that outlives the call; `ptr`
+    // is null with size 0 (a size probe) or points to `buf`, `size` bytes long.
     let got = checkl(unsafe { libc::llistxattr(cstr(p).as_ptr(), ptr, size) })?;
     buf.truncate(got.min(size));
     Ok((got, buf))
@@ -307,6 +314,7 @@ fn listxattr(p: &Path, size: usize) -> io::Result<(usize, Vec<u8>)> {
 
 fn removexattr(p: &Path, name: &str) -> io::Result<()> {
     let n = CString::new(name).unwrap();
+    // SAFETY: path and name are pointers to NUL-terminated strings that outlive the call.
     check(unsafe { libc::removexattr(cstr(p).as_ptr(), n.as_ptr()) }).map(|_| ())
 }
 
@@ -320,11 +328,15 @@ fn all_xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = String::from_utf8(name.to_vec()).unwrap();
         let c = CString::new(name.clone()).unwrap();
+        // SAFETY: path and name are NUL-terminated strings that outlive the
+        // call; a null buffer of size 0 only asks for the value's size.
         let len = checkl(unsafe {
             libc::lgetxattr(cstr(p).as_ptr(), c.as_ptr(), std::ptr::null_mut(), 0)
         })
         .unwrap();
         let mut v = vec![0u8; len];
+        // SAFETY: path and name are NUL-terminated strings that outlive the
+        // call; `v` is `len` bytes long.
         let got = checkl(unsafe {
             libc::lgetxattr(cstr(p).as_ptr(), c.as_ptr(), v.as_mut_ptr().cast(), len)
         })
@@ -337,6 +349,8 @@ fn all_xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
 
 fn utimens(p: &Path, atime: libc::timespec, mtime: libc::timespec) -> io::Result<()> {
     let t = [atime, mtime];
+    // SAFETY: the path is a NUL-terminated string that outlives the call and
+    // `t` is the array of two timespecs utimensat reads.
     check(unsafe { libc::utimensat(libc::AT_FDCWD, cstr(p).as_ptr(), t.as_ptr(), 0) }).map(|_| ())
 }
 
@@ -352,7 +366,10 @@ fn omit() -> libc::timespec {
 }
 
 fn current_umask() -> u32 {
+    // SAFETY: umask only swaps the process's file mode creation mask; it takes
+    // no pointers and cannot fail. The old mask is put back right away.
     let m = unsafe { libc::umask(0o022) };
+    // SAFETY: as above.
     unsafe { libc::umask(m) };
     m
 }
@@ -568,11 +585,15 @@ fn truncation(root: &Path) {
         .create_new(true)
         .open(root.join("falloc.bin"))
         .unwrap();
+    // SAFETY: `f` is an open file whose descriptor stays valid for the call;
+    // fallocate takes no pointers.
     check(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) }).unwrap();
     assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    // SAFETY: as above.
     check(unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 4 << 20) })
         .unwrap();
     assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    // SAFETY: as above.
     let r = check(unsafe {
         libc::fallocate(
             f.as_raw_fd(),
@@ -769,6 +790,7 @@ fn symlinks_and_special(root: &Path) {
     assert_eq!(errno(std::os::unix::fs::symlink("x", &s)), libc::EEXIST);
 
     let fifo = root.join("fifo");
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
     check(unsafe { libc::mkfifo(cstr(&fifo).as_ptr(), 0o666) }).unwrap();
     let md = fs::symlink_metadata(&fifo).unwrap();
     assert!(md.file_type().is_fifo());
@@ -781,6 +803,7 @@ fn symlinks_and_special(root: &Path) {
 
     let dev = root.join("null-dev");
     let rdev = libc::makedev(1, 3);
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
     check(unsafe { libc::mknod(cstr(&dev).as_ptr(), libc::S_IFCHR | 0o600, rdev) }).unwrap();
     let md = fs::symlink_metadata(&dev).unwrap();
     assert!(md.file_type().is_char_device());
@@ -950,7 +973,11 @@ fn unlink_open_file(root: &Path) {
 }
 
 fn statfs_and_names(root: &Path) {
+    // SAFETY: statvfs is a C struct of integers (and padding): all zeroes is a
+    // valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a NUL-terminated string that outlives the call and
+    // `st` is a valid, writable statvfs.
     check(unsafe { libc::statvfs(cstr(root).as_ptr(), &mut st) }).unwrap();
     assert_eq!(st.f_namemax, 255);
     assert_eq!(st.f_bsize, 4096);
@@ -988,6 +1015,10 @@ fn shared_mmap(root: &Path) {
         .unwrap();
     let len = 3 * CHUNK as usize / 2;
     f.set_len(len as u64).unwrap();
+    // SAFETY: `f` is open read-write and `len` bytes long, so a shared
+    // read-write mapping of `len` bytes is valid (checked against MAP_FAILED)
+    // and every page of it is backed by the file; the slice is the only view
+    // of the mapping and is not used after munmap.
     unsafe {
         let m = libc::mmap(
             std::ptr::null_mut(),

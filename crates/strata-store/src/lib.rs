@@ -1,13 +1,25 @@
 //! # strata-store — the store layer
 //!
 //! Owns everything about *where bytes live*: one small object-store trait
-//! ([`Store`]), the backends behind it (through `opendal`: `file://`,
-//! `memory://`; and [`HttpBasicStore`] for `basic+http(s)://`, clouds whose
-//! API is only upload / download / list web pages), store-URL parsing
-//! ([`open_url`]), and the layers stacked on the
-//! trait: retry with backoff and jitter, a concurrency limit, request/byte
-//! counters, object-size caps / disabled range reads (to emulate primitive
-//! clouds), and fault injection for tests.
+//! ([`Store`]), the backends behind it, store-URL parsing ([`open_url`]), and
+//! the layers stacked on the trait: retry with backoff and jitter, a
+//! concurrency limit, request/byte counters, object-size caps / disabled
+//! range reads (to emulate primitive clouds), and fault injection for tests
+//! ([`FaultStore`]).
+//!
+//! The backends:
+//!
+//! * `file://` (or a bare path) and `memory://`: [`OpendalStore`] (for
+//!   `file://`, opendal only lists; puts and reads are plain `std::fs`, with
+//!   durable, atomic puts);
+//! * `s3://`, `webdav+http(s)://` and `onedrive:`: cloud services through
+//!   `opendal`, also as [`OpendalStore`], with their own URL options,
+//!   credential sources and a capability probe;
+//! * `sftp://`: objects as files on an SSH server, through the system's
+//!   OpenSSH client and `openssh-sftp-client` (not opendal);
+//! * `basic+http(s)://`: [`HttpBasicStore`], for clouds whose whole API is
+//!   upload / download / list web pages (by default the bundled
+//!   `strata-server`'s; TOML profiles describe similar services).
 //!
 //! This crate knows nothing about encryption or vaults: it moves opaque objects
 //! named by `/`-separated keys. Layers above it (crypto, core) never talk to a

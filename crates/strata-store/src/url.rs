@@ -1,6 +1,7 @@
 //! Store URLs: [`open_url`] parses `file:///abs/path`, a bare filesystem
 //! path, `memory://NAME`, `basic+http(s)://HOST/BASE/` (see
-//! [`HttpBasicStore`](crate::HttpBasicStore)) or
+//! [`HttpBasicStore`](crate::HttpBasicStore)), `s3://BUCKET[/PREFIX]`,
+//! `webdav+http(s)://[USER@]HOST[:PORT]/PATH`, `onedrive:/PATH` or
 //! `sftp://USER@HOST:PORT/ABS/PATH?key=PATH&known-hosts=PATH`, plus query options
 //! ([`StoreOptions`]), and builds the standard layer stack; [`parse_size`]
 //! reads sizes like `100MiB`.
@@ -130,8 +131,11 @@ pub(crate) fn parse_flag(name: &str, value: Option<&str>) -> Result<bool, String
 /// alone is private), `basic+http://HOST:PORT/BASE/` or `basic+https://…`
 /// (a basic upload/download/list web API, see
 /// [`HttpBasicStore`](crate::HttpBasicStore); it also takes `token-file`,
-/// `token-env` and `profile` options), each optionally followed by
-/// `?options` (see [`StoreOptions`]). `describe()` of the stack is the URL
+/// `token-env` and `profile` options), `s3://BUCKET[/PREFIX]`,
+/// `webdav+http(s)://[USER@]HOST[:PORT]/PATH` and `onedrive:/PATH` (cloud
+/// services through opendal) and `sftp://[USER@]HOST[:PORT]/ABS/PATH` (these
+/// take options of their own too), each optionally followed by `?options`
+/// (see [`StoreOptions`]). `describe()` of the stack is the URL
 /// with secrets removed.
 pub fn open_url(url: &str) -> StoreResult<(DynStore, Metrics)> {
     let shown = redact_url(url);

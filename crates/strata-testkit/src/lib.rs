@@ -5,7 +5,7 @@
 //! ([`S3Server`]), Apache httpd with mod_dav and `rclone serve webdav` as
 //! WebDAV servers ([`WebDavServer`]), and OpenSSH `sshd` as an SFTP server
 //! ([`SftpServer`]); plus the small helpers they share ([`free_port`],
-//! [`wait_for_port`], [`log_tail`]).
+//! [`log_tail`]).
 //!
 //! Every server runs in its own temporary directory (configuration, keys,
 //! data, log), listens on `127.0.0.1` only, on free ports, and is stopped
@@ -100,21 +100,6 @@ fn free_port_pair(offset: u16) -> Result<(u16, u16), String> {
     Err(format!(
         "no free pair of ports (p, p+{offset}) on 127.0.0.1"
     ))
-}
-
-/// Whether something accepts TCP connections on `127.0.0.1:port` within `timeout`.
-pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + timeout;
-    loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The last `lines` lines of the file at `path` (empty if unreadable), for

@@ -156,10 +156,6 @@ impl Journal {
         }
         Ok(false)
     }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
 }
 
 /// Syncs the journal up to a point, skipping the fsync if someone else's
