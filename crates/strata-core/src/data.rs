@@ -207,6 +207,24 @@ impl Vault {
     /// Seal and upload one chunk (unless an identical one is already stored);
     /// all-zero chunks become holes (`None`). Caller holds `data_lock` shared.
     pub async fn upload_chunk(&self, data: Vec<u8>) -> VaultResult<Option<ChunkRef>> {
+        self.upload_chunk_with(data, false).await
+    }
+
+    /// [`Vault::upload_chunk`] that puts the blob even when the tree already
+    /// references it. For chunks a crashed session left in its cache: the
+    /// replayed journal may reference a blob whose put was deferred and lost
+    /// with the crash (a `file://` store syncs blobs only at commit), so
+    /// trusting the reference would commit a dangling one. Puts are
+    /// idempotent (same content, same bytes), so this costs one upload.
+    pub async fn upload_chunk_always(&self, data: Vec<u8>) -> VaultResult<Option<ChunkRef>> {
+        self.upload_chunk_with(data, true).await
+    }
+
+    async fn upload_chunk_with(
+        &self,
+        data: Vec<u8>,
+        always: bool,
+    ) -> VaultResult<Option<ChunkRef>> {
         if data.iter().all(|&b| b == 0) {
             return Ok(None);
         }
@@ -217,7 +235,7 @@ impl Vault {
             blob_len: len,
             len,
         };
-        if self.with_tree(|t| t.blob_refs(&id)) > 0 {
+        if !always && self.with_tree(|t| t.blob_refs(&id)) > 0 {
             return Ok(Some(cref)); // dedup: already stored and referenced
         }
         self.chunks.put(id, data).await?;

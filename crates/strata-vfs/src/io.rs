@@ -121,6 +121,7 @@ impl Vfs {
                         last_write: Instant::now(),
                         uploading: None,
                         uploaded: None,
+                        recovered: false,
                     },
                 );
             }

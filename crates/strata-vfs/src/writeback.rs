@@ -37,6 +37,9 @@ pub(crate) struct DChunk {
     pub(crate) uploading: Option<u64>,
     /// (generation, record sequence) of the last upload applied to the tree.
     pub(crate) uploaded: Option<(u64, u64)>,
+    /// Left by an earlier session: its blob is put even if the tree already
+    /// references that content (see [`strata_core::Vault::upload_chunk_always`]).
+    pub(crate) recovered: bool,
 }
 
 impl DChunk {
@@ -142,6 +145,7 @@ impl WriteBack {
                         last_write: Instant::now() - Duration::from_secs(3600),
                         uploading: None,
                         uploaded: None,
+                        recovered: true,
                     },
                 );
                 self.publish(ino, &o);
@@ -343,7 +347,13 @@ impl Vfs {
         block(|| File::open(&path).and_then(|f| f.read_exact_at(&mut data, 0)))
             .map_err(|e| io_errno(e, "reading a dirty chunk"))?;
         let _guard = self.vault.data_guard().await;
-        let cref = match self.vault.upload_chunk(data).await {
+        let recovered = ov.read().await.chunks.get(&ci).is_some_and(|c| c.recovered);
+        let up = if recovered {
+            self.vault.upload_chunk_always(data).await
+        } else {
+            self.vault.upload_chunk(data).await
+        };
+        let cref = match up {
             Ok(c) => c,
             Err(e) => {
                 self.note_error(format!("upload failed (will retry): {e}"));

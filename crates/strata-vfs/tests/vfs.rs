@@ -380,3 +380,51 @@ async fn random_writes_reupload_only_touched_chunks_on_a_primitive_store() {
     same(&read_all(&v, ino).await, &model, "big file after remount");
     unmount(v).await;
 }
+
+/// A power cut after the uploader put a blob with deferred durability (lost
+/// with the crash) and a close synced the journal that references it: the
+/// replayed reference must not make the chunk left in the cache count as
+/// already stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_deferred_blob_is_uploaded_again_after_a_crash() {
+    let e = Env::new("", 1 << 20).await;
+    let (store, _) = open_url(&e.url).unwrap();
+    let vault = Arc::new(Vault::open(store, PW, e.open_opts()).await.unwrap());
+    let mut o = VfsOptions::new(e.cache.path().to_path_buf());
+    o.writeback_delay = Duration::from_millis(10);
+    o.commit_interval = Duration::from_secs(3600); // no commit before the "crash"
+    let v = Vfs::new(vault, o).unwrap();
+    let uploader = v.start();
+    let (a, fh) = v.create(ROOT_INO, b"f", 0o644, 0, 0, 0).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    v.write(a.ino, fh, 0, &data).await.unwrap();
+    for _ in 0..500 {
+        if v.status().chunks_uploaded > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(v.status().chunks_uploaded, 1, "the chunk was uploaded");
+    v.flush(a.ino).await.unwrap(); // the journal (with SetChunks) is synced
+    v.release(a.ino, fh).await.unwrap();
+    uploader.abort();
+    let _ = uploader.await;
+    drop(v);
+    // the deferred put did not survive the power cut
+    let (store, _) = open_url(&e.url).unwrap();
+    let blobs = store.list("data/").await.unwrap();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    for b in blobs {
+        store.delete(&b.key).await.unwrap();
+    }
+    let (v, _) = e.mount().await;
+    unmount(v).await;
+    let (store, _) = open_url(&e.url).unwrap();
+    let fresh = Vault::open(store, PW, e.open_opts()).await.unwrap();
+    let n = fresh.stat_path("/f").unwrap();
+    same(
+        &fresh.read_at(&n, 0, n.size).await.unwrap(),
+        &data,
+        "file after the crash",
+    );
+}
