@@ -119,7 +119,7 @@ impl Chunks {
                     let got = cache
                         .read_segments(&self.fetcher, &c.id, blob_len, span.first, span.last)
                         .await?;
-                    (Bytes::from(got.bytes), got.from_cache)
+                    (got.bytes, got.from_cache)
                 }
                 None => {
                     let r = segment_range(blob_len, span.first, span.last);

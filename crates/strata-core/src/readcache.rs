@@ -161,7 +161,7 @@ pub struct ReadCacheStats {
 #[derive(Debug, Clone)]
 pub struct SegmentBytes {
     /// Stored-object bytes `segment_range(blob_len, s0, s1)`.
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     /// Whether any of it was read from a cache file (rather than the store).
     pub from_cache: bool,
 }
@@ -841,24 +841,25 @@ impl ReadCache {
         }
         let span = segment_range(blob_len, s0, s1);
         let want = mode == Mode::Read;
-        let mut out = if want {
-            vec![0u8; (span.end - span.start) as usize]
-        } else {
-            Vec::new()
-        };
+        let n = (span.end - span.start) as usize;
+        // allocated (zeroed) only when a read is assembled from pieces: a
+        // read served by one request of exactly its span returns that
+        // request's bytes as they are
+        let mut out: Vec<u8> = Vec::new();
+        let mut direct: Option<Bytes> = None;
         let mut filled = vec![false; (s1 - s0 + 1) as usize];
         let whole = !fetcher.caps().range_reads;
         let Some(_pin) = self.pin(id, blob_len) else {
             debug!(blob = %key, "blob length differs from the cached one; bypassing the cache");
+            let mut bytes = Bytes::new();
             if want {
-                let b = self.fetch_piece(fetcher, &key, span.clone(), whole).await?;
-                let n = out.len();
-                out.copy_from_slice(&b[..n]);
+                bytes = self.fetch_piece(fetcher, &key, span.clone(), whole).await?;
+                bytes.truncate(n);
                 add(&self.c.misses, s1 - s0 + 1);
-                add(&self.c.bytes_served, out.len() as u64);
+                add(&self.c.bytes_served, n as u64);
             }
             return Ok(SegmentBytes {
-                bytes: out,
+                bytes,
                 from_cache: false,
             });
         };
@@ -873,6 +874,7 @@ impl ReadCache {
                     .collect();
                 match self.load(id, ranges.clone()).await {
                     Ok(bufs) => {
+                        out.resize(n, 0);
                         for ((&(a, b), r), buf) in plan.disk.iter().zip(&ranges).zip(bufs) {
                             let at = (r.start - span.start) as usize;
                             out[at..at + buf.len()].copy_from_slice(&buf);
@@ -918,7 +920,13 @@ impl ReadCache {
                             continue;
                         }
                     };
-                    if want {
+                    if want && !whole && *r == span && out.is_empty() && filled.iter().all(|f| !*f)
+                    {
+                        direct = Some(bytes.clone());
+                        filled.iter_mut().for_each(|f| *f = true);
+                        add(&self.c.misses, s1 - s0 + 1);
+                    } else if want {
+                        out.resize(n, 0);
                         for (i, f) in filled.iter_mut().enumerate() {
                             let sr = segment_range(blob_len, s0 + i as u64, s0 + i as u64);
                             if *f || sr.start < r.start || sr.end > r.end {
@@ -968,10 +976,10 @@ impl ReadCache {
             }
             if !want || filled.iter().all(|f| *f) {
                 if want {
-                    add(&self.c.bytes_served, out.len() as u64);
+                    add(&self.c.bytes_served, n as u64);
                 }
                 return Ok(SegmentBytes {
-                    bytes: out,
+                    bytes: direct.unwrap_or_else(|| Bytes::from(out)),
                     from_cache,
                 });
             }
@@ -983,6 +991,7 @@ impl ReadCache {
         // removed under us): fetch what is left straight from the store.
         debug!(blob = %key, "read cache did not settle; reading around it");
         let b = self.fetch_piece(fetcher, &key, span.clone(), whole).await?;
+        out.resize(n, 0);
         for (i, f) in filled.iter().enumerate() {
             if *f {
                 continue;
@@ -995,7 +1004,7 @@ impl ReadCache {
         }
         add(&self.c.bytes_served, out.len() as u64);
         Ok(SegmentBytes {
-            bytes: out,
+            bytes: Bytes::from(out),
             from_cache,
         })
     }

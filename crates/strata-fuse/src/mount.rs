@@ -361,6 +361,9 @@ fn bound_allocator() {
     // mount's threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20);
+        // and freed buffers stay with the process instead of being given
+        // back (and faulted in again) after every request
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -723,23 +723,20 @@ fn fs_read(path: &Path, range: Option<Range<u64>>) -> io::Result<Bytes> {
     let mut buf = Vec::new();
     buf.try_reserve_exact(len)
         .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "object too large for memory"))?;
-    buf.resize(len, 0);
-    read_exact_at(&f, &mut buf, start)?;
+    // read into the reserved capacity (no zero-fill of a buffer that is
+    // about to be overwritten)
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut r = &f;
+        r.seek(SeekFrom::Start(start))?;
+        r.take(len as u64).read_to_end(&mut buf)?;
+    }
+    if buf.len() != len {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+    }
     Ok(Bytes::from(buf))
 }
 
-#[cfg(unix)]
-fn read_exact_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    f.read_exact_at(buf, offset)
-}
-
-#[cfg(not(unix))]
-fn read_exact_at(mut f: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    f.seek(SeekFrom::Start(offset))?;
-    f.read_exact(buf)
-}
 
 /// A key whose "directory" part is a file (ENOTDIR) names no object.
 fn not_found_if_not_dir(e: io::Error) -> io::Error {

@@ -21,6 +21,19 @@ use tracing::{debug, trace};
 use crate::writeback::{block, committed_len, DChunk, Overlay};
 use crate::{io_errno, lock, vault_errno, Errno, Vfs, VfsResult};
 
+/// fdatasync each file that exists (a chunk file may have been uploaded,
+/// committed and deleted meanwhile).
+fn sync_files(paths: &[PathBuf]) -> std::io::Result<()> {
+    for p in paths {
+        match File::open(p) {
+            Ok(f) => f.sync_data()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl Vfs {
     /// Lock a file's overlay for writing, creating it if needed. Loops if a
     /// clean overlay was dropped from the map while we waited for its lock,
@@ -61,12 +74,21 @@ impl Vfs {
 
     /// Create the chunk file for `ci`, filled with the chunk's stored bytes
     /// unless the coming write `[a, b)` covers all of them.
-    async fn fill_chunk(&self, node: &Inode, ci: u64, a: u64, b: u64) -> VfsResult<u64> {
+    /// Returns the valid bytes filled in, and the file when it was just
+    /// created empty (the write goes through that handle).
+    async fn fill_chunk(
+        &self,
+        node: &Inode,
+        ci: u64,
+        a: u64,
+        b: u64,
+    ) -> VfsResult<(u64, Option<File>)> {
         let path = self.wb.path(node.ino, ci);
         let valid = committed_len(node, ci);
         if valid == 0 || (a == 0 && b >= valid) {
-            block(|| File::create(&path)).map_err(|e| io_errno(e, "creating a cache file"))?;
-            return Ok(0);
+            let f =
+                block(|| File::create(&path)).map_err(|e| io_errno(e, "creating a cache file"))?;
+            return Ok((0, Some(f)));
         }
         let start = chunk_start(ci, node.chunk_size);
         let data = self
@@ -82,7 +104,7 @@ impl Vfs {
             std::fs::rename(&tmp, &path)
         })
         .map_err(|e| io_errno(e, "filling a cache file"))?;
-        Ok(valid)
+        Ok((valid, None))
     }
 
     /// Write `data` at `offset` of file `ino` through handle `fh`.
@@ -110,8 +132,10 @@ impl Vfs {
         for p in chunk_pieces(offset..end, node.chunk_size) {
             let ci = p.index;
             full |= p.b == u64::from(node.chunk_size);
+            let mut created = None;
             if !o.chunks.contains_key(&ci) {
-                let filled = self.fill_chunk(&node, ci, p.a, p.b).await?;
+                let (filled, f) = self.fill_chunk(&node, ci, p.a, p.b).await?;
+                created = f;
                 self.wb.add_bytes(0, filled);
                 o.chunks.insert(
                     ci,
@@ -129,7 +153,10 @@ impl Vfs {
             let r = p.file_range();
             let src = &data[(r.start - offset) as usize..(r.end - offset) as usize];
             block(|| -> std::io::Result<()> {
-                let f = OpenOptions::new().write(true).open(&path)?;
+                let f = match created {
+                    Some(f) => f,
+                    None => OpenOptions::new().write(true).open(&path)?,
+                };
                 f.write_all_at(src, p.a)
             })
             .map_err(|e| io_errno(e, "writing to the cache"))?;
@@ -356,17 +383,18 @@ impl Vfs {
                 .map(|(ci, _)| self.wb.path(ino, *ci))
                 .collect();
             drop(o);
-            block(|| -> std::io::Result<()> {
-                for p in paths {
-                    match File::open(&p) {
-                        Ok(f) => f.sync_data()?,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(())
-            })
-            .map_err(|e| io_errno(e, "syncing the cache"))?;
+            if !paths.is_empty() {
+                // The chunk files and the journal are synced at the same
+                // time (two devices queues' worth of waiting become one);
+                // close returns once both are durable.
+                let chunks = tokio::task::spawn_blocking(move || sync_files(&paths));
+                let journal = self.sync_journal();
+                chunks
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                    .map_err(|e| io_errno(e, "syncing the cache"))?;
+                return journal;
+            }
         }
         self.sync_journal()
     }
