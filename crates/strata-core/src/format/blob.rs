@@ -111,7 +111,6 @@ pub fn open_segments(
 ) -> VaultResult<Vec<u8>> {
     let n = segments(blob_len);
     let mut out = Vec::with_capacity(bytes.len());
-    let mut buf = Vec::with_capacity(SEG_CT as usize);
     let mut pos = 0usize;
     let mut idx = first;
     while pos < bytes.len() && idx < n {
@@ -126,18 +125,19 @@ pub fn open_segments(
                 detail: "object is truncated".into(),
             });
         }
-        buf.clear();
-        buf.extend_from_slice(&bytes[pos..pos + ct]);
+        // one copy: the ciphertext goes where its plaintext ends up, is
+        // opened in place there, and the tag is cut off
+        let at = out.len();
+        out.extend_from_slice(&bytes[pos..pos + ct]);
         let idx32 = u32::try_from(idx).map_err(|_| VaultError::Invalid("segment index".into()))?;
-        let p = keys
-            .open_segment(id, idx32, idx + 1 == n, &mut buf)
+        keys.open_segment(id, idx32, idx + 1 == n, &mut out[at..])
             .map_err(|_| VaultError::Corrupt {
                 object: object.into(),
                 range: Some(range),
                 file: None,
                 detail: "authentication failed".into(),
             })?;
-        out.extend_from_slice(p);
+        out.truncate(at + plain);
         pos += ct;
         idx += 1;
     }
