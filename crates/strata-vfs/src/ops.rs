@@ -362,13 +362,19 @@ impl Vfs {
         Ok(())
     }
 
+    /// (`ls -l` asks for an xattr or two of every file: no copy of the inode.)
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> VfsResult<Vec<u8>> {
-        let n = self.node(ino)?;
-        n.xattrs.get(name).cloned().ok_or(Errno(libc::ENODATA))
+        self.vault.with_tree(|t| {
+            let n = t.get(ino).ok_or(Errno(libc::ENOENT))?;
+            n.xattrs.get(name).cloned().ok_or(Errno(libc::ENODATA))
+        })
     }
 
     pub fn listxattr(&self, ino: u64) -> VfsResult<Vec<Vec<u8>>> {
-        Ok(self.node(ino)?.xattrs.keys().cloned().collect())
+        self.vault.with_tree(|t| {
+            let n = t.get(ino).ok_or(Errno(libc::ENOENT))?;
+            Ok(n.xattrs.keys().cloned().collect())
+        })
     }
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> VfsResult<()> {
