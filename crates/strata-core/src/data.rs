@@ -257,17 +257,49 @@ impl Vault {
         if node.kind != Kind::File {
             return Err(VaultError::Invalid("not a regular file".into()));
         }
-        let mut chunks = stream::iter(chunk_pieces(0..node.size, node.chunk_size))
-            .map(|p| async move { self.chunks.read_piece(node, &p).await })
-            .buffered(self.opts.parallelism.max(1));
-        while let Some(c) = chunks.next().await {
-            let c = c?;
-            out.write_all(&c)
-                .map_err(|e| VaultError::io("writing the output", e))?;
-            if let Some(p) = &progress {
-                p(c.len() as u64);
+        // The fetches run in their own task, so they go on while this one
+        // writes (a write of a few MiB into the page cache would otherwise
+        // stall every download in flight).
+        let par = self.opts.parallelism.max(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<VaultResult<Vec<u8>>>(par);
+        let chunks = Arc::clone(&self.chunks);
+        let n2 = node.clone();
+        let fetch = tokio::spawn(async move {
+            let mut pieces = stream::iter(chunk_pieces(0..n2.size, n2.chunk_size))
+                .map(|p| {
+                    let (chunks, n2) = (&chunks, &n2);
+                    async move { chunks.read_piece(n2, &p).await }
+                })
+                .buffered(par);
+            while let Some(c) = pieces.next().await {
+                let stop = c.is_err();
+                if tx.send(c).await.is_err() || stop {
+                    return;
+                }
             }
+        });
+        let res = async {
+            while let Some(c) = rx.recv().await {
+                let c = c?;
+                let multi = tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread;
+                if multi {
+                    tokio::task::block_in_place(|| out.write_all(&c))
+                } else {
+                    out.write_all(&c)
+                }
+                .map_err(|e| VaultError::io("writing the output", e))?;
+                if let Some(p) = &progress {
+                    p(c.len() as u64);
+                }
+            }
+            Ok::<(), VaultError>(())
         }
+        .await;
+        // on an error here the fetch task is stopped, not left running
+        fetch.abort();
+        let _ = fetch.await;
+        res?;
         Ok(())
     }
 }

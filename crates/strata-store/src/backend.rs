@@ -737,7 +737,6 @@ fn fs_read(path: &Path, range: Option<Range<u64>>) -> io::Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-
 /// A key whose "directory" part is a file (ENOTDIR) names no object.
 fn not_found_if_not_dir(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::NotADirectory || e.kind() == io::ErrorKind::IsADirectory {
