@@ -161,7 +161,8 @@ pub struct MountArgs {
     pub cache_dir: Option<PathBuf>,
 
     /// Local cache budget: up to 3/4 holds not-yet-uploaded data (writers
-    /// wait beyond it), 1/4 caches downloaded data
+    /// wait beyond it), 1/4 caches downloaded data (in memory, at most
+    /// 64 MiB, for a file:// store)
     #[arg(long, default_value = "2GiB", value_name = "SIZE")]
     pub cache_size: String,
 
