@@ -37,7 +37,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use strata_core::vault::{CreateOptions, OpenOptions};
-use strata_core::{Kind, Vault, ROOT_INO};
+use strata_core::{Kind, ReadCacheOptions, Vault, ROOT_INO};
 use strata_crypto::KdfParams;
 use strata_store::open_url;
 use strata_vfs::{Attr, Errno, FsyncMode, SetAttr, Vfs, VfsOptions};
@@ -87,12 +87,12 @@ async fn vfs_open(v: &Vfs, ino: u64, truncate: bool) -> Result<u64, Errno> {
     v.open(ino, truncate).await
 }
 
-async fn vfs_read(v: &Vfs, ino: u64, _fh: u64, off: u64, len: u32) -> Result<Vec<u8>, Errno> {
-    v.read(ino, off, len).await
+async fn vfs_read(v: &Vfs, ino: u64, fh: u64, off: u64, len: u32) -> Result<Vec<u8>, Errno> {
+    v.read(ino, fh, off, len).await
 }
 
-async fn vfs_write(v: &Vfs, ino: u64, _fh: u64, off: u64, data: &[u8]) -> Result<u32, Errno> {
-    v.write(ino, off, data).await
+async fn vfs_write(v: &Vfs, ino: u64, fh: u64, off: u64, data: &[u8]) -> Result<u32, Errno> {
+    v.write(ino, fh, off, data).await
 }
 
 async fn vfs_flush(v: &Vfs, ino: u64, _fh: u64) -> Result<(), Errno> {
@@ -103,8 +103,8 @@ async fn vfs_fsync(v: &Vfs, ino: u64, _fh: u64) -> Result<(), Errno> {
     v.fsync(ino).await
 }
 
-async fn vfs_release(v: &Vfs, ino: u64, _fh: u64) -> Result<(), Errno> {
-    v.release(ino).await
+async fn vfs_release(v: &Vfs, ino: u64, fh: u64) -> Result<(), Errno> {
+    v.release(ino, fh).await
 }
 
 /// truncate(2)/ftruncate(2): setattr with a size only.
@@ -686,7 +686,13 @@ impl Env {
 
     async fn mount(&self) -> Result<Mounted, String> {
         let (store, _) = open_url(&self.url).map_err(|e| e.to_string())?;
-        let vault = Vault::open(store, PW, self.open_opts())
+        let mut vo = self.open_opts();
+        // the read cache: on disk in some cases, in memory in others
+        vo.read_cache = self.cfg.read_cache.then(|| ReadCacheOptions {
+            dir: self.cfg.fsync_local.then(|| self.cache.path().join("read")),
+            cap: 512 << 20,
+        });
+        let vault = Vault::open(store, PW, vo)
             .await
             .map_err(|e| format!("open vault: {e}"))?;
         let mut o = VfsOptions::new(self.cache.path().to_path_buf());
@@ -699,9 +705,6 @@ impl Env {
         }
         if self.cfg.fsync_local {
             o.fsync = FsyncMode::Local;
-        }
-        if !self.cfg.read_cache {
-            o.read_cache_size = 0;
         }
         let vfs = Vfs::new(Arc::new(vault), o).map_err(|e| format!("mount: {e}"))?;
         let uploader = vfs.start();
