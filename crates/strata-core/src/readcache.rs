@@ -448,6 +448,16 @@ fn read_pieces(path: &Path, pieces: &[Range<u64>]) -> io::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// Run `f` on a cache file off the async threads.
+async fn on_disk<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(move || f(&path))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+}
+
 /// Delete cache files of an earlier run (only names of our own layout).
 fn clear_old(dir: &Path) -> io::Result<()> {
     for ent in fs::read_dir(dir)? {
@@ -585,10 +595,7 @@ impl ReadCache {
     async fn load(&self, id: &BlobId, ranges: Vec<Range<u64>>) -> io::Result<Vec<Vec<u8>>> {
         match &self.backing {
             Backing::Disk(dir) => {
-                let path = blob_path(dir, id);
-                tokio::task::spawn_blocking(move || read_pieces(&path, &ranges))
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+                on_disk(blob_path(dir, id), move |p| read_pieces(p, &ranges)).await
             }
             Backing::Memory(_) => self.backing.load(id, &ranges),
         }
@@ -598,10 +605,7 @@ impl ReadCache {
     async fn save(&self, id: &BlobId, items: Vec<(u64, Bytes)>) -> io::Result<()> {
         match &self.backing {
             Backing::Disk(dir) => {
-                let path = blob_path(dir, id);
-                tokio::task::spawn_blocking(move || write_pieces(&path, &items))
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
+                on_disk(blob_path(dir, id), move |p| write_pieces(p, &items)).await
             }
             Backing::Memory(_) => self.backing.store(id, items),
         }

@@ -146,6 +146,16 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
 /// changes (`rm -rf` deletes entries between `readdir` calls).
 type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
 
+/// The entries of a listing from a `readdir` offset on, with their index
+/// (entry `i` is answered with offset `i + 1`).
+fn entries_from(
+    listing: &Listing,
+    offset: u64,
+) -> impl Iterator<Item = (usize, &(u64, FileType, Vec<u8>))> {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    listing.iter().enumerate().skip(start)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -534,13 +544,9 @@ impl Filesystem for StrataFs {
     ) {
         let listing = match self.cached_listing(ino.0, fh.0, offset) {
             Ok(l) => l,
-            Err(e) => {
-                reply.error(errno(e));
-                return;
-            }
+            Err(e) => return reply.error(errno(e)),
         };
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, (child, kind, name)) in listing.iter().enumerate().skip(start) {
+        for (i, (child, kind, name)) in entries_from(&listing, offset) {
             if reply.add(
                 INodeNo(*child),
                 (i + 1) as u64,
@@ -563,13 +569,9 @@ impl Filesystem for StrataFs {
     ) {
         let listing = match self.cached_listing(ino.0, fh.0, offset) {
             Ok(l) => l,
-            Err(e) => {
-                reply.error(errno(e));
-                return;
-            }
+            Err(e) => return reply.error(errno(e)),
         };
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, (child, _, name)) in listing.iter().enumerate().skip(start) {
+        for (i, (child, _, name)) in entries_from(&listing, offset) {
             // an entry removed since the listing was taken is skipped
             let Ok(a) = self.vfs.getattr(*child) else {
                 continue;

@@ -344,8 +344,24 @@ impl Vfs {
     ) -> VfsResult<()> {
         let path = self.wb.path(ino, ci);
         let mut data = vec![0u8; len as usize];
-        block(|| File::open(&path).and_then(|f| f.read_exact_at(&mut data, 0)))
-            .map_err(|e| io_errno(e, "reading a dirty chunk"))?;
+        // The file is read without the overlay lock: a truncate or unlink
+        // may shrink or remove it meanwhile. That is no failure (the chunk
+        // changed: it stays dirty and goes with its new generation, or it
+        // is gone), only a read error of an unchanged chunk is.
+        if let Err(e) = block(|| File::open(&path).and_then(|f| f.read_exact_at(&mut data, 0))) {
+            let current = self.wb.get(ino).is_some_and(|c| Arc::ptr_eq(&c, ov));
+            let unchanged = current
+                && ov
+                    .read()
+                    .await
+                    .chunks
+                    .get(&ci)
+                    .is_some_and(|c| c.gen == gen);
+            if !unchanged {
+                return Ok(());
+            }
+            return Err(io_errno(e, "reading a dirty chunk"));
+        }
         let _guard = self.vault.data_guard().await;
         let recovered = ov.read().await.chunks.get(&ci).is_some_and(|c| c.recovered);
         let up = if recovered {
