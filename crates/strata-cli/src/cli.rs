@@ -161,8 +161,8 @@ pub struct MountArgs {
     pub cache_dir: Option<PathBuf>,
 
     /// Local cache budget: up to 3/4 holds not-yet-uploaded data (writers
-    /// wait beyond it), 1/4 caches downloaded data (in memory, at most
-    /// 64 MiB, for a file:// store)
+    /// wait beyond it), 1/4 caches downloaded data (not used for a
+    /// file:// store, which is read straight)
     #[arg(long, default_value = "2GiB", value_name = "SIZE")]
     pub cache_size: String,
 

@@ -39,10 +39,9 @@ pub struct MountOptions {
     pub cache_dir: Option<PathBuf>,
     /// Dirty (not yet uploaded) data above this makes writers wait.
     pub cache_size: u64,
-    /// Cache of downloaded ciphertext, in bytes (0 = none); read-ahead
-    /// works through it. On disk in `<cache dir>/read` for remote stores; in
-    /// memory, capped at [`LOCAL_READ_CACHE`], for stores on local disk
-    /// (where a disk cache only costs time). Default: 512 MiB.
+    /// Cache of downloaded ciphertext in `<cache dir>/read`, in bytes
+    /// (0 = none); read-ahead works through it. Remote stores only: a store
+    /// on the local disk is read straight. Default: 512 MiB.
     pub read_cache_size: u64,
     pub read_only: bool,
     /// Let other users access the mount (needs `user_allow_other` in
@@ -368,12 +367,9 @@ fn bound_allocator() {
     }
 }
 
-/// Read-cache cap of a mount of a store on local disk (kept in memory).
-pub const LOCAL_READ_CACHE: u64 = 64 << 20;
-
 /// Whether a store (by its description) is on this machine's disk or in
-/// memory, as fast as the cache disk: no disk read cache, the largest
-/// kernel read-ahead.
+/// memory, as fast as the cache disk: no read cache, the largest kernel
+/// read-ahead.
 fn is_local_store(store: &str) -> bool {
     store.starts_with("file://") || store.starts_with("memory://")
 }
@@ -487,15 +483,15 @@ pub fn run_mount(
         ttl: opts.lease_ttl,
         ..LeaseOptions::new(format!("mount at {}", mountpoint.display()))
     });
-    let local = is_local_store(&store_name);
-    let read_cache = (opts.read_cache_size > 0).then(|| ReadCacheOptions {
-        dir: (!local).then(|| cache_dir.join("read")),
-        cap: if local {
-            opts.read_cache_size.min(LOCAL_READ_CACHE)
-        } else {
-            opts.read_cache_size
-        },
-    });
+    // A store on the local disk gets no read cache: measured, reading it
+    // straight (the kernel's page cache keeps what is re-read) beat a
+    // cache in memory by ~20 % on a cold sequential read, at the same
+    // random-read rate, and a disk cache only copies the disk to itself.
+    let read_cache =
+        (opts.read_cache_size > 0 && !is_local_store(&store_name)).then(|| ReadCacheOptions {
+            dir: Some(cache_dir.join("read")),
+            cap: opts.read_cache_size,
+        });
     let vopts = VaultOpenOptions {
         state_dir: opts.state_dir.clone(),
         accept_rollback: opts.accept_rollback,
