@@ -69,12 +69,12 @@ for s in $SYSTEMS; do
     gocryptfs)
       mkdir -p "$W/gc"
       gocryptfs -init -q -extpass 'echo pw' "$W/gc" >/dev/null
-      gocryptfs -q -extpass 'echo pw' "$W/gc" "$W/mnt"
+      gocryptfs -q -nosyslog -extpass 'echo pw' "$W/gc" "$W/mnt"
       t0=$(now); cp -a "$W/src/." "$W/mnt/"; sync; t1=$(now); fill=$(secs "$t0" "$t1")
       fusermount3 -u "$W/mnt"
       drop_caches
       t0=$(now)
-      gocryptfs -fg -q -extpass 'echo pw' "$W/gc" "$W/mnt" </dev/null >/dev/null 2>&1 &
+      gocryptfs -fg -q -nosyslog -extpass 'echo pw' "$W/gc" "$W/mnt" </dev/null >/dev/null 2>&1 &
       pid=$!
       wait_mounted; t1=$(now); mnt=$(secs "$t0" "$t1")
       t0=$(now); ls -lR "$W/mnt" >/dev/null; t1=$(now); ls=$(secs "$t0" "$t1")
