@@ -45,6 +45,7 @@
 # Usage: bench/mount_bench.sh   (as root: FUSE mounts and drop_caches)
 # Env:   SIZE_MIB=1024 NFILES=5000 FIO_RUNTIME=20 LS_REPEAT=3 SYSTEMS="strata gocryptfs rclone"
 #        RCLONE_WRITE_BACK=0s (rclone's own default is 5s; 0s is its best case)
+#        STRATA_BIN=PATH (another strata binary, e.g. an older build; no cargo build)
 #        BENCH_WORK=target/bench-mount (deleted at the end)
 #        BENCH_OUT=target/bench-results/mount-<time> (logs, results.tsv, table)
 set -euo pipefail
@@ -73,8 +74,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     { apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null; }
 fi
 
-cargo build --release -q -p strata-cli
-BIN=$ROOT/target/release/strata
+if [ -n "${STRATA_BIN:-}" ]; then
+  BIN=$STRATA_BIN   # another build, e.g. an older one for a before/after
+else
+  cargo build --release -q -p strata-cli
+  BIN=$ROOT/target/release/strata
+fi
 
 # --- work dirs, cleanup ------------------------------------------------------
 mkdir -p "$OUT"
