@@ -9,6 +9,7 @@
 #
 # Usage: bench/many_files.sh [FILES (100000)]   (as root: FUSE, drop_caches)
 # Env:   SYSTEMS="strata gocryptfs"  BENCH_WORK=target/bench-many (deleted at the end)
+#        STRATA_BIN=PATH (another strata binary; no cargo build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,8 +19,12 @@ W=${BENCH_WORK:-$ROOT/target/bench-many}
 [ "$(id -u)" = 0 ] || { echo "run as root (FUSE mounts, drop_caches)" >&2; exit 1; }
 command -v fusermount3 >/dev/null || apt-get install -y -qq fuse3 >/dev/null
 case " $SYSTEMS " in *" gocryptfs "*) command -v gocryptfs >/dev/null || apt-get install -y -qq gocryptfs >/dev/null ;; esac
-cargo build --release -q -p strata-cli
-BIN=$ROOT/target/release/strata
+if [ -n "${STRATA_BIN:-}" ]; then
+  BIN=$STRATA_BIN   # another build, e.g. an older one for a before/after
+else
+  cargo build --release -q -p strata-cli
+  BIN=$ROOT/target/release/strata
+fi
 
 rm -rf "$W"; mkdir -p "$W/src" "$W/mnt"
 cleanup() {
