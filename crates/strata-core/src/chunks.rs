@@ -96,11 +96,6 @@ impl Chunks {
         self.fetcher.delivery_rate()
     }
 
-    /// Data-blob requests sent and bytes received so far.
-    pub fn fetch_totals(&self) -> (u64, u64) {
-        self.fetcher.totals()
-    }
-
     /// Plaintext bytes `[a, b)` of the blob of `c` (`a < b ≤ blob_len`).
     pub async fn read_blob(&self, c: &ChunkRef, a: u64, b: u64) -> VaultResult<Vec<u8>> {
         let key = blob_key(&c.id);
@@ -178,12 +173,8 @@ impl Chunks {
     /// The bytes of one piece of a file (holes, and bytes of the chunk past
     /// its valid length, read as zeros).
     pub async fn read_piece(&self, node: &Inode, p: &ChunkPiece) -> VaultResult<Vec<u8>> {
-        let slot = usize::try_from(p.index)
-            .ok()
-            .and_then(|i| node.chunks.get(i).copied())
-            .flatten();
         let n = p.len() as usize;
-        let Some(c) = slot else {
+        let Some(c) = node.chunk(p.index) else {
             return Ok(vec![0u8; n]);
         };
         let valid = u64::from(c.len);
@@ -201,14 +192,15 @@ impl Chunks {
         if offset >= end {
             return Ok(Vec::new());
         }
-        let mut pieces = chunk_pieces(offset..end, node.chunk_size);
-        // the common case, one chunk: no second copy
-        if let (Some(p), None) = (pieces.next(), pieces.clone().next()) {
-            return self.read_piece(node, &p).await;
-        }
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut out = Vec::new();
         for p in chunk_pieces(offset..end, node.chunk_size) {
-            out.extend_from_slice(&self.read_piece(node, &p).await?);
+            let part = self.read_piece(node, &p).await?;
+            // the first piece is kept as it is (one chunk: no copy)
+            if out.is_empty() {
+                out = part;
+            } else {
+                out.extend_from_slice(&part);
+            }
         }
         Ok(out)
     }
@@ -223,11 +215,9 @@ impl Chunks {
         };
         let end = range.end.min(node.size);
         for p in chunk_pieces(range.start..end, node.chunk_size) {
-            let slot = usize::try_from(p.index)
-                .ok()
-                .and_then(|i| node.chunks.get(i).copied())
-                .flatten();
-            let Some(c) = slot else { continue };
+            let Some(c) = node.chunk(p.index) else {
+                continue;
+            };
             let valid = u64::from(c.len.min(c.blob_len));
             let b = p.b.min(valid);
             if p.a < b {

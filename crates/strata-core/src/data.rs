@@ -263,12 +263,12 @@ impl Vault {
         let par = self.opts.parallelism.max(1);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<VaultResult<Vec<u8>>>(par);
         let chunks = Arc::clone(&self.chunks);
-        let n2 = node.clone();
+        let file = node.clone();
         let fetch = tokio::spawn(async move {
-            let mut pieces = stream::iter(chunk_pieces(0..n2.size, n2.chunk_size))
+            let mut pieces = stream::iter(chunk_pieces(0..file.size, file.chunk_size))
                 .map(|p| {
-                    let (chunks, n2) = (&chunks, &n2);
-                    async move { chunks.read_piece(n2, &p).await }
+                    let (chunks, file) = (&chunks, &file);
+                    async move { chunks.read_piece(file, &p).await }
                 })
                 .buffered(par);
             while let Some(c) = pieces.next().await {
@@ -278,11 +278,13 @@ impl Vault {
                 }
             }
         });
+        // a blocking write moves this worker's other tasks elsewhere first
+        // (not possible on a current-thread runtime, as in some tests)
+        let multi = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
         let res = async {
             while let Some(c) = rx.recv().await {
                 let c = c?;
-                let multi = tokio::runtime::Handle::current().runtime_flavor()
-                    == tokio::runtime::RuntimeFlavor::MultiThread;
                 if multi {
                     tokio::task::block_in_place(|| out.write_all(&c))
                 } else {
@@ -293,13 +295,12 @@ impl Vault {
                     p(c.len() as u64);
                 }
             }
-            Ok::<(), VaultError>(())
+            Ok(())
         }
         .await;
         // on an error here the fetch task is stopped, not left running
         fetch.abort();
         let _ = fetch.await;
-        res?;
-        Ok(())
+        res
     }
 }

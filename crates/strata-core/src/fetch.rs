@@ -1,12 +1,10 @@
 //! Getting stored bytes of data blobs: [`Fetcher`] sends every data-blob
 //! request of a vault (reads, read-ahead, the read cache's fills), checks
-//! that the store returned as many bytes as asked for, counts requests and
-//! bytes, and measures how fast the store delivers ([`LinkMeter`]), which
+//! that the store returned as many bytes as asked for, and measures how fast the store delivers ([`LinkMeter`]), which
 //! the read-ahead sizes its requests by.
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -74,15 +72,12 @@ pub struct Fetcher {
     store: DynStore,
     caps: Capabilities,
     meter: Mutex<LinkMeter>,
-    requests: AtomicU64,
-    bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fetcher")
             .field("store", &self.store.describe())
-            .field("requests", &self.requests)
             .finish_non_exhaustive()
     }
 }
@@ -93,8 +88,6 @@ impl Fetcher {
             caps: store.capabilities(),
             store,
             meter: Mutex::new(LinkMeter::default()),
-            requests: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
         }
     }
 
@@ -103,23 +96,15 @@ impl Fetcher {
         &self.caps
     }
 
-    /// Requests sent and bytes received so far.
-    pub fn totals(&self) -> (u64, u64) {
-        (
-            self.requests.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed),
-        )
-    }
-
     /// How fast the store has been delivering lately, in bytes per second;
     /// `None` until there is enough to go by.
     pub fn delivery_rate(&self) -> Option<f64> {
         self.meter.lock().unwrap_or_else(|e| e.into_inner()).rate()
     }
 
-    /// Bytes `range` of object `key`; or, with `whole`, the whole object
-    /// cut to `..range.end` (for stores without range reads). A reply
-    /// shorter than asked is a truncated object.
+    /// Bytes `range` of object `key`: one range request, or with `whole`
+    /// a get of the whole object cut to `range` (for stores without range
+    /// reads). A reply shorter than asked is a truncated object.
     pub async fn get(&self, key: &str, range: Range<u64>, whole: bool) -> VaultResult<Bytes> {
         trace!(blob = %key, ?range, whole, "fetch");
         let started = Instant::now();
@@ -128,13 +113,11 @@ impl Fetcher {
         } else {
             self.store.get_range(key, range.clone()).await
         };
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let bytes = res.map_err(|e| VaultError::from_get(e, key, HINT))?;
         self.meter
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record_span(started, Instant::now(), bytes.len() as u64);
-        self.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let need = if whole {
             range.end
         } else {

@@ -39,6 +39,16 @@ pub struct Inode {
     pub parent: u64,
 }
 
+impl Inode {
+    /// The blob of chunk `index`, `None` for a hole or a chunk past the end.
+    pub fn chunk(&self, index: u64) -> Option<ChunkRef> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.chunks.get(i).copied())
+            .flatten()
+    }
+}
+
 /// Why a record could not be applied (errno-like, for front ends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyError {
