@@ -270,8 +270,7 @@ impl StatusFile {
             let st = rc.stats();
             m.insert(
                 "read_cache".into(),
-                json!({"hits": st.hits, "misses": st.misses, "size": st.size, "cap": st.cap,
-                       "in_memory": rc.dir().is_none()}),
+                json!({"hits": st.hits, "misses": st.misses, "size": st.size, "cap": st.cap}),
             );
         }
         Value::Object(m)

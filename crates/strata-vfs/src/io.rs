@@ -212,23 +212,28 @@ impl Vfs {
     /// Read up to `len` bytes at `offset` of `ino` through handle `fh`,
     /// dirty data first.
     pub async fn read(&self, ino: u64, fh: u64, offset: u64, len: u32) -> VfsResult<Vec<u8>> {
-        let node = self.node(ino)?;
-        if node.kind != Kind::File {
-            return Err(Errno(libc::EISDIR));
-        }
+        let file_node = || -> VfsResult<Inode> {
+            let n = self.node(ino)?;
+            if n.kind != Kind::File {
+                return Err(Errno(libc::EISDIR));
+            }
+            Ok(n)
+        };
         let Some(ov) = self.wb.get(ino) else {
-            return self.read_stored(&node, fh, offset, u64::from(len)).await;
+            return self
+                .read_stored(&file_node()?, fh, offset, u64::from(len))
+                .await;
         };
         let o = ov.read().await;
-        let node = self.node(ino)?;
+        // the file as the overlay sees it (taken under its lock: current)
+        let mut view = file_node()?;
+        view.size = o.size;
         let end = offset.saturating_add(u64::from(len)).min(o.size);
         if offset >= end {
             return Ok(Vec::new());
         }
-        let mut view = node.clone();
-        view.size = o.size;
         let mut out = Vec::with_capacity((end - offset) as usize);
-        for p in chunk_pieces(offset..end, node.chunk_size) {
+        for p in chunk_pieces(offset..end, view.chunk_size) {
             match o.chunks.get(&p.index) {
                 Some(c) => {
                     let mut buf = vec![0u8; p.len() as usize];

@@ -391,14 +391,18 @@ impl Vfs {
         self.vault.inode(ino).ok_or(Errno(libc::ENOENT))
     }
 
+    /// `f` of inode `ino`, inside the tree lock: no copy of the inode (a
+    /// directory's entries can be many). ENOENT if it is gone.
+    pub(crate) fn with_node<R>(&self, ino: u64, f: impl FnOnce(&Inode) -> R) -> VfsResult<R> {
+        self.vault
+            .with_tree(|t| t.get(ino).map(f))
+            .ok_or(Errno(libc::ENOENT))
+    }
+
     /// Attributes of an inode, with the write-back overlay (size, mtime of
     /// unflushed writes) applied.
     pub fn getattr(&self, ino: u64) -> VfsResult<Attr> {
-        // built inside the tree lock: no copy of a directory's entries
-        let mut a = self
-            .vault
-            .with_tree(|t| t.get(ino).map(Attr::from_inode))
-            .ok_or(Errno(libc::ENOENT))?;
+        let mut a = self.with_node(ino, Attr::from_inode)?;
         if let Some((size, mtime)) = self.wb.overlay_attr(ino) {
             a.size = size;
             a.blocks = size.div_ceil(512);

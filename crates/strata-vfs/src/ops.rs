@@ -38,13 +38,12 @@ impl Vfs {
         if name.len() > strata_core::tree::NAME_MAX {
             return Err(Errno(libc::ENAMETOOLONG));
         }
-        self.vault.with_tree(|t| {
-            let p = t.get(parent).ok_or(Errno(libc::ENOENT))?;
+        self.with_node(parent, |p| {
             if p.kind != Kind::Dir {
                 return Err(Errno(libc::ENOTDIR));
             }
             p.entries.get(name).copied().ok_or(Errno(libc::ENOENT))
-        })
+        })?
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> VfsResult<Attr> {
@@ -77,9 +76,7 @@ impl Vfs {
     }
 
     pub fn parent_of(&self, ino: u64) -> VfsResult<u64> {
-        self.vault
-            .with_tree(|t| t.get(ino).map(|n| n.parent))
-            .ok_or(Errno(libc::ENOENT))
+        self.with_node(ino, |n| n.parent)
     }
 
     /// Create any kind of inode (`mode` includes the type bits).
@@ -100,10 +97,8 @@ impl Vfs {
         } else {
             kind_from_mode(mode)?
         };
-        let (p_kind, p_nlink, p_perm, p_gid) = self
-            .vault
-            .with_tree(|t| t.get(parent).map(|p| (p.kind, p.nlink, p.perm, p.gid)))
-            .ok_or(Errno(libc::ENOENT))?;
+        let (p_kind, p_nlink, p_perm, p_gid) =
+            self.with_node(parent, |p| (p.kind, p.nlink, p.perm, p.gid))?;
         if p_kind != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
         }
@@ -364,17 +359,12 @@ impl Vfs {
 
     /// (`ls -l` asks for an xattr or two of every file: no copy of the inode.)
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> VfsResult<Vec<u8>> {
-        self.vault.with_tree(|t| {
-            let n = t.get(ino).ok_or(Errno(libc::ENOENT))?;
-            n.xattrs.get(name).cloned().ok_or(Errno(libc::ENODATA))
-        })
+        self.with_node(ino, |n| n.xattrs.get(name).cloned())?
+            .ok_or(Errno(libc::ENODATA))
     }
 
     pub fn listxattr(&self, ino: u64) -> VfsResult<Vec<Vec<u8>>> {
-        self.vault.with_tree(|t| {
-            let n = t.get(ino).ok_or(Errno(libc::ENOENT))?;
-            Ok(n.xattrs.keys().cloned().collect())
-        })
+        self.with_node(ino, |n| n.xattrs.keys().cloned().collect())
     }
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> VfsResult<()> {

@@ -242,11 +242,7 @@ pub(crate) fn block<T>(f: impl FnOnce() -> T) -> T {
 /// Committed plaintext length of chunk `ci` of `node`.
 pub(crate) fn committed_len(node: &Inode, ci: u64) -> u64 {
     let start = chunk_start(ci, node.chunk_size);
-    let slot = usize::try_from(ci)
-        .ok()
-        .and_then(|i| node.chunks.get(i).copied())
-        .flatten();
-    match slot {
+    match node.chunk(ci) {
         Some(c) => u64::from(c.len).min(node.size.saturating_sub(start)),
         None => 0,
     }
@@ -307,7 +303,7 @@ impl Vfs {
         let Some(ov) = self.wb.get(ino) else {
             return Ok(());
         };
-        let (gen, len) = {
+        let (gen, len, recovered) = {
             let mut o = ov.write().await;
             let Some(c) = o.chunks.get_mut(&ci) else {
                 return Ok(());
@@ -316,12 +312,14 @@ impl Vfs {
                 return Ok(());
             }
             c.uploading = Some(c.gen);
-            (c.gen, c.len)
+            (c.gen, c.len, c.recovered)
         };
         self.counters
             .uploads_in_flight
             .fetch_add(1, Ordering::Relaxed);
-        let res = self.upload_chunk_inner(&ov, ino, ci, gen, len).await;
+        let res = self
+            .upload_chunk_inner(&ov, (ino, ci), gen, len, recovered)
+            .await;
         self.counters
             .uploads_in_flight
             .fetch_sub(1, Ordering::Relaxed);
@@ -337,10 +335,10 @@ impl Vfs {
     async fn upload_chunk_inner(
         &self,
         ov: &OverlayRef,
-        ino: u64,
-        ci: u64,
+        (ino, ci): (u64, u64),
         gen: u64,
         len: u64,
+        recovered: bool,
     ) -> VfsResult<()> {
         let path = self.wb.path(ino, ci);
         let mut data = vec![0u8; len as usize];
@@ -363,7 +361,6 @@ impl Vfs {
             return Err(io_errno(e, "reading a dirty chunk"));
         }
         let _guard = self.vault.data_guard().await;
-        let recovered = ov.read().await.chunks.get(&ci).is_some_and(|c| c.recovered);
         let up = if recovered {
             self.vault.upload_chunk_always(data).await
         } else {
