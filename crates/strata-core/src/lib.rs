@@ -35,6 +35,7 @@ pub mod paths;
 pub mod prefetch;
 pub mod readcache;
 pub mod record;
+pub mod slotfile;
 pub mod state;
 pub mod tree;
 pub mod vault;

@@ -1,14 +1,18 @@
 //! Local memory of each vault this machine has opened: the newest metadata
 //! version and head hash seen. Used to refuse rollbacks (an older copy of the
-//! store served as current). Stored as small JSON files under the state
+//! store served as current). Stored as small JSON documents under the state
 //! directory (`$STRATA_STATE_DIR`, else `$XDG_STATE_HOME/strata`, else
-//! `~/.local/state/strata`), named by vault id. Contains no secrets.
+//! `~/.local/state/strata`), named by vault id (`<id>.seen`), each in a
+//! [`crate::slotfile`] so that recording a commit needs no free space on a
+//! full disk. `<id>.json` (a plain JSON file, written by earlier versions)
+//! is read when no `.seen` file exists. Contains no secrets.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{VaultError, VaultResult};
+use crate::slotfile::{self, SlotFile};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenState {
@@ -29,42 +33,74 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 fn path_for(dir: &Path, vault_id: &str) -> PathBuf {
+    dir.join(format!("{vault_id}.seen"))
+}
+
+fn old_path_for(dir: &Path, vault_id: &str) -> PathBuf {
     dir.join(format!("{vault_id}.json"))
+}
+
+fn damaged(p: &Path, e: impl std::fmt::Display) -> VaultError {
+    VaultError::io(
+        format!(
+            "local state file {} is damaged (delete it to reset)",
+            p.display()
+        ),
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    )
 }
 
 pub fn load(dir: &Path, vault_id: &str) -> VaultResult<Option<SeenState>> {
     let p = path_for(dir, vault_id);
-    match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            VaultError::io(
-                format!(
-                    "local state file {} is damaged (delete it to reset)",
-                    p.display()
-                ),
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(VaultError::io(format!("reading {}", p.display()), e)),
-    }
+    let bytes = match slotfile::read(&p) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            let old = old_path_for(dir, vault_id);
+            match std::fs::read(&old) {
+                Ok(b) => {
+                    return serde_json::from_slice(&b)
+                        .map(Some)
+                        .map_err(|e| damaged(&old, e))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(VaultError::io(format!("reading {}", old.display()), e)),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(damaged(&p, e)),
+        Err(e) => return Err(VaultError::io(format!("reading {}", p.display()), e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| damaged(&p, e))
 }
 
-/// Record the newest state (write to a temp file, then rename).
-pub fn save(dir: &Path, vault_id: &str, s: &SeenState) -> VaultResult<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| VaultError::io(format!("creating {}", dir.display()), e))?;
-    let p = path_for(dir, vault_id);
-    let tmp = p.with_extension("json.tmp");
-    let body = serde_json::to_vec(s).map_err(|e| VaultError::Invalid(e.to_string()))?;
-    // synced: a torn state file after a power cut would block opening
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()
-    };
-    write().map_err(|e| VaultError::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, &p)
-        .map_err(|e| VaultError::io(format!("renaming {}", tmp.display()), e))?;
-    Ok(())
+/// Where one vault's seen state is recorded; opened once, then every
+/// [`SeenFile::save`] rewrites it in place.
+#[derive(Debug)]
+pub struct SeenFile {
+    dir: PathBuf,
+    file: SlotFile,
+}
+
+impl SeenFile {
+    pub fn new(dir: &Path, vault_id: &str) -> SeenFile {
+        SeenFile {
+            dir: dir.to_path_buf(),
+            file: SlotFile::new(path_for(dir, vault_id), 512),
+        }
+    }
+
+    /// Record the newest state (synced: a lost update after a power cut
+    /// would let a rollback to it pass unnoticed).
+    pub fn save(&mut self, s: &SeenState) -> VaultResult<()> {
+        let body = serde_json::to_vec(s).map_err(|e| VaultError::Invalid(e.to_string()))?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| VaultError::io(format!("creating {}", self.dir.display()), e))?;
+        self.file.write(&body).map_err(|e| {
+            VaultError::io(
+                format!("writing the local state file in {}", self.dir.display()),
+                e,
+            )
+        })
+    }
 }

@@ -140,6 +140,8 @@ pub struct Vault {
     /// Called with every newly sealed log before it is sent (see
     /// [`Vault::set_stage_hook`]).
     stage_hook: std::sync::OnceLock<StageHook>,
+    /// The rollback-detection state file, rewritten in place per commit.
+    seen: Mutex<state::SeenFile>,
 }
 
 /// See [`Vault::set_stage_hook`].
@@ -297,7 +299,12 @@ impl Vault {
         let caps = store.capabilities();
         let chunk_size = chunk_size_for(u64::from(header.chunk_size), caps.max_object_size)
             .unwrap_or(SEGMENT) as u32;
+        let seen = Mutex::new(state::SeenFile::new(
+            &state_dir(&opts),
+            &hex::encode(vault_id),
+        ));
         Vault {
+            seen,
             store_name: store.describe(),
             chunks: Arc::new(Chunks::new(
                 store.clone(),
@@ -487,15 +494,13 @@ impl Vault {
             let g = lock(&self.inner);
             (g.version, g.head)
         };
-        let id = hex::encode(self.vault_id);
-        state::save(
-            &state_dir(&self.opts),
-            &id,
-            &SeenState {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .save(&SeenState {
                 version,
                 head: hex::encode(head),
-            },
-        )
+            })
     }
 
     /// The store this vault lives on.

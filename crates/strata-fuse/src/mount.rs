@@ -61,6 +61,9 @@ pub struct MountOptions {
     /// How long unmount waits for uploads before giving up (what is left
     /// stays in the cache and is uploaded at the next mount).
     pub flush_timeout: Duration,
+    /// How long a write waits for cache-disk space while nothing is freed
+    /// before it fails with ENOSPC.
+    pub space_wait: Duration,
     /// Stops the mount like SIGTERM does (for embedding and tests).
     pub stop: StopHandle,
 }
@@ -82,6 +85,7 @@ impl MountOptions {
             lease_ttl: LeaseOptions::new("").ttl,
             threads: 8,
             flush_timeout: Duration::from_secs(600),
+            space_wait: Duration::from_secs(30),
             stop: StopHandle::new(),
         }
     }
@@ -502,6 +506,7 @@ pub fn run_mount(
     drop(password);
     let mut vfs_opts = VfsOptions::new(cache_dir.clone());
     vfs_opts.dirty_limit = opts.cache_size;
+    vfs_opts.space_wait = opts.space_wait;
     vfs_opts.read_only = opts.read_only;
     vfs_opts.fsync = opts.fsync;
     let vfs = match Vfs::new(vault.clone(), vfs_opts) {

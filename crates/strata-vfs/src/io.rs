@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use strata_core::layout::{chunk_count, chunk_pieces, chunk_start, last_piece};
 use strata_core::record::now;
 use strata_core::{Inode, Kind, Record, Ts};
-use tracing::{debug, trace};
+use tracing::{debug, trace, warn};
 
 use crate::writeback::{block, committed_len, DChunk, Overlay};
 use crate::{io_errno, lock, vault_errno, Errno, Vfs, VfsResult};
@@ -56,19 +56,53 @@ impl Vfs {
         }
     }
 
-    /// Wait while dirty data is above the limit (writers slow down, never fail).
-    async fn wait_for_space(&self) {
-        let mut warned = false;
-        while self.wb.bytes.load(Ordering::Relaxed) > self.opts.dirty_limit
-            && !self.shutting_down.load(Ordering::Relaxed)
-        {
-            if !warned {
-                debug!("write-back cache full; writer waits for uploads");
-                warned = true;
+    /// Wait while the write-back cache is over its limit, or the cache
+    /// disk is short of space and uploads can free some (or, after a local
+    /// write got ENOSPC, until space comes back). Waits as long as uploads
+    /// make progress; ENOSPC once nothing was freed for `space_wait`.
+    async fn wait_for_space(&self, after_enospc: bool) -> VfsResult<()> {
+        let mut logged = false;
+        let mut last = (self.wb.bytes.load(Ordering::Relaxed), self.space.free());
+        let mut deadline = Instant::now() + self.opts.space_wait;
+        let mut first = true;
+        loop {
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let bytes = self.wb.bytes.load(Ordering::Relaxed);
+            let free = self.space.free();
+            let low = self.space.is_low();
+            let wait = bytes > self.opts.dirty_limit
+                || (low && bytes > self.space.slack())
+                || (after_enospc && first)
+                || (after_enospc && low);
+            if !wait {
+                return Ok(());
+            }
+            first = false;
+            if bytes < last.0 || free > last.1 {
+                deadline = Instant::now() + self.opts.space_wait;
+            }
+            last = (bytes, free);
+            if Instant::now() >= deadline {
+                warn!(
+                    dirty = bytes,
+                    free = ?free,
+                    "no cache space freed for {:?}; a write fails with ENOSPC",
+                    self.opts.space_wait
+                );
+                return Err(Errno(libc::ENOSPC));
+            }
+            if !logged {
+                debug!(dirty = bytes, free = ?free, "writer waits for cache space");
+                logged = true;
             }
             self.wake.notify_one();
             let _ =
                 tokio::time::timeout(Duration::from_millis(200), self.progress.notified()).await;
+            if after_enospc {
+                self.space.sample();
+            }
         }
     }
 
@@ -98,25 +132,27 @@ impl Vfs {
             .map_err(|e| vault_errno(e, "reading a chunk before a partial write"))?;
         let tmp = path.with_extension("fill");
         block(|| -> std::io::Result<()> {
-            let f = File::create(&tmp)?;
-            f.write_all_at(&data, 0)?;
-            f.sync_data()?; // the rename must never expose a half-filled chunk
-            std::fs::rename(&tmp, &path)
+            let r = File::create(&tmp).and_then(|f| {
+                f.write_all_at(&data, 0)?;
+                f.sync_data()?; // the rename must never expose a half-filled chunk
+                std::fs::rename(&tmp, &path)
+            });
+            if r.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            r
         })
         .map_err(|e| io_errno(e, "filling a cache file"))?;
         Ok((valid, None))
     }
 
-    /// Write `data` at `offset` of file `ino` through handle `fh`.
-    // the entry API cannot hold the map across the fill's await
-    #[allow(clippy::map_entry)]
+    /// Write `data` at `offset` of file `ino` through handle `fh`. When the
+    /// cache disk is full the write waits for uploads to free space (see
+    /// [`Vfs::wait_for_space`]) and is tried again; ENOSPC only once no
+    /// space came back for a while.
     pub async fn write(&self, ino: u64, _fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
         if self.opts.read_only {
             return Err(Errno(libc::EROFS));
-        }
-        let node = self.node(ino)?;
-        if node.kind != Kind::File {
-            return Err(Errno(libc::EISDIR));
         }
         if data.is_empty() {
             return Ok(0);
@@ -124,7 +160,29 @@ impl Vfs {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(Errno(libc::EFBIG))?;
-        self.wait_for_space().await;
+        let give_up = Instant::now() + self.opts.space_wait * 4;
+        let mut after_enospc = false;
+        loop {
+            self.wait_for_space(after_enospc).await?;
+            match self.write_once(ino, offset, end, data).await {
+                Err(Errno(libc::ENOSPC)) if Instant::now() < give_up => {
+                    self.space.hit_full();
+                    self.wake.notify_one();
+                    after_enospc = true;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One attempt of [`Vfs::write`]; the same bytes may be written again.
+    // the entry API cannot hold the map across the fill's await
+    #[allow(clippy::map_entry)]
+    async fn write_once(&self, ino: u64, offset: u64, end: u64, data: &[u8]) -> VfsResult<u32> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::File {
+            return Err(Errno(libc::EISDIR));
+        }
         let mut o = self.lock_overlay(&node).await;
         // the tree may have changed while we waited for the lock
         let node = self.node(ino)?;
@@ -152,21 +210,35 @@ impl Vfs {
             let path = self.wb.path(ino, ci);
             let r = p.file_range();
             let src = &data[(r.start - offset) as usize..(r.end - offset) as usize];
-            block(|| -> std::io::Result<()> {
+            let written = block(|| -> std::io::Result<()> {
                 let f = match created {
                     Some(f) => f,
                     None => OpenOptions::new().write(true).open(&path)?,
                 };
                 f.write_all_at(src, p.a)
-            })
-            .map_err(|e| io_errno(e, "writing to the cache"))?;
-            if let Some(c) = o.chunks.get_mut(&ci) {
-                let old = c.len;
-                c.len = c.len.max(p.b);
-                c.gen = self.wb.gen();
-                c.last_write = Instant::now();
-                self.wb.add_bytes(old, c.len);
+            });
+            let Some(c) = o.chunks.get_mut(&ci) else {
+                continue;
+            };
+            if let Err(e) = written {
+                // Part of the bytes may be in the file: the chunk counts as
+                // changed. A chunk file this write created holds nothing.
+                if c.len == 0 {
+                    o.chunks.remove(&ci);
+                    let _ = block(|| std::fs::remove_file(&path));
+                } else {
+                    c.gen = self.wb.gen();
+                }
+                return Err(match e.raw_os_error() {
+                    Some(libc::ENOSPC) => Errno(libc::ENOSPC),
+                    _ => io_errno(e, "writing to the cache"),
+                });
             }
+            let old = c.len;
+            c.len = c.len.max(p.b);
+            c.gen = self.wb.gen();
+            c.last_write = Instant::now();
+            self.wb.add_bytes(old, c.len);
         }
         o.size = o.size.max(end);
         o.mtime = now();
@@ -398,10 +470,11 @@ impl Vfs {
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
                     .map_err(|e| io_errno(e, "syncing the cache"))?;
-                return journal;
+                journal?;
+                return self.make_records_durable().await;
             }
         }
-        self.sync_journal()
+        self.make_records_durable().await
     }
 
     /// fsync: local durability, and in `Cloud` mode upload the file's dirty

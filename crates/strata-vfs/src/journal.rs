@@ -6,6 +6,13 @@
 //! Entry layout: `len (u32 LE) ‖ check (first 8 bytes of BLAKE3(payload)) ‖
 //! payload = postcard((seq: u64, Record))`. A torn or damaged tail (crash
 //! mid-append) ends the journal; everything before it is intact.
+//!
+//! Free space: the file keeps [`RESERVE`] bytes allocated past its end
+//! (`fallocate` with `KEEP_SIZE`), so the records of uploads and commits
+//! still fit when other programs have filled the cache disk; an append
+//! that fails is cut off again (a torn entry would hide every later one);
+//! and a compaction truncates the file in place rather than writing a new
+//! one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -16,6 +23,19 @@ use std::sync::Arc;
 use strata_core::Record;
 
 const NAME: &str = "journal";
+
+/// Bytes kept allocated past the end of the journal (about 10 000 records).
+pub const RESERVE: u64 = 1 << 20;
+
+/// Grow the file's allocation to `RESERVE` bytes past `end`, without
+/// changing its size. Best effort: a full disk or a filesystem without
+/// `fallocate` leaves the journal without a reserve.
+fn reserve(file: &File, end: u64) {
+    use rustix::fs::{fallocate, FallocateFlags};
+    if let Err(e) = fallocate(file, FallocateFlags::KEEP_SIZE, end, RESERVE) {
+        tracing::debug!(error = %e, "could not reserve space for the journal");
+    }
+}
 
 pub struct Journal {
     path: PathBuf,
@@ -91,6 +111,7 @@ impl Journal {
             file.sync_data()?;
         }
         let max_seq = entries.iter().map(|e| e.0).max().unwrap_or(0);
+        reserve(&file, valid as u64);
         Ok((
             Journal {
                 path,
@@ -104,10 +125,16 @@ impl Journal {
         ))
     }
 
-    /// Append one record (not yet synced).
+    /// Append one record (not yet synced). On failure (disk full, I/O
+    /// error) the file is cut back to its previous end.
     pub fn append(&mut self, seq: u64, r: &Record) -> std::io::Result<u64> {
         let e = encode(seq, r)?;
-        self.file.write_all(&e)?;
+        if let Err(err) = self.file.write_all(&e) {
+            if let Err(cut) = self.file.set_len(self.bytes) {
+                tracing::warn!(error = %cut, path = %self.path.display(), "could not cut a failed journal append");
+            }
+            return Err(err);
+        }
         self.appended += 1;
         self.bytes += e.len() as u64;
         self.max_seq = self.max_seq.max(seq);
@@ -141,6 +168,7 @@ impl Journal {
             File::open(d)?.sync_all()?;
         }
         self.file = OpenOptions::new().append(true).open(&self.path)?;
+        reserve(&self.file, bytes);
         self.bytes = bytes;
         self.max_seq = entries.iter().map(|e| e.0).max().unwrap_or(self.max_seq);
         self.synced.store(self.appended, Ordering::SeqCst);
@@ -148,13 +176,27 @@ impl Journal {
     }
 
     /// Empty the journal when the store has every record in it and it has
-    /// grown large.
-    pub fn compact(&mut self, writer_seq: u64) -> std::io::Result<bool> {
-        if self.max_seq <= writer_seq && self.bytes > 4 << 20 {
-            self.rewrite(&[])?;
-            return Ok(true);
+    /// grown large (or `now`, to give its space back). In place: truncated
+    /// and synced, so it needs no free space.
+    pub fn compact(&mut self, writer_seq: u64, now: bool) -> std::io::Result<bool> {
+        if self.max_seq > writer_seq || self.bytes == 0 || !(now || self.bytes > 4 << 20) {
+            return Ok(false);
         }
-        Ok(false)
+        self.file.set_len(0)?;
+        self.file.sync_all()?;
+        self.bytes = 0;
+        self.synced.store(self.appended, Ordering::SeqCst);
+        reserve(&self.file, 0);
+        Ok(true)
+    }
+
+    /// Bytes of records in the file.
+    pub fn len(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
     }
 }
 

@@ -13,7 +13,9 @@
 //!   and fsync, over the write-back cache and the vault's data plane
 //!   ([`strata_core::Chunks`]);
 //! - **open handles** (`handles`): per-`fh` state, such as each handle's
-//!   read-ahead.
+//!   read-ahead;
+//! - **cache-disk space** (`space`): what the mount does when the cache
+//!   disk runs short of space.
 //!
 //! Front ends (the FUSE adapter) call [`Vfs`] methods; nothing here knows
 //! about FUSE.
@@ -23,6 +25,7 @@ mod io;
 pub mod journal;
 mod lineage;
 mod ops;
+mod space;
 pub mod writeback;
 
 use std::path::PathBuf;
@@ -37,6 +40,7 @@ use tracing::{info, warn};
 
 use crate::handles::Handles;
 use crate::journal::Journal;
+use crate::space::Space;
 use crate::writeback::WriteBack;
 
 /// When `fsync` returns.
@@ -64,6 +68,9 @@ pub struct VfsOptions {
     /// (full chunks go at once).
     pub writeback_delay: Duration,
     pub upload_parallelism: usize,
+    /// How long a writer waits for cache space while nothing is uploaded
+    /// or freed before it gets ENOSPC.
+    pub space_wait: Duration,
 }
 
 impl VfsOptions {
@@ -76,6 +83,7 @@ impl VfsOptions {
             commit_interval: Duration::from_secs(1),
             writeback_delay: Duration::from_millis(500),
             upload_parallelism: 4,
+            space_wait: Duration::from_secs(30),
         }
     }
 }
@@ -220,6 +228,10 @@ pub struct Status {
     pub last_error: Option<String>,
     pub fsync_mode: FsyncMode,
     pub read_only: bool,
+    /// Free bytes on the cache disk at the last sample.
+    pub cache_free: Option<u64>,
+    /// The cache disk is short of space (see the `space` module).
+    pub cache_full: bool,
 }
 
 #[derive(Default)]
@@ -236,6 +248,11 @@ pub struct Vfs {
     pub(crate) opts: VfsOptions,
     pub(crate) journal: Mutex<Journal>,
     pub(crate) wb: WriteBack,
+    pub(crate) space: Space,
+    /// Highest sequence number of a record the journal could not take (a
+    /// local write failed): until a commit covers it, the journal is not a
+    /// complete record, so close/fsync commit instead of relying on it.
+    pub(crate) journal_gap: AtomicU64,
     /// Open file handles (per-handle read-ahead, unlink-while-open).
     pub(crate) handles: Handles,
     pub(crate) counters: Counters,
@@ -337,8 +354,9 @@ impl Vfs {
     fn assemble(vault: Arc<Vault>, opts: VfsOptions, journal: Journal, wb: WriteBack) -> Arc<Vfs> {
         Arc::new(Vfs {
             vault,
-            opts,
             journal: Mutex::new(journal),
+            space: Space::new(opts.cache_dir.clone()),
+            journal_gap: AtomicU64::new(0),
             wb,
             handles: Handles::default(),
             counters: Counters::default(),
@@ -347,6 +365,7 @@ impl Vfs {
             uploader_running: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             progress: tokio::sync::Notify::new(),
+            opts,
         })
     }
 
@@ -362,16 +381,35 @@ impl Vfs {
         let mut j = lock(&self.journal);
         let seq = self.vault.apply(r.clone())?;
         if let Err(e) = j.append(seq, &r) {
-            // The change is in memory and will be committed; only crash
-            // safety before the next commit is weakened.
-            warn!(error = %e, "could not append to the local journal");
+            // The change is in memory and will be committed; until then
+            // close and fsync commit rather than trust the journal.
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                self.space.hit_full();
+            }
+            warn!(error = %e, "could not append to the local journal; the next close or fsync commits to the store instead");
             self.note_error(format!("local journal write failed: {e}"));
+            self.journal_gap.fetch_max(seq, Ordering::SeqCst);
         }
         drop(j);
         // No wake-up of the uploader: it commits on its own tick, and
         // waking it for every record made it rescan every pending file per
         // operation (quadratic CPU when many small files are pending).
         Ok(seq)
+    }
+
+    /// Whether a record the journal could not take is still uncommitted.
+    pub(crate) fn journal_incomplete(&self) -> bool {
+        self.journal_gap.load(Ordering::SeqCst) > self.vault.writer_seq()
+    }
+
+    /// Make every record so far durable: in the synced journal, or, when
+    /// the journal missed one, in the store (a commit).
+    pub(crate) async fn make_records_durable(&self) -> VfsResult<()> {
+        self.sync_journal()?;
+        if self.journal_incomplete() {
+            self.commit_now().await?;
+        }
+        Ok(())
     }
 
     /// Make every journaled record durable on local disk.
@@ -433,6 +471,8 @@ impl Vfs {
             last_error: lock(&self.last_error).clone(),
             fsync_mode: self.opts.fsync,
             read_only: self.opts.read_only,
+            cache_free: self.space.free(),
+            cache_full: self.space.is_low(),
         }
     }
 }

@@ -5,20 +5,27 @@
 //! last committed is this cache's own: after the writer lease was lost or
 //! broken, another writer may have committed records with the same sequence
 //! numbers and reused the same inode numbers, and replaying onto that would
-//! drop or misplace changes. So `<cache>/lineage` lists the chain heads
+//! drop or misplace changes. So `<cache>/heads` lists the chain heads
 //! (FORMAT §8) the store may legitimately be at — the committed one and
 //! every log sealed but not yet confirmed — written (synced) before any of
 //! those logs is sent. At the next read-write mount, pending work is
 //! replayed only if the store's head is in that list.
+//!
+//! The file is a [`strata_core::slotfile`], rewritten in place: a commit
+//! on a full cache disk must not need space for a new copy. (`<cache>/lineage`,
+//! a plain JSON file written by earlier versions, is read when there is no
+//! `heads` file.)
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use strata_core::slotfile::{self, SlotFile};
 use strata_core::vault::StagedHeads;
 use strata_core::Vault;
 
-const NAME: &str = "lineage";
+const NAME: &str = "heads";
+const OLD_NAME: &str = "lineage";
 
 #[derive(Serialize, Deserialize)]
 struct Lineage {
@@ -34,29 +41,26 @@ fn path(dir: &Path) -> PathBuf {
     dir.join(NAME)
 }
 
-/// Replace the lineage file with `heads` (temp file, fsync, rename, fsync dir).
-pub(crate) fn write(dir: &Path, heads: &[(u64, [u8; 32])]) -> std::io::Result<()> {
+fn encode(heads: &[(u64, [u8; 32])]) -> std::io::Result<Vec<u8>> {
     let l = Lineage {
         heads: heads.iter().map(|(v, h)| (*v, hex(h))).collect(),
     };
-    let body = serde_json::to_vec(&l).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!("{NAME}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path(dir))?;
-    std::fs::File::open(dir)?.sync_all()
+    serde_json::to_vec(&l).map_err(std::io::Error::other)
 }
 
 /// Record the store state a read-write session starts from, and keep the
 /// file current as the vault seals logs.
 pub(crate) fn start(dir: &Path, vault: &Vault) -> std::io::Result<()> {
-    write(dir, &[(vault.version(), vault.head())])?;
-    let d = dir.to_path_buf();
+    // slots for ~200 heads: only a long backlog of sealed logs grows it
+    let mut file = SlotFile::new(path(dir), 16 << 10);
+    file.prepare(&encode(&[(vault.version(), vault.head())])?)?;
+    let _ = std::fs::remove_file(dir.join(OLD_NAME));
+    let file = Mutex::new(file);
     vault.set_stage_hook(Box::new(move |h: &StagedHeads| {
         let mut heads = vec![h.committed];
         heads.extend(h.staged.iter().copied());
-        write(&d, &heads)
+        let body = encode(&heads)?;
+        file.lock().unwrap_or_else(|e| e.into_inner()).write(&body)
     }));
     Ok(())
 }
@@ -67,14 +71,19 @@ pub(crate) fn check(dir: &Path, vault: &Vault, pending: usize, dirty: usize) -> 
     if pending == 0 && dirty == 0 {
         return Ok(());
     }
-    let bytes = match std::fs::read(path(dir)) {
+    let (p, read) = match slotfile::read(&path(dir)) {
+        Ok(None) => (dir.join(OLD_NAME), std::fs::read(dir.join(OLD_NAME))),
+        Ok(Some(b)) => (path(dir), Ok(b)),
+        Err(e) => (path(dir), Err(e)),
+    };
+    let bytes = match read {
         Ok(b) => b,
         // a cache from before lineage files: nothing to compare with
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path(dir).display())),
+        Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
     };
-    let l: Lineage = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is damaged: {e}", path(dir).display()))?;
+    let l: Lineage =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{} is damaged: {e}", p.display()))?;
     let here = (vault.version(), hex(&vault.head()));
     if l.heads.contains(&here) {
         return Ok(());

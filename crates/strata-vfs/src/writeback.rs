@@ -421,6 +421,34 @@ impl Vfs {
     /// Drop chunk files whose upload the store now has; compact the journal.
     async fn after_commit(&self) {
         let committed = self.vault.writer_seq();
+        self.release_chunks(committed).await;
+        let mut j = crate::lock(&self.journal);
+        if let Err(e) = j.compact(committed, self.space.is_low()) {
+            warn!(error = %e, "could not compact the journal");
+        }
+        drop(j);
+        self.progress.notify_waiters();
+    }
+
+    /// Short of cache space: release the files of uploaded chunks before
+    /// the commit, as soon as the synced journal holds their `SetChunks`
+    /// records (after a crash the journal replays them; the blobs are in
+    /// the store). Not while the journal misses a record.
+    async fn release_uploaded_early(&self) {
+        if self.journal_incomplete() {
+            return;
+        }
+        let upto = crate::lock(&self.journal).max_seq;
+        if self.sync_journal().is_err() || self.journal_incomplete() {
+            return;
+        }
+        self.release_chunks(upto).await;
+        self.progress.notify_waiters();
+    }
+
+    /// Delete the files of chunks uploaded (and referenced by a record of
+    /// sequence number ≤ `upto`) and not changed since.
+    async fn release_chunks(&self, upto: u64) {
         let ovs: Vec<(u64, OverlayRef)> = crate::lock(&self.wb.overlays)
             .iter()
             .map(|(k, v)| (*k, v.clone()))
@@ -433,7 +461,7 @@ impl Vfs {
                 .filter(|(_, c)| {
                     c.uploading.is_none()
                         && !c.is_dirty()
-                        && c.uploaded.is_some_and(|u| u.1 <= committed)
+                        && c.uploaded.is_some_and(|u| u.1 <= upto)
                 })
                 .map(|(k, _)| *k)
                 .collect();
@@ -449,12 +477,37 @@ impl Vfs {
                 self.forget_clean_overlay(ino);
             }
         }
-        let mut j = crate::lock(&self.journal);
-        if let Err(e) = j.compact(committed) {
-            warn!(error = %e, "could not compact the journal");
+    }
+
+    /// Sample the cache disk's free space; on a change of the
+    /// short-of-space state, say so. While short, the read cache keeps
+    /// nothing. Returns whether the cache is short of space.
+    fn check_space(&self) -> bool {
+        let changed = self.space.sample();
+        let low = self.space.is_low();
+        let free = self.space.free().unwrap_or(0);
+        let dir = self.opts.cache_dir.display();
+        match changed {
+            Some(true) => {
+                warn!(
+                    free_mib = free >> 20,
+                    "cache disk full: {} MiB free for {dir}; uploading and releasing pending data first, new writes wait",
+                    free >> 20
+                );
+                self.note_error(format!(
+                    "cache disk full: {} MiB free for {dir}",
+                    free >> 20
+                ));
+            }
+            Some(false) => info!(free_mib = free >> 20, "cache disk has space again"),
+            None => {}
         }
-        drop(j);
-        self.progress.notify_waiters();
+        if low || changed.is_some() {
+            if let Some(rc) = self.vault.chunks().read_cache() {
+                rc.give_back_space(low);
+            }
+        }
+        low
     }
 
     /// Start the background uploader/committer.
@@ -477,8 +530,9 @@ impl Vfs {
                 tokio::time::sleep(backoff).await;
             }
             let stopping = self.shutting_down.load(Ordering::Relaxed);
-            let pressure = self.wb.bytes.load(Ordering::Relaxed) > self.opts.dirty_limit / 2;
-            let due = self.due_chunks(stopping || pressure).await;
+            let low = self.check_space();
+            let pressure = low || self.wb.bytes.load(Ordering::Relaxed) > self.opts.dirty_limit / 2;
+            let due = self.due_chunks(stopping, pressure).await;
             let mut failed = false;
             if !due.is_empty() {
                 let results: Vec<VfsResult<()>> = stream::iter(due)
@@ -487,6 +541,9 @@ impl Vfs {
                     .collect()
                     .await;
                 failed = results.iter().any(|r| r.is_err());
+            }
+            if low {
+                self.release_uploaded_early().await;
             }
             if self.vault.uncommitted_records() > 0
                 && (stopping || last_commit.elapsed() >= self.opts.commit_interval)
@@ -505,8 +562,14 @@ impl Vfs {
         }
     }
 
-    /// Chunks ready for upload: idle long enough, full, or everything when forced.
-    async fn due_chunks(&self, force: bool) -> Vec<(u64, u64)> {
+    /// Chunks ready for upload: full, or idle for `writeback_delay` (for
+    /// 100 ms when `hurry`), or everything when `all`.
+    async fn due_chunks(&self, all: bool, hurry: bool) -> Vec<(u64, u64)> {
+        let delay = if hurry {
+            self.opts.writeback_delay.min(Duration::from_millis(100))
+        } else {
+            self.opts.writeback_delay
+        };
         let ovs: Vec<(u64, OverlayRef)> = crate::lock(&self.wb.overlays)
             .iter()
             .map(|(k, v)| (*k, v.clone()))
@@ -528,7 +591,7 @@ impl Vfs {
             for (ci, c) in &o.chunks {
                 if c.is_dirty()
                     && c.uploading.is_none()
-                    && (force || c.len >= cs || c.last_write.elapsed() >= self.opts.writeback_delay)
+                    && (all || c.len >= cs || c.last_write.elapsed() >= delay)
                 {
                     due.push((ino, *ci));
                 }

@@ -165,6 +165,18 @@ pub fn status(a: &StatusArgs) -> Result<()> {
     println!("store:             {}", s("store"));
     println!("daemon pid:        {}", n("pid"));
     println!("cache dir:         {}", s("cache_dir"));
+    if let Some(free) = v.get("cache_free").and_then(|x| x.as_u64()) {
+        let full = v.get("cache_full").and_then(|x| x.as_bool()) == Some(true);
+        println!(
+            "cache disk:        {} free{}",
+            human(free),
+            if full {
+                " — cache disk full: pending data is uploaded and released first, new writes wait for it"
+            } else {
+                ""
+            }
+        );
+    }
     println!(
         "pending upload:    {} in {} chunks of {} files; {} metadata records",
         human(n("dirty_bytes")),

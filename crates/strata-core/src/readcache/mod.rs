@@ -182,6 +182,9 @@ pub struct ReadCache {
     notify: Notify,
     c: Counters,
     warned: AtomicBool,
+    /// The cache disk is short of space: store nothing new (see
+    /// [`ReadCache::give_back_space`]).
+    space_low: AtomicBool,
 }
 
 /// Keeps a blob's entry alive and unevictable while a read uses it.
@@ -326,6 +329,7 @@ impl ReadCache {
             notify: Notify::new(),
             c: Counters::default(),
             warned: AtomicBool::new(false),
+            space_low: AtomicBool::new(false),
         }
     }
 
@@ -404,6 +408,36 @@ impl ReadCache {
         self.backing.remove(id);
     }
 
+    /// While `low` (the cache disk is short of space), evict every blob no
+    /// read is using and cache nothing new: reads go on from the store, and
+    /// the space goes to what must be written (the mount's pending data).
+    /// Returns the bytes given back.
+    pub fn give_back_space(&self, low: bool) -> u64 {
+        let was = self.space_low.swap(low, Ordering::Relaxed);
+        if !low {
+            return 0;
+        }
+        if !was {
+            debug!(dir = ?self.dir(), "cache disk short of space: emptying the read cache");
+        }
+        let mut st = self.lock();
+        let before = st.size;
+        let victims: Vec<BlobId> = st
+            .blobs
+            .iter()
+            .filter(|(_, e)| e.users == 0 && e.bytes > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in victims {
+            if let Some(e) = st.blobs.remove(&id) {
+                st.size = st.size.saturating_sub(e.bytes);
+            }
+            self.backing.remove(&id);
+            add(&self.c.evictions, 1);
+        }
+        before - st.size
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -443,7 +477,12 @@ impl ReadCache {
 
     /// Evict least-recently-used unpinned blobs until under the cap.
     fn evict_locked(&self, st: &mut State) {
-        while st.size > self.cap {
+        self.evict_to_locked(st, self.cap);
+    }
+
+    /// Evict least-recently-used unpinned blobs until at most `target` bytes.
+    fn evict_to_locked(&self, st: &mut State, target: u64) {
+        while st.size > target {
             let victim = st
                 .blobs
                 .iter()
@@ -747,8 +786,21 @@ impl ReadCache {
                 if !writes.is_empty() {
                     let items: Vec<(u64, Bytes)> =
                         writes.iter().map(|(_, off, b)| (*off, b.clone())).collect();
-                    let stored = match self.backing.save(id, items).await {
+                    let saved = if self.space_low.load(Ordering::Relaxed) {
+                        Err(std::io::ErrorKind::StorageFull.into())
+                    } else {
+                        self.backing.save(id, items).await
+                    };
+                    let stored = match saved {
                         Ok(()) => true,
+                        Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                            // the disk is full: keep nothing, ask for nothing
+                            add(&self.c.write_errors, 1);
+                            let mut st = self.lock();
+                            let half = st.size / 2;
+                            self.evict_to_locked(&mut st, half);
+                            false
+                        }
                         Err(e) => {
                             add(&self.c.write_errors, 1);
                             if self.warned.swap(true, Ordering::Relaxed) {
