@@ -64,6 +64,8 @@ pub struct MountOptions {
     /// How long a write waits for cache-disk space while nothing is freed
     /// before it fails with ENOSPC.
     pub space_wait: Duration,
+    /// Metadata records between checkpoints (`None`: the vault's default).
+    pub checkpoint_records: Option<u64>,
     /// Stops the mount like SIGTERM does (for embedding and tests).
     pub stop: StopHandle,
 }
@@ -86,6 +88,7 @@ impl MountOptions {
             threads: 8,
             flush_timeout: Duration::from_secs(600),
             space_wait: Duration::from_secs(30),
+            checkpoint_records: None,
             stop: StopHandle::new(),
         }
     }
@@ -495,12 +498,16 @@ pub fn run_mount(
             dir: Some(cache_dir.join("read")),
             cap: opts.read_cache_size,
         });
+    let defaults = VaultOpenOptions::default();
     let vopts = VaultOpenOptions {
         state_dir: opts.state_dir.clone(),
         accept_rollback: opts.accept_rollback,
         lease,
         read_cache,
-        ..VaultOpenOptions::default()
+        checkpoint_records: opts
+            .checkpoint_records
+            .unwrap_or(defaults.checkpoint_records),
+        ..defaults
     };
     let vault = Arc::new(rt.block_on(Vault::open(store, &password, vopts))?);
     drop(password);

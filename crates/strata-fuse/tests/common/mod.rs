@@ -221,4 +221,3 @@ pub fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
             .unwrap_or_else(|| panic!("not an OS error: {e}")),
     }
 }
-
