@@ -275,10 +275,14 @@ pub fn unmount(mountpoint: &Path, timeout: Duration) -> anyhow::Result<()> {
         bail!("cannot signal the Strata process {pid} of {shown}: {e}");
     }
     let start = Instant::now();
+    let note = st
+        .get("cache_dir")
+        .and_then(|d| d.as_str())
+        .map(|d| Path::new(d).join(UNFLUSHED_NOTE));
     loop {
         let gone = process_start_time(pid).is_none() || !path.exists();
         if gone && !is_strata_mount(&mp) {
-            return Ok(());
+            return unflushed(note.as_deref(), &shown.to_string());
         }
         if gone && process_start_time(pid).is_none() {
             // exited but left the mount behind (crashed while flushing)
@@ -293,6 +297,19 @@ pub fn unmount(mountpoint: &Path, timeout: Duration) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// File in the cache directory where a mount that stopped with data not
+/// yet in the store says what stays pending (removed by a complete flush).
+pub const UNFLUSHED_NOTE: &str = "unflushed";
+
+/// After an unmount: an error naming what stayed pending, if the mount
+/// left a note about it.
+fn unflushed(note: Option<&Path>, shown: &str) -> anyhow::Result<()> {
+    let Some(msg) = note.and_then(|p| std::fs::read_to_string(p).ok()) else {
+        return Ok(());
+    };
+    bail!("unmounted {shown}, but not everything reached the store: {msg}")
 }
 
 fn cleanup_dead(mp: &Path, status: Option<&Path>) -> anyhow::Result<()> {

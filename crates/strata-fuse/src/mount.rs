@@ -64,6 +64,9 @@ pub struct MountOptions {
     /// How long a write waits for cache-disk space while nothing is freed
     /// before it fails with ENOSPC.
     pub space_wait: Duration,
+    /// Unmount gives up when the store failed and took nothing for this
+    /// long (what is pending stays in the cache for the next mount).
+    pub stall_timeout: Duration,
     /// Metadata records between checkpoints (`None`: the vault's default).
     pub checkpoint_records: Option<u64>,
     /// Stops the mount like SIGTERM does (for embedding and tests).
@@ -88,6 +91,7 @@ impl MountOptions {
             threads: 8,
             flush_timeout: Duration::from_secs(600),
             space_wait: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
             checkpoint_records: None,
             stop: StopHandle::new(),
         }
@@ -514,6 +518,7 @@ pub fn run_mount(
     let mut vfs_opts = VfsOptions::new(cache_dir.clone());
     vfs_opts.dirty_limit = opts.cache_size;
     vfs_opts.space_wait = opts.space_wait;
+    vfs_opts.stall_timeout = opts.stall_timeout;
     vfs_opts.read_only = opts.read_only;
     vfs_opts.fsync = opts.fsync;
     let vfs = match Vfs::new(vault.clone(), vfs_opts) {
@@ -698,6 +703,16 @@ pub fn run_mount(
     drop(vfs);
     drop(lock);
     rt.shutdown_timeout(Duration::from_secs(5));
+    // What stays pending, for `strata unmount` (another process) to show.
+    let note = cache_dir.join(control::UNFLUSHED_NOTE);
+    match &flushed {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&note);
+        }
+        Err(e) => {
+            let _ = std::fs::write(&note, e);
+        }
+    }
     flushed.map_err(|e| {
         anyhow!(
             "unmounted {}, but not everything reached the store: {e}",

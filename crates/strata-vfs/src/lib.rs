@@ -71,6 +71,10 @@ pub struct VfsOptions {
     /// How long a writer waits for cache space while nothing is uploaded
     /// or freed before it gets ENOSPC.
     pub space_wait: Duration,
+    /// Unmount gives up (what is pending stays in the cache for the next
+    /// mount) when the store failed and nothing was uploaded or committed
+    /// for this long.
+    pub stall_timeout: Duration,
 }
 
 impl VfsOptions {
@@ -84,6 +88,7 @@ impl VfsOptions {
             writeback_delay: Duration::from_millis(500),
             upload_parallelism: 4,
             space_wait: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -240,6 +245,8 @@ pub(crate) struct Counters {
     pub(crate) bytes_uploaded: AtomicU64,
     pub(crate) chunks_uploaded: AtomicU64,
     pub(crate) commits: AtomicU64,
+    /// Failed uploads and commits.
+    pub(crate) store_failures: AtomicU64,
 }
 
 /// The mounted filesystem's state.

@@ -369,6 +369,7 @@ impl Vfs {
         let cref = match up {
             Ok(c) => c,
             Err(e) => {
+                self.counters.store_failures.fetch_add(1, Ordering::Relaxed);
                 self.note_error(format!("upload failed (will retry): {e}"));
                 return Err(vault_errno(e, "uploading a chunk"));
             }
@@ -412,6 +413,7 @@ impl Vfs {
                 Ok(())
             }
             Err(e) => {
+                self.counters.store_failures.fetch_add(1, Ordering::Relaxed);
                 self.note_error(format!("metadata commit failed (will retry): {e}"));
                 Err(vault_errno(e, "committing metadata"))
             }
@@ -610,7 +612,8 @@ impl Vfs {
     }
 
     /// Upload and commit everything (unmount). Calls `report` with the
-    /// remaining dirty bytes while it works; gives up after `timeout`.
+    /// remaining dirty bytes while it works; gives up after `timeout`, or
+    /// once the store failed and nothing went in for `stall_timeout`.
     pub async fn shutdown(
         &self,
         timeout: Duration,
@@ -625,6 +628,18 @@ impl Vfs {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.wake.notify_one();
         let start = Instant::now();
+        let c = &self.counters;
+        let progress = || {
+            (
+                c.chunks_uploaded.load(Ordering::Relaxed),
+                c.commits.load(Ordering::Relaxed),
+            )
+        };
+        let (mut seen, mut since, mut failures) = (
+            progress(),
+            Instant::now(),
+            c.store_failures.load(Ordering::Relaxed),
+        );
         loop {
             if self.is_clean() && !self.uploader_running.load(Ordering::SeqCst) {
                 self.after_commit().await;
@@ -632,10 +647,26 @@ impl Vfs {
             }
             let (bytes, chunks, _) = self.wb.totals();
             report(bytes, chunks);
-            if start.elapsed() > timeout {
+            if progress() != seen {
+                (seen, since) = (progress(), Instant::now());
+                failures = c.store_failures.load(Ordering::Relaxed);
+            }
+            let stalled = since.elapsed() > self.opts.stall_timeout
+                && c.store_failures.load(Ordering::Relaxed) > failures;
+            if start.elapsed() > timeout || stalled {
+                let why = if stalled {
+                    let last = crate::lock(&self.last_error).clone().unwrap_or_default();
+                    format!(
+                        "the store took nothing for {} s ({last}): ",
+                        self.opts.stall_timeout.as_secs()
+                    )
+                } else {
+                    String::new()
+                };
                 return Err(format!(
-                    "{chunks} chunks ({bytes} bytes) and {} metadata records are still not in the store; they stay in the local cache and upload at the next mount",
-                    self.vault.uncommitted_records()
+                    "{why}{chunks} chunks ({bytes} bytes) and {} metadata records are still not in the store; they stay in the local cache ({}) and upload at the next mount",
+                    self.vault.uncommitted_records(),
+                    self.opts.cache_dir.display()
                 ));
             }
             self.wake.notify_one();
