@@ -628,7 +628,8 @@ impl ReadCache {
         s1: u64,
         delay: Duration,
     ) -> Option<AbortHandle> {
-        if s0 > s1 || s1 >= segments(blob_len) {
+        // short of disk space nothing fetched ahead could be kept
+        if s0 > s1 || s1 >= segments(blob_len) || self.space_low.load(Ordering::Relaxed) {
             return None;
         }
         if let Some(e) = self.lock().blobs.get(&id) {
