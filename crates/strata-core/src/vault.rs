@@ -509,6 +509,11 @@ impl Vault {
     }
 
     /// The data plane (reads, uploads, read-ahead of file contents).
+    /// The vault's keys (for sealing the local cache of a mount).
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
     pub fn chunks(&self) -> &Arc<Chunks> {
         &self.chunks
     }

@@ -17,6 +17,9 @@ const CTX_META: &str = "strata 2026-11 v1 metadata aead key";
 const CTX_NAME: &str = "strata 2026-11 v1 blob name key";
 const CTX_NONCE: &str = "strata 2026-11 v1 segment nonce key";
 const CTX_LEASE: &str = "strata 2026-11 v1 writer lease aead key";
+/// Root of the keys that seal a mount's local cache (not a store format:
+/// changing it only makes old caches unreadable).
+const CTX_CACHE: &str = "strata 2026-12 v1 local cache key";
 
 /// Domain-separation prefix of a segment's associated data.
 const SEG_AD_PREFIX: &[u8; 8] = b"STRSEG01";
@@ -80,6 +83,7 @@ pub struct Keys {
     lease: LessSafeKey,
     name: Zeroizing<[u8; KEY_LEN]>,
     nonce: Zeroizing<[u8; KEY_LEN]>,
+    cache: Zeroizing<[u8; KEY_LEN]>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -115,6 +119,7 @@ impl Keys {
             lease: aead_key(master, CTX_LEASE)?,
             name: Zeroizing::new(blake3::derive_key(CTX_NAME, master.as_bytes())),
             nonce: Zeroizing::new(blake3::derive_key(CTX_NONCE, master.as_bytes())),
+            cache: Zeroizing::new(blake3::derive_key(CTX_CACHE, master.as_bytes())),
         })
     }
 
@@ -196,6 +201,74 @@ impl Keys {
     /// Decrypt and verify a lease sealed by [`Keys::seal_lease`].
     pub fn open_lease(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         open_random_nonce(&self.lease, ad, sealed)
+    }
+}
+
+impl Keys {
+    /// The key of one local cache file, identified by its random `salt`
+    /// (each file has its own key, so random nonces never come near the
+    /// AES-GCM limits however much a mount writes over the years).
+    pub fn cache_file_key(&self, salt: &[u8; 32]) -> Result<FileKey, CryptoError> {
+        let mut k = blake3::keyed_hash(&self.cache, salt).as_bytes().to_owned();
+        let unbound = UnboundKey::new(&AES_256_GCM, &k);
+        k.zeroize();
+        Ok(FileKey(LessSafeKey::new(
+            unbound.map_err(|_| CryptoError::Malformed("key"))?,
+        )))
+    }
+}
+
+/// AES-256-GCM key of one local cache file ([`Keys::cache_file_key`]).
+pub struct FileKey(LessSafeKey);
+
+impl std::fmt::Debug for FileKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileKey(<redacted>)")
+    }
+}
+
+impl FileKey {
+    /// Encrypt `buf` in place under a fresh random nonce; returns
+    /// `(nonce, tag)`.
+    pub fn seal(
+        &self,
+        ad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<([u8; NONCE_LEN], [u8; TAG_LEN]), CryptoError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce)?;
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(ad), buf)
+            .map_err(|_| CryptoError::Malformed("block too large"))?;
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag.as_ref());
+        Ok((nonce, t))
+    }
+
+    /// Decrypt and verify `ciphertext ‖ tag` in place; returns the plaintext.
+    pub fn open<'a>(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ad: &[u8],
+        buf: &'a mut [u8],
+    ) -> Result<&'a mut [u8], CryptoError> {
+        if buf.len() < TAG_LEN {
+            return Err(CryptoError::Authentication);
+        }
+        self.0
+            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(ad), buf)
+            .map_err(|_| CryptoError::Authentication)
+    }
+
+    /// [`FileKey::seal`] of a whole message: `nonce ‖ ciphertext ‖ tag`.
+    pub fn seal_vec(&self, ad: &[u8], plaintext: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
+        seal_random_nonce(&self.0, ad, plaintext)
+    }
+
+    /// Open a message sealed by [`FileKey::seal_vec`].
+    pub fn open_vec(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        open_random_nonce(&self.0, ad, sealed)
     }
 }
 
@@ -290,6 +363,25 @@ mod tests {
         assert!(keys().open_lease(b"ad", &l).is_err());
         let m = k.seal_meta(b"ad", b"meta".to_vec()).unwrap();
         assert!(k.open_lease(b"ad", &m).is_err());
+    }
+
+    #[test]
+    fn cache_file_keys_differ_per_salt_and_vault() {
+        let k = keys();
+        let a = k.cache_file_key(&[1; 32]).unwrap();
+        let b = k.cache_file_key(&[2; 32]).unwrap();
+        let mut buf = b"dirty chunk bytes".to_vec();
+        let (n, t) = a.seal(b"ad", &mut buf).unwrap();
+        assert_ne!(&buf[..], b"dirty chunk bytes");
+        buf.extend_from_slice(&t);
+        assert!(b.open(&n, b"ad", &mut buf.clone()).is_err());
+        assert!(a.open(&n, b"other ad", &mut buf.clone()).is_err());
+        let other = keys().cache_file_key(&[1; 32]).unwrap();
+        assert!(other.open(&n, b"ad", &mut buf.clone()).is_err());
+        assert_eq!(a.open(&n, b"ad", &mut buf).unwrap(), b"dirty chunk bytes");
+        let v = a.seal_vec(b"j", b"journal entry".to_vec()).unwrap();
+        assert_eq!(a.open_vec(b"j", &v).unwrap(), b"journal entry");
+        assert!(b.open_vec(b"j", &v).is_err());
     }
 
     proptest! {

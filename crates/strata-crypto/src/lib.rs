@@ -4,7 +4,8 @@
 //! - the password → key-encryption key step (Argon2id, parameters stored in the
 //!   vault header) and wrapping/unwrapping of the random 256-bit master key;
 //! - the sub-keys derived from the master key (BLAKE3 `derive_key`, one
-//!   context string per purpose): data, metadata, names, nonces;
+//!   context string per purpose): data, metadata, names, nonces, and the
+//!   local cache (a key per cache file);
 //! - AES-256-GCM (through `aws-lc-rs`) for 64 KiB data segments and metadata
 //!   objects, with nonces and associated data chosen by the caller's format;
 //! - keyed BLAKE3 for blob names (content addressing) and object hashes;
@@ -17,7 +18,7 @@ mod keys;
 mod padding;
 mod password;
 
-pub use keys::{BlobId, Keys, MasterKey, NONCE_LEN, TAG_LEN};
+pub use keys::{BlobId, FileKey, Keys, MasterKey, NONCE_LEN, TAG_LEN};
 pub use padding::padme;
 pub use password::{derive_kek, unwrap_master_key, wrap_master_key, KdfParams, Kek, SALT_LEN};
 

@@ -11,6 +11,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -208,14 +209,16 @@ fn checkpoints_are_written_while_the_cache_disk_is_full() {
         small_fs_options(&small)(o);
         o.checkpoint_records = Some(40);
     });
+    // the newest checkpoint's name (older ones are deleted as new ones land)
     let checkpoints = || {
         fs::read_dir(env.root.join("store/meta"))
             .map(|rd| {
                 rd.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint."))
-                    .count()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.starts_with("checkpoint."))
+                    .max()
             })
-            .unwrap_or(0)
+            .unwrap_or(None)
     };
     let mut acked = Vec::new();
     for i in 0..20 {
@@ -226,11 +229,14 @@ fn checkpoints_are_written_while_the_cache_disk_is_full() {
     let filler = small.fill();
     let before = checkpoints();
     // metadata-only changes need no new cache space (the journal keeps a
-    // reserve): renames, directories, attribute changes, each committed
+    // reserve): renames, directories, attribute changes, each committed.
+    // 60 records: a checkpoint (every 40) is due after `before` was taken
+    // even if one was written just before.
     for i in 0..20 {
         fs::create_dir(env.mnt.join(format!("d{i}"))).unwrap();
         let name = format!("d{i}/f{i}");
         fs::rename(env.mnt.join(format!("f{i}")), env.mnt.join(&name)).unwrap();
+        fs::set_permissions(env.mnt.join(&name), fs::Permissions::from_mode(0o600)).unwrap();
         acked[i as usize].0 = name;
         File::open(env.mnt.join("d0")).unwrap().sync_all().unwrap();
     }

@@ -6,8 +6,7 @@
 //! [`strata_core::layout::chunk_pieces`].
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use strata_core::record::now;
 use strata_core::{Inode, Kind, Record, Ts};
 use tracing::{debug, trace, warn};
 
+use crate::sealed::SealedFile;
 use crate::writeback::{block, committed_len, DChunk, Overlay};
 use crate::{io_errno, lock, vault_errno, Errno, Vfs, VfsResult};
 
@@ -116,12 +116,12 @@ impl Vfs {
         ci: u64,
         a: u64,
         b: u64,
-    ) -> VfsResult<(u64, Option<File>)> {
+    ) -> VfsResult<(u64, Option<SealedFile>)> {
         let path = self.wb.path(node.ino, ci);
         let valid = committed_len(node, ci);
         if valid == 0 || (a == 0 && b >= valid) {
-            let f =
-                block(|| File::create(&path)).map_err(|e| io_errno(e, "creating a cache file"))?;
+            let f = block(|| self.wb.create_file(&path))
+                .map_err(|e| io_errno(e, "creating a cache file"))?;
             return Ok((0, Some(f)));
         }
         let start = chunk_start(ci, node.chunk_size);
@@ -132,9 +132,9 @@ impl Vfs {
             .map_err(|e| vault_errno(e, "reading a chunk before a partial write"))?;
         let tmp = path.with_extension("fill");
         block(|| -> std::io::Result<()> {
-            let r = File::create(&tmp).and_then(|f| {
-                f.write_all_at(&data, 0)?;
-                f.sync_data()?; // the rename must never expose a half-filled chunk
+            let r = self.wb.create_file(&tmp).and_then(|f| {
+                f.write_at(&data, 0)?;
+                f.file().sync_data()?; // the rename must never expose a half-filled chunk
                 std::fs::rename(&tmp, &path)
             });
             if r.is_err() {
@@ -213,9 +213,9 @@ impl Vfs {
             let written = block(|| -> std::io::Result<()> {
                 let f = match created {
                     Some(f) => f,
-                    None => OpenOptions::new().write(true).open(&path)?,
+                    None => self.wb.open_file(&path)?,
                 };
-                f.write_all_at(src, p.a)
+                f.write_at(src, p.a)
             });
             let Some(c) = o.chunks.get_mut(&ci) else {
                 continue;
@@ -312,11 +312,8 @@ impl Vfs {
                     let have = c.len.min(p.b).saturating_sub(p.a) as usize;
                     if have > 0 {
                         let path = self.wb.path(ino, p.index);
-                        block(|| -> std::io::Result<()> {
-                            let f = File::open(&path)?;
-                            f.read_exact_at(&mut buf[..have], p.a)
-                        })
-                        .map_err(|e| io_errno(e, "reading from the cache"))?;
+                        block(|| self.wb.open_file(&path)?.read_at(&mut buf[..have], p.a))
+                            .map_err(|e| io_errno(e, "reading from the cache"))?;
                     }
                     out.extend_from_slice(&buf);
                 }
@@ -361,13 +358,8 @@ impl Vfs {
             if let Some(c) = o.chunks.get_mut(&last) {
                 if c.len > valid {
                     let path = self.wb.path(node.ino, last);
-                    block(|| {
-                        OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .and_then(|f| f.set_len(valid))
-                    })
-                    .map_err(|e| io_errno(e, "truncating a cache file"))?;
+                    block(|| self.wb.open_file(&path)?.set_len(valid))
+                        .map_err(|e| io_errno(e, "truncating a cache file"))?;
                     self.wb.add_bytes(c.len, valid);
                     c.len = valid;
                     c.gen = self.wb.gen();

@@ -25,6 +25,7 @@ mod io;
 pub mod journal;
 mod lineage;
 mod ops;
+mod sealed;
 mod space;
 pub mod writeback;
 
@@ -293,7 +294,7 @@ impl Vfs {
                 format!("cannot restrict the cache directory {}: {e}", dir.display())
             })?;
         }
-        let (mut journal, entries) = Journal::open(dir)
+        let (mut journal, entries) = Journal::open(dir, vault.keys().clone())
             .map_err(|e| format!("cannot open the journal in {}: {e}", dir.display()))?;
         let have = vault.writer_seq();
         let mut replayed = Vec::new();
@@ -306,7 +307,7 @@ impl Vfs {
                     "the local journal holds changes not yet in the store; a read-only mount does not show them (mount read-write to upload them)"
                 );
             }
-            let wb = WriteBack::open(dir.join("ro-dirty"))
+            let wb = WriteBack::open(dir.join("ro-dirty"), vault.keys().clone())
                 .map_err(|e| format!("cannot open the cache: {e}"))?;
             return Ok(Vfs::assemble(vault, opts, journal, wb));
         }
@@ -341,7 +342,7 @@ impl Vfs {
             .map_err(|e| format!("cannot rewrite the journal in {}: {e}", dir.display()))?;
         lineage::start(dir, &vault)
             .map_err(|e| format!("cannot write the lineage file in {}: {e}", dir.display()))?;
-        let wb = WriteBack::open(dir.join("dirty"))
+        let wb = WriteBack::open(dir.join("dirty"), vault.keys().clone())
             .map_err(|e| format!("cannot open the write-back cache: {e}"))?;
         let vfs = Vfs::assemble(vault, opts, journal, wb);
         vfs.wb.recover(&vfs.vault);

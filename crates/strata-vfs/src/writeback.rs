@@ -1,6 +1,7 @@
 //! The write-back cache: dirty chunks as files on local disk
-//! (`<cache>/dirty/<ino>.<chunk>`, the chunk's plaintext up to its highest
-//! written byte), an in-memory overlay per file (size and mtime of writes not
+//! (`<cache>/dirty/<ino>.<chunk>`, the chunk's bytes up to its highest
+//! written byte, sealed with a per-file key: [`crate::sealed`]), an
+//! in-memory overlay per file (size and mtime of writes not
 //! yet in the tree), and the background uploader.
 //!
 //! A chunk's life: first write → file created (filled from the stored chunk
@@ -11,8 +12,6 @@
 //! in the store. Memory use is independent of file sizes: data lives on disk.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,8 +20,10 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use strata_core::layout::chunk_start;
 use strata_core::{Inode, Kind, Record, Ts, Vault};
+use strata_crypto::Keys;
 use tracing::{info, warn};
 
+use crate::sealed::{self, SealedFile};
 use crate::{io_errno, lock, vault_errno, Vfs, VfsResult};
 
 /// One dirty chunk.
@@ -62,6 +63,8 @@ pub(crate) type OverlayRef = Arc<tokio::sync::RwLock<Overlay>>;
 
 pub struct WriteBack {
     dir: PathBuf,
+    /// Seal the chunk files ([`crate::sealed`]).
+    keys: Arc<Keys>,
     /// Source of chunk generations, unique across the cache: a chunk entry
     /// dropped and re-created never repeats a generation an in-flight
     /// upload still carries.
@@ -75,10 +78,11 @@ pub struct WriteBack {
 }
 
 impl WriteBack {
-    pub(crate) fn open(dir: PathBuf) -> std::io::Result<WriteBack> {
+    pub(crate) fn open(dir: PathBuf, keys: Arc<Keys>) -> std::io::Result<WriteBack> {
         std::fs::create_dir_all(&dir)?;
         Ok(WriteBack {
             dir,
+            keys,
             next_gen: AtomicU64::new(1),
             overlays: Mutex::new(HashMap::new()),
             attrs: Mutex::new(HashMap::new()),
@@ -92,6 +96,28 @@ impl WriteBack {
 
     pub(crate) fn path(&self, ino: u64, ci: u64) -> PathBuf {
         self.dir.join(format!("{ino}.{ci}"))
+    }
+
+    /// Create (or empty) the chunk file of `(ino, ci)` at `path`.
+    pub(crate) fn create_file(&self, path: &Path) -> std::io::Result<SealedFile> {
+        SealedFile::create(path, &self.keys)
+    }
+
+    /// Open an existing chunk file.
+    pub(crate) fn open_file(&self, path: &Path) -> std::io::Result<SealedFile> {
+        SealedFile::open(path, &self.keys)
+    }
+
+    /// Seal a chunk file an earlier version left in plaintext (temp file,
+    /// sync, rename); returns its plaintext length.
+    fn seal_legacy(&self, path: &Path) -> std::io::Result<u64> {
+        let plain = std::fs::read(path)?;
+        let tmp = path.with_extension("seal");
+        let f = self.create_file(&tmp)?;
+        f.write_at(&plain, 0)?;
+        f.file().sync_data()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(plain.len() as u64)
     }
 
     /// Re-register chunk files left by an earlier session (after the journal
@@ -119,14 +145,24 @@ impl WriteBack {
                 continue;
             };
             let start = chunk_start(ci, node.chunk_size);
-            let flen = e.metadata().map(|m| m.len()).unwrap_or(0);
+            let flen = if sealed::is_sealed(&path) {
+                e.metadata().map(|m| sealed::capacity(m.len())).unwrap_or(0)
+            } else {
+                match self.seal_legacy(&path) {
+                    Ok(n) => n,
+                    Err(err) => {
+                        warn!(path = %path.display(), error = %err, "could not seal a chunk file of an earlier version; it stays as it is and is not uploaded");
+                        continue;
+                    }
+                }
+            };
             if start >= node.size && !(start == 0 && node.size == 0 && flen == 0) {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
             let len = flen.min(node.size - start.min(node.size));
             if len < flen {
-                if let Ok(f) = OpenOptions::new().write(true).open(&path) {
+                if let Ok(f) = self.open_file(&path) {
                     let _ = f.set_len(len);
                 }
             }
@@ -185,9 +221,14 @@ impl WriteBack {
     /// Forget an inode's dirty data (deleted file).
     pub(crate) fn drop_inode(&self, ino: u64) {
         lock(&self.attrs).remove(&ino);
-        if lock(&self.overlays).remove(&ino).is_none() {
+        let Some(ov) = lock(&self.overlays).remove(&ino) else {
             return;
-        }
+        };
+        // the chunks' byte counts, when no upload holds the overlay
+        let lens: Option<HashMap<u64, u64>> = ov
+            .try_read()
+            .ok()
+            .map(|o| o.chunks.iter().map(|(ci, c)| (*ci, c.len)).collect());
         // Remove the inode's chunk files by name (an upload in flight may hold
         // the overlay; it finds the inode gone and references nothing).
         let prefix = format!("{ino}.");
@@ -195,11 +236,17 @@ impl WriteBack {
             return;
         };
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-                if std::fs::remove_file(e.path()).is_ok() {
-                    self.add_bytes(len, 0);
-                }
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(ci) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let len = ci
+                .parse::<u64>()
+                .ok()
+                .and_then(|ci| lens.as_ref()?.get(&ci).copied())
+                .unwrap_or_else(|| e.metadata().map(|m| sealed::capacity(m.len())).unwrap_or(0));
+            if std::fs::remove_file(e.path()).is_ok() {
+                self.add_bytes(len, 0);
             }
         }
     }
@@ -346,7 +393,11 @@ impl Vfs {
         // may shrink or remove it meanwhile. That is no failure (the chunk
         // changed: it stays dirty and goes with its new generation, or it
         // is gone), only a read error of an unchanged chunk is.
-        if let Err(e) = block(|| File::open(&path).and_then(|f| f.read_exact_at(&mut data, 0))) {
+        if let Err(e) = block(|| {
+            self.wb
+                .open_file(&path)
+                .and_then(|f| f.read_at(&mut data, 0))
+        }) {
             let current = self.wb.get(ino).is_some_and(|c| Arc::ptr_eq(&c, ov));
             let unchanged = current
                 && ov
@@ -679,4 +730,10 @@ impl Vfs {
 /// Path helper for tests.
 pub fn dirty_dir(cache: &Path) -> PathBuf {
     cache.join("dirty")
+}
+
+/// Plaintext bytes a dirty chunk file of `file_len` bytes can hold (its
+/// valid bytes rounded up to whole 4 KiB blocks).
+pub fn plain_capacity(file_len: u64) -> u64 {
+    sealed::capacity(file_len)
 }

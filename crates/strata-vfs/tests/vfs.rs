@@ -281,6 +281,8 @@ async fn crash_recovery_replays_journal_and_dirty_chunks() {
     uploader.abort();
     let _ = uploader.await;
     drop(v);
+    // the cache at rest holds neither the content nor the name
+    assert_no_plaintext(e.cache.path(), &[b"closed.bin", &data[1000..1064]]);
     let (v, _) = e.mount().await;
     let d2 = v.lookup(ROOT_INO, b"dir").unwrap();
     assert_eq!(d2.ino, d.ino);
@@ -300,6 +302,37 @@ async fn crash_recovery_replays_journal_and_dirty_chunks() {
     assert!(
         dirty_files(e.cache.path()).is_empty(),
         "cache drained after unmount"
+    );
+}
+
+/// No file under `dir` contains any of `needles`.
+#[track_caller]
+fn assert_no_plaintext(dir: &Path, needles: &[&[u8]]) {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&p).unwrap();
+            for n in needles {
+                assert!(
+                    !bytes.windows(n.len()).any(|w| w == *n),
+                    "{} holds plaintext ({} bytes of it)",
+                    p.display(),
+                    n.len()
+                );
+            }
+        }
+    }
+    assert!(
+        files >= 2,
+        "expected a journal and chunk files in {}",
+        dir.display()
     );
 }
 
@@ -427,4 +460,36 @@ async fn lost_deferred_blob_is_uploaded_again_after_a_crash() {
         &data,
         "file after the crash",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_chunk_files_of_an_earlier_version_are_sealed_and_uploaded() {
+    let e = Env::new("", 256 * 1024).await;
+    let (v, _, uploader) = e.mount_with(Duration::from_secs(3600)).await;
+    let (a, _) = v.create(ROOT_INO, b"old.txt", 0o644, 0, 0, 0).unwrap();
+    v.write(a.ino, 0, 0, b"abcdefghij").await.unwrap();
+    v.flush(a.ino).await.unwrap();
+    uploader.abort();
+    let _ = uploader.await;
+    drop(v);
+    // what a version without sealed cache files left behind
+    let dirty = strata_vfs::writeback::dirty_dir(e.cache.path()).join(format!("{}.0", a.ino));
+    assert!(dirty.exists());
+    std::fs::write(&dirty, b"ABCDEFGHIJ").unwrap();
+    let (v, _) = e.mount().await;
+    let f = v.lookup(ROOT_INO, b"old.txt").unwrap();
+    assert_eq!(read_all(&v, f.ino).await, b"ABCDEFGHIJ");
+    if let Ok(now) = std::fs::read(&dirty) {
+        assert!(
+            !now.windows(10).any(|w| w == b"ABCDEFGHIJ"),
+            "still plaintext"
+        );
+    }
+    unmount(v).await;
+    let fresh = tempfile::tempdir().unwrap();
+    let (store, _) = open_url(&e.url).unwrap();
+    let vault = Arc::new(Vault::open(store, PW, e.open_opts()).await.unwrap());
+    let v = Vfs::new(vault, VfsOptions::new(fresh.path().to_path_buf())).unwrap();
+    let f = v.lookup(ROOT_INO, b"old.txt").unwrap();
+    assert_eq!(read_all(&v, f.ino).await, b"ABCDEFGHIJ");
 }
