@@ -92,7 +92,7 @@ impl SealedFile {
     }
 
     /// The plaintext of blocks `first..=last` (zeros past the end of the
-    /// file and for holes).
+    /// file and for holes), decrypted in place in one buffer.
     fn read_blocks(&self, first: u64, last: u64) -> io::Result<Vec<u8>> {
         let n = (last - first + 1) as usize;
         let mut raw = vec![0u8; n * SEALED as usize];
@@ -100,27 +100,26 @@ impl SealedFile {
         let len = self.file.metadata()?.len();
         let have = len.saturating_sub(at).min(raw.len() as u64) as usize;
         self.file.read_exact_at(&mut raw[..have], at)?;
-        let mut out = vec![0u8; n * BLOCK as usize];
-        for (i, (sealed, plain)) in raw
-            .chunks_exact_mut(SEALED as usize)
-            .zip(out.chunks_exact_mut(BLOCK as usize))
-            .enumerate()
-        {
-            if sealed.iter().all(|b| *b == 0) {
-                continue; // a hole
+        let (b, s) = (BLOCK as usize, SEALED as usize);
+        for i in 0..n {
+            let sealed = &mut raw[i * s..(i + 1) * s];
+            if sealed.iter().all(|x| *x == 0) {
+                // a hole: zeros
+            } else {
+                let mut nonce = [0u8; NONCE_LEN];
+                nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+                let idx = first + i as u64;
+                self.key
+                    .open(&nonce, &ad(idx), &mut sealed[NONCE_LEN..])
+                    .map_err(|_| {
+                        invalid(format!("block {idx} of a cache file fails authentication"))
+                    })?;
             }
-            let mut nonce = [0u8; NONCE_LEN];
-            nonce.copy_from_slice(&sealed[..NONCE_LEN]);
-            let idx = first + i as u64;
-            let p = self
-                .key
-                .open(&nonce, &ad(idx), &mut sealed[NONCE_LEN..])
-                .map_err(|_| {
-                    invalid(format!("block {idx} of a cache file fails authentication"))
-                })?;
-            plain.copy_from_slice(p);
+            // move the block's plaintext to its place (i * BLOCK <= i * SEALED)
+            raw.copy_within(i * s + NONCE_LEN..i * s + NONCE_LEN + b, i * b);
         }
-        Ok(out)
+        raw.truncate(n * b);
+        Ok(raw)
     }
 
     /// Read `buf.len()` plaintext bytes at `off`.
@@ -136,8 +135,18 @@ impl SealedFile {
         Ok(())
     }
 
-    /// Write `data` at plaintext offset `off` (one `pwrite` of the sealed
-    /// blocks; partial blocks at either end are read and patched first).
+    /// The first `len` plaintext bytes (no copy beyond the decryption).
+    pub(crate) fn read_prefix(&self, len: u64) -> io::Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut v = self.read_blocks(0, (len - 1) / BLOCK)?;
+        v.truncate(len as usize);
+        Ok(v)
+    }
+
+    /// Write `data` at plaintext offset `off`: one buffer of sealed blocks,
+    /// one `pwrite`; partial blocks at either end are read and patched.
     pub(crate) fn write_at(&self, data: &[u8], off: u64) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
@@ -146,25 +155,35 @@ impl SealedFile {
         let first = off / BLOCK;
         let last = (end - 1) / BLOCK;
         let n = (last - first + 1) as usize;
-        let mut plain = vec![0u8; n * BLOCK as usize];
-        if !off.is_multiple_of(BLOCK) {
-            plain[..BLOCK as usize].copy_from_slice(&self.read_blocks(first, first)?);
-        }
-        if !end.is_multiple_of(BLOCK) && (last != first || off.is_multiple_of(BLOCK)) {
-            let at = (n - 1) * BLOCK as usize;
-            plain[at..].copy_from_slice(&self.read_blocks(last, last)?);
-        }
-        let skip = (off - first * BLOCK) as usize;
-        plain[skip..skip + data.len()].copy_from_slice(data);
-        let mut out = Vec::with_capacity(n * SEALED as usize);
-        for (i, block) in plain.chunks_exact_mut(BLOCK as usize).enumerate() {
-            let (nonce, tag) = self
-                .key
-                .seal(&ad(first + i as u64), block)
-                .map_err(io::Error::other)?;
-            out.extend_from_slice(&nonce);
-            out.extend_from_slice(block);
-            out.extend_from_slice(&tag);
+        let (b, s) = (BLOCK as usize, SEALED as usize);
+        let head = if off.is_multiple_of(BLOCK) {
+            None
+        } else {
+            Some(self.read_blocks(first, first)?)
+        };
+        let tail = if !end.is_multiple_of(BLOCK) && (last != first || head.is_none()) {
+            Some(self.read_blocks(last, last)?)
+        } else {
+            None
+        };
+        let mut out = vec![0u8; n * s];
+        for i in 0..n {
+            let idx = first + i as u64;
+            let block = &mut out[i * s + NONCE_LEN..i * s + NONCE_LEN + b];
+            let start = idx * BLOCK;
+            match (&head, &tail) {
+                (Some(h), _) if i == 0 => block.copy_from_slice(h),
+                (_, Some(t)) if i == n - 1 => block.copy_from_slice(t),
+                _ => {}
+            }
+            // the new bytes that fall into this block
+            let a = start.max(off);
+            let z = (start + BLOCK).min(end);
+            block[(a - start) as usize..(z - start) as usize]
+                .copy_from_slice(&data[(a - off) as usize..(z - off) as usize]);
+            let (nonce, tag) = self.key.seal(&ad(idx), block).map_err(io::Error::other)?;
+            out[i * s..i * s + NONCE_LEN].copy_from_slice(&nonce);
+            out[i * s + NONCE_LEN + b..(i + 1) * s].copy_from_slice(&tag);
         }
         self.file.write_all_at(&out, HDR + first * SEALED)
     }

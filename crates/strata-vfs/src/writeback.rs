@@ -388,29 +388,28 @@ impl Vfs {
         recovered: bool,
     ) -> VfsResult<()> {
         let path = self.wb.path(ino, ci);
-        let mut data = vec![0u8; len as usize];
         // The file is read without the overlay lock: a truncate or unlink
         // may shrink or remove it meanwhile. That is no failure (the chunk
         // changed: it stays dirty and goes with its new generation, or it
         // is gone), only a read error of an unchanged chunk is.
-        if let Err(e) = block(|| {
-            self.wb
-                .open_file(&path)
-                .and_then(|f| f.read_at(&mut data, 0))
-        }) {
-            let current = self.wb.get(ino).is_some_and(|c| Arc::ptr_eq(&c, ov));
-            let unchanged = current
-                && ov
-                    .read()
-                    .await
-                    .chunks
-                    .get(&ci)
-                    .is_some_and(|c| c.gen == gen);
-            if !unchanged {
-                return Ok(());
+        let read = block(|| self.wb.open_file(&path).and_then(|f| f.read_prefix(len)));
+        let data = match read {
+            Ok(d) => d,
+            Err(e) => {
+                let current = self.wb.get(ino).is_some_and(|c| Arc::ptr_eq(&c, ov));
+                let unchanged = current
+                    && ov
+                        .read()
+                        .await
+                        .chunks
+                        .get(&ci)
+                        .is_some_and(|c| c.gen == gen);
+                if !unchanged {
+                    return Ok(());
+                }
+                return Err(io_errno(e, "reading a dirty chunk"));
             }
-            return Err(io_errno(e, "reading a dirty chunk"));
-        }
+        };
         let _guard = self.vault.data_guard().await;
         let up = if recovered {
             self.vault.upload_chunk_always(data).await
