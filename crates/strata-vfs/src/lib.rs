@@ -287,7 +287,8 @@ impl Vfs {
         let dir = &opts.cache_dir.clone();
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create cache directory {}: {e}", dir.display()))?;
-        // Dirty chunks are plaintext: only the owner may enter the cache.
+        // Only the owner may enter the cache (its files are sealed, but
+        // their names and sizes say what is pending).
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {

@@ -94,7 +94,7 @@ pub(crate) fn check(dir: &Path, vault: &Vault, pending: usize, dirty: usize) -> 
          version {v}, which this cache did not write: the writer lease was lost, broken or expired). \
          Applying them now could damage files, so this read-write mount is refused. To use the vault, \
          mount with --read-only or with another --cache-dir; the changes stay in {d} (the journal and \
-         the plaintext chunk files under dirty/). To discard them, delete {d}.",
+         the chunk files under dirty/, sealed with the vault key). To discard them, delete {d}.",
         d = dir.display(),
         v = here.0
     ))
