@@ -343,8 +343,15 @@ fn a_mount_that_loses_its_lease_says_so_and_keeps_its_changes() {
         "{st}"
     );
 
-    // unmount gives up quickly, saying where the changes are
-    ok(&e, &["unmount", mnt.to_str().unwrap(), "--timeout", "60"]);
+    // unmount gives up quickly, saying where the changes are (and exits 1:
+    // not everything reached the store)
+    let o = run(&e, &["unmount", mnt.to_str().unwrap(), "--timeout", "60"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("lost the vault's writer lease") && said.contains("mnt-a-cache"),
+        "{said}"
+    );
     let (success, log) = a.wait_exit();
     assert!(!success, "{log}");
     assert!(log.contains("lost the vault's writer lease"), "{log}");

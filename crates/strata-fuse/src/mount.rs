@@ -681,6 +681,18 @@ pub fn run_mount(
         r
     };
 
+    // What stays pending, for `strata unmount` (another process) to show:
+    // written before the mount goes away, which is what it waits for.
+    let note = cache_dir.join(control::UNFLUSHED_NOTE);
+    match &flushed {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&note);
+        }
+        Err(e) => {
+            let _ = std::fs::write(&note, e);
+        }
+    }
+
     // Without root a detached busy mount cannot be aborted: its session
     // lingers until the files are closed (or this process exits).
     let can_abort = geteuid().is_root();
@@ -703,16 +715,6 @@ pub fn run_mount(
     drop(vfs);
     drop(lock);
     rt.shutdown_timeout(Duration::from_secs(5));
-    // What stays pending, for `strata unmount` (another process) to show.
-    let note = cache_dir.join(control::UNFLUSHED_NOTE);
-    match &flushed {
-        Ok(()) => {
-            let _ = std::fs::remove_file(&note);
-        }
-        Err(e) => {
-            let _ = std::fs::write(&note, e);
-        }
-    }
     flushed.map_err(|e| {
         anyhow!(
             "unmounted {}, but not everything reached the store: {e}",
