@@ -2,8 +2,14 @@
 //!
 //! A writer holds `lease/<16 hex epoch>`, an object sealed with the lease
 //! key that names it (random holder id, host, pid, a label such as
-//! "mount at /mnt/x") and says until when it holds the vault. The holder
-//! rewrites its own object every `ttl / 3`; only the highest epoch counts.
+//! "mount at /mnt/x") and says until when it holds the vault. While the
+//! writer is active (it committed or changed the store within the last
+//! `ttl`), the holder rewrites its own object every `ttl / 3` with a
+//! lifetime of `ttl`; while idle, with the longer lifetime
+//! [`LeaseOptions::idle_ttl`] (10 × `ttl`), renewed when a third of it has
+//! passed — so an idle mount makes a few requests every few minutes, not
+//! nine a minute. Every commit first checks the lease is still ours. Only
+//! the highest epoch counts.
 //! Taking the vault over (a stale or broken lease) means creating the next
 //! epoch, so on stores that enforce conditional create two writers can never
 //! both win, and a renewal never overwrites someone else's lease. Without
@@ -127,7 +133,9 @@ pub struct LeaseOptions {
     /// Take the lease even if another writer holds it (that writer notices
     /// at its next renewal and stops committing).
     pub break_lease: bool,
-    /// How long a lease holds without renewal; renewed every `ttl / 3`.
+    /// How long a lease holds without renewal while the writer is active;
+    /// renewed every `ttl / 3`. An idle writer's lease holds
+    /// [`LeaseOptions::idle_ttl`].
     pub ttl: Duration,
     /// Extra time another writer waits after a lease's expiry before taking
     /// it over (allows for clock differences between machines).
@@ -151,6 +159,15 @@ impl LeaseOptions {
             settle: Duration::from_secs(2),
             local_liveness: true,
         }
+    }
+}
+
+impl LeaseOptions {
+    /// Lifetime of an idle writer's lease: 10 × `ttl` (10 minutes by
+    /// default). A holder that dies while idle on another machine keeps
+    /// other writers out for up to this long (plus the clock margin).
+    pub fn idle_ttl(&self) -> Duration {
+        self.ttl * 10
     }
 }
 
@@ -337,8 +354,11 @@ enum Phase {
 struct State {
     epoch: u64,
     body: LeaseBody,
-    /// Monotonic end of validity: start of the last successful write + ttl.
+    /// Monotonic end of validity: start of the last successful write +
+    /// the lifetime it wrote.
     valid_until: Instant,
+    /// The last commit or other store change (see [`Lease::check_writable`]).
+    last_active: Instant,
     phase: Phase,
     last_error: Option<String>,
 }
@@ -520,6 +540,7 @@ impl Lease {
                     epoch: next,
                     body,
                     valid_until: t0 + opts.ttl,
+                    last_active: t0,
                     phase: Phase::Held,
                     last_error: None,
                 }),
@@ -609,20 +630,46 @@ impl Lease {
         Ok(())
     }
 
-    /// Verify, then extend the lease by `ttl`.
+    /// Verify, then extend the lease by `ttl` (by the idle lifetime if the
+    /// writer is idle).
     pub(crate) async fn renew(&self) -> VaultResult<()> {
         let _op = self.op.lock().await;
-        self.renew_locked().await
+        let lifetime = self.lifetime();
+        self.renew_locked(lifetime).await
     }
 
-    async fn renew_locked(&self) -> VaultResult<()> {
+    /// The lifetime a renewal writes now: `ttl` while active, the idle
+    /// lifetime once nothing was committed for `ttl`.
+    fn lifetime(&self) -> Duration {
+        if lock(&self.state).last_active.elapsed() < self.opts.ttl {
+            self.opts.ttl
+        } else {
+            self.opts.idle_ttl()
+        }
+    }
+
+    /// Renew when a third of the current lifetime has passed (the
+    /// background task's tick).
+    async fn renew_if_due(&self) -> VaultResult<bool> {
+        let _op = self.op.lock().await;
+        let lifetime = self.lifetime();
+        let remaining = lock(&self.state)
+            .valid_until
+            .saturating_duration_since(Instant::now());
+        if remaining > lifetime * 2 / 3 {
+            return Ok(false);
+        }
+        self.renew_locked(lifetime).await.map(|()| true)
+    }
+
+    async fn renew_locked(&self, lifetime: Duration) -> VaultResult<()> {
         self.phase_ok()?;
         let res = async {
             self.verify().await?;
             let (epoch, body) = {
                 let s = lock(&self.state);
                 let mut b = s.body.clone();
-                b.expires = unix_now() + ttl_secs(self.opts.ttl);
+                b.expires = unix_now() + ttl_secs(lifetime);
                 b.renewals += 1;
                 (s.epoch, b)
             };
@@ -632,7 +679,7 @@ impl Lease {
             {
                 let mut s = lock(&self.state);
                 s.body = body;
-                s.valid_until = t0 + self.opts.ttl;
+                s.valid_until = t0 + lifetime;
                 s.last_error = None;
             }
             // A writer that took over between our check and our put has
@@ -683,11 +730,13 @@ impl Lease {
     pub(crate) async fn check_writable(&self) -> VaultResult<()> {
         let _op = self.op.lock().await;
         self.phase_ok()?;
-        let remaining = lock(&self.state)
-            .valid_until
-            .saturating_duration_since(Instant::now());
+        let remaining = {
+            let mut s = lock(&self.state);
+            s.last_active = Instant::now();
+            s.valid_until.saturating_duration_since(Instant::now())
+        };
         if remaining < self.opts.ttl / 3 {
-            return self.renew_locked().await.map_err(|e| match e {
+            return self.renew_locked(self.opts.ttl).await.map_err(|e| match e {
                 VaultError::LeaseLost { .. } => e,
                 other => VaultError::LeaseUnavailable {
                     detail: other.to_string(),
@@ -778,8 +827,9 @@ async fn renew_loop(weak: Weak<Lease>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(l) = weak.upgrade() else { return };
-        match l.renew().await {
-            Ok(()) => debug!(key = %l.key(), "renewed the writer lease"),
+        match l.renew_if_due().await {
+            Ok(true) => debug!(key = %l.key(), "renewed the writer lease"),
+            Ok(false) => {}
             Err(VaultError::LeaseLost { .. }) => return,
             Err(_) => {} // logged; retried at the next tick
         }

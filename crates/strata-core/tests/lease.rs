@@ -300,11 +300,17 @@ async fn lease_is_renewed_while_held() {
     for kind in KINDS {
         let e = Env::new(kind).await;
         let a = e.writer("long writer").await;
-        // three times the ttl: only renewals keep it
+        // three times the ttl: only renewals keep it (idle after one ttl:
+        // then renewed with the idle lifetime, 10 × ttl)
         tokio::time::sleep(Duration::from_millis(3600)).await;
         let st = a.lease_status().unwrap();
         assert_eq!(st.state, "held", "{kind:?}: {st:?}");
-        assert!(st.renewals >= 3, "{kind:?}: {st:?}");
+        assert!(st.renewals >= 1, "{kind:?}: {st:?}");
+        let now = strata_core::lease::unix_now();
+        assert!(
+            st.expires >= now + 8,
+            "{kind:?}: idle lifetime not written: {st:?}, now {now}"
+        );
         let expiring = LeaseOptions {
             local_liveness: false,
             ..lopts("other")
@@ -671,4 +677,42 @@ async fn a_late_renewal_does_not_resurrect_a_broken_lease() {
         .unwrap();
     assert!(c.stat_path("/zombie").is_err());
     c.release_lease().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_writer_renews_rarely_and_still_checks_before_committing() {
+    let e = Env::new(Kind::Memory).await;
+    let (store, metrics) = open_url(&e.url).unwrap();
+    let a = Vault::open(store, PW, e.opts(Some(lopts("idle writer"))))
+        .await
+        .unwrap();
+    put(&a, "/first", b"active").await;
+    a.commit().await.unwrap();
+    // active: renewed every ttl/3 (400 ms); then idle after one ttl
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let base = metrics.snapshot();
+    // 4 s idle: at most one renewal (3 requests); active renewals would
+    // have made 10 (30 requests)
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let idle = metrics.snapshot().since(&base).requests();
+    assert!(idle <= 3, "{idle} requests in 4 s of idleness");
+    // still the holder: a second writer is refused
+    let other = LeaseOptions {
+        local_liveness: false,
+        ..lopts("other")
+    };
+    locked_text(e.open(Some(other.clone())).await);
+    // broken while idle: the next commit checks first and refuses
+    let b = e
+        .open(Some(LeaseOptions {
+            break_lease: true,
+            ..other
+        }))
+        .await
+        .unwrap();
+    put(&a, "/late", b"after the break").await;
+    let err = a.commit().await.unwrap_err();
+    assert!(matches!(err, VaultError::LeaseLost { .. }), "{err}");
+    assert!(b.stat_path("/late").is_err());
+    b.release_lease().await.unwrap();
 }
