@@ -27,6 +27,7 @@ pub mod chunks;
 pub mod data;
 pub mod error;
 pub mod fetch;
+pub mod follow;
 pub mod format;
 pub mod layout;
 pub mod lease;

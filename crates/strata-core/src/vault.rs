@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::chunks::{Chunks, ReadCacheOptions};
 use crate::error::{VaultError, VaultResult};
+use crate::follow::{self, Loaded};
 use crate::format::blob::{chunk_size_for, SEGMENT};
 use crate::format::header::Header;
 use crate::format::meta::{self, CheckpointBody, LogBody};
@@ -95,7 +96,7 @@ pub(crate) struct Inner {
     /// Sequence number of the newest committed record.
     writer_seq: u64,
     freed: Vec<BlobId>,
-    version: u64,
+    pub(crate) version: u64,
     head: [u8; 32],
     checkpoint_version: u64,
     records_since_checkpoint: u64,
@@ -105,6 +106,18 @@ pub(crate) struct Inner {
     staged: Vec<StagedLog>,
     /// Newest staged version the stage hook was told about.
     reported_version: u64,
+}
+
+impl Inner {
+    /// Move to committed log `version` with chain head `head` (a follower
+    /// catching up; nothing of its own is pending).
+    pub(crate) fn set_position(&mut self, version: u64, head: [u8; 32], writer_seq: u64) {
+        self.version = version;
+        self.head = head;
+        self.writer_seq = writer_seq;
+        self.pending_first_seq = writer_seq + 1;
+        self.reported_version = version;
+    }
 }
 
 /// A sealed log object waiting to be (re)sent.
@@ -162,17 +175,17 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 /// What `list meta/` found.
-struct MetaListing {
-    logs: BTreeMap<u64, String>,
+pub(crate) struct MetaListing {
+    pub(crate) logs: BTreeMap<u64, String>,
     /// version → (count, parts present)
     /// (version, part count) → parts present. Keyed by both, so a stale
     /// part set of the same version (other count) never hides a good one.
-    checkpoints: BTreeMap<(u64, u32), BTreeMap<u32, String>>,
+    pub(crate) checkpoints: BTreeMap<(u64, u32), BTreeMap<u32, String>>,
 }
 
 impl MetaListing {
     /// Complete part sets, oldest first.
-    fn complete_checkpoints(&self) -> Vec<(u64, u32)> {
+    pub(crate) fn complete_checkpoints(&self) -> Vec<(u64, u32)> {
         self.checkpoints
             .iter()
             .filter(|((_, count), parts)| {
@@ -183,7 +196,7 @@ impl MetaListing {
     }
 }
 
-async fn list_meta(store: &DynStore) -> VaultResult<MetaListing> {
+pub(crate) async fn list_meta(store: &DynStore) -> VaultResult<MetaListing> {
     let mut l = MetaListing {
         logs: BTreeMap::new(),
         checkpoints: BTreeMap::new(),
@@ -396,86 +409,25 @@ impl Vault {
         vault_id: [u8; 16],
         opts: OpenOptions,
     ) -> VaultResult<Vault> {
-        let name = store.describe();
         let listing = list_meta(&store).await?;
-        let Some(&(cv, count)) = listing.complete_checkpoints().last() else {
-            return Err(VaultError::Missing {
-                object: format!("{name}/meta/checkpoint.*"),
-                file: None,
-                hint: "the vault has no complete checkpoint; restore meta/ from a backup".into(),
-            });
-        };
-        let mut parts = Vec::new();
-        if let Some(names) = listing.checkpoints.get(&(cv, count)) {
-            for key in names.values() {
-                let bytes = store
-                    .get(key)
-                    .await
-                    .map_err(|e| VaultError::from_get(e, key, "restore it from a backup"))?;
-                parts.push((key.clone(), bytes.to_vec()));
-            }
-        }
-        let body = meta::open_checkpoint(&keys, &vault_id, cv, &parts)?;
-        let first_part = parts.first().map(|p| p.0.clone()).unwrap_or_default();
-        let mut tree =
-            Tree::from_image(body.tree).map_err(|e| VaultError::corrupt(&first_part, e))?;
-        let mut head = body.head;
-        let mut version = cv;
-        let mut writer_seq = body.writer_seq;
         let seen = state::load(&state_dir(&opts), &header.vault_id)?;
-        if let Some(s) = &seen {
-            if s.version == cv && s.head != hex::encode(head) && !opts.accept_rollback {
-                return Err(VaultError::Fork { version: cv });
-            }
-        }
-        let mut records = 0u64;
-        let mut logs = 0u64;
-        for (&v, key) in listing.logs.range(cv + 1..) {
-            if v != version + 1 {
-                return Err(VaultError::Missing {
-                    object: format::log_key(version + 1),
-                    file: None,
-                    hint: format!("the metadata log chain has a gap before {key}; the vault cannot be opened safely"),
-                });
-            }
-            let bytes = store
-                .get(key)
-                .await
-                .map_err(|e| VaultError::from_get(e, key, "restore it from a backup"))?;
-            let log = meta::open_log(&keys, &vault_id, v, &bytes, key)?;
-            if log.prev != head {
-                return Err(VaultError::corrupt(
-                    key,
-                    "log does not chain to the previous log (replayed, reordered or from another history)",
-                ));
-            }
-            for r in &log.records {
-                tree.apply(r).map_err(|e| {
-                    VaultError::corrupt(key, format!("record cannot be replayed: {e}"))
-                })?;
-                records += 1;
-            }
-            head = meta::object_hash(&bytes);
-            version = v;
-            writer_seq = log.writer_seq;
-            logs += 1;
-            if let Some(s) = &seen {
-                if s.version == v && s.head != hex::encode(head) && !opts.accept_rollback {
-                    return Err(VaultError::Fork { version: v });
-                }
-            }
-        }
-        if let Some(s) = &seen {
-            if version < s.version && !opts.accept_rollback {
-                return Err(VaultError::Rollback {
-                    seen: s.version,
-                    found: version,
-                });
-            }
-            if version == s.version && s.head != hex::encode(head) && !opts.accept_rollback {
-                return Err(VaultError::Fork { version });
-            }
-        }
+        let Loaded {
+            tree,
+            version,
+            head,
+            checkpoint_version: cv,
+            writer_seq,
+            records,
+            logs,
+        } = follow::load(
+            &store,
+            &keys,
+            &vault_id,
+            &listing,
+            seen.as_ref(),
+            opts.accept_rollback,
+        )
+        .await?;
         let v = Vault::assemble(
             store, header, vault_id, keys, tree, version, head, cv, writer_seq, opts,
         );
@@ -489,7 +441,7 @@ impl Vault {
         Ok(v)
     }
 
-    fn save_seen(&self) -> VaultResult<()> {
+    pub(crate) fn save_seen(&self) -> VaultResult<()> {
         let (version, head) = {
             let g = lock(&self.inner);
             (g.version, g.head)
@@ -531,6 +483,15 @@ impl Vault {
     /// Hash of the newest committed log (the chain head; FORMAT §8).
     pub fn head(&self) -> [u8; 32] {
         lock(&self.inner).head
+    }
+
+    pub(crate) fn vault_id_bytes(&self) -> &[u8; 16] {
+        &self.vault_id
+    }
+
+    /// Whether this vault took the writer lease.
+    pub fn holds_lease(&self) -> bool {
+        self.lease.is_some()
     }
 
     /// This writer's lease, if it took one.
