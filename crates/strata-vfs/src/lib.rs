@@ -15,14 +15,18 @@
 //! - **open handles** (`handles`): per-`fh` state, such as each handle's
 //!   read-ahead.
 //!
-//! Front ends (the FUSE adapter) call [`Vfs`] methods; nothing here knows
-//! about FUSE.
+//! - **sessions** ([`session`]): opening a vault for a long-running front
+//!   end (cache lock, writer lease, uploader, the flush at the end).
+//!
+//! Front ends (the FUSE adapter, `strata serve`) call [`Vfs`] methods;
+//! nothing here knows about FUSE or HTTP.
 
 mod handles;
 mod io;
 pub mod journal;
 mod lineage;
 mod ops;
+pub mod session;
 pub mod writeback;
 
 use std::path::PathBuf;
