@@ -123,8 +123,14 @@ fn rand_key(key: &mut [u8; 32]) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        *key = blake3::hash(&[t.to_le_bytes().as_slice(), &std::process::id().to_le_bytes()].concat())
-            .into();
+        *key = blake3::hash(
+            &[
+                t.to_le_bytes().as_slice(),
+                &std::process::id().to_le_bytes(),
+            ]
+            .concat(),
+        )
+        .into();
     }
 }
 
@@ -144,7 +150,9 @@ mod tests {
         assert!(h.check_header(format!("Basic {b64}").as_bytes()));
         assert!(!h.check_header(b"Basic !!!"));
         assert!(!h.check_header(b"Bearer x"));
-        let e = Htpasswd::parse("bob:$apr1$abc$def\n", "f").err().map(|e| e.to_string());
+        let e = Htpasswd::parse("bob:$apr1$abc$def\n", "f")
+            .err()
+            .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("not a bcrypt entry") && e.contains("htpasswd -B")));
         assert!(Htpasswd::parse("\n", "f").is_err());
     }

@@ -438,13 +438,7 @@ impl DavFileSystem for VfsDav {
                     Err(Errno(libc::EROFS)) => http_status::StatusCode::FORBIDDEN,
                     Err(_) => http_status::StatusCode::INTERNAL_SERVER_ERROR,
                 };
-                res.push((
-                    status,
-                    DavProp {
-                        xml: None,
-                        ..p
-                    },
-                ));
+                res.push((status, DavProp { xml: None, ..p }));
             }
             Ok(res)
         }
@@ -488,10 +482,7 @@ impl DavFileSystem for VfsDav {
         async move {
             let s = self.vfs.statfs();
             let bs = u64::from(s.bsize);
-            Ok((
-                s.blocks.saturating_sub(s.bfree) * bs,
-                Some(s.blocks * bs),
-            ))
+            Ok((s.blocks.saturating_sub(s.bfree) * bs, Some(s.blocks * bs)))
         }
         .boxed()
     }
@@ -549,13 +540,7 @@ impl fmt::Debug for VfsFile {
 }
 
 impl VfsFile {
-    fn new(
-        dav: &VfsDav,
-        ino: u64,
-        fh: u64,
-        publish: Option<Publish>,
-        expect: Option<u64>,
-    ) -> Self {
+    fn new(dav: &VfsDav, ino: u64, fh: u64, publish: Option<Publish>, expect: Option<u64>) -> Self {
         VfsFile {
             vfs: dav.vfs.clone(),
             ino,

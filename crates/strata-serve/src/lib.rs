@@ -30,8 +30,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use dav_server::memls::MemLs;
 use dav_server::{DavHandler, DavMethodSet};
-use strata_vfs::session::{bound_allocator, Session, SessionOptions, Signals};
 pub use strata_vfs::session::StopHandle;
+use strata_vfs::session::{bound_allocator, Session, SessionOptions, Signals};
 use tracing::info;
 use zeroize::Zeroizing;
 
@@ -202,5 +202,6 @@ pub fn run_serve(
     let flushed = sess.flush(&rt, opts.flush_timeout, &mut signals, by_signal);
     sess.finish(&rt);
     rt.shutdown_timeout(Duration::from_secs(5));
-    flushed.map_err(|e| anyhow::anyhow!("stopped serving, but not everything reached the store: {e}"))
+    flushed
+        .map_err(|e| anyhow::anyhow!("stopped serving, but not everything reached the store: {e}"))
 }

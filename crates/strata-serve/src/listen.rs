@@ -85,7 +85,10 @@ fn unauthorized() -> Response<Body> {
 impl Service {
     async fn handle(self, req: Request<hyper::body::Incoming>) -> Response<Body> {
         if let Some(auth) = &self.auth {
-            let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+            let header = req
+                .headers()
+                .get(AUTHORIZATION)
+                .map(|v| v.as_bytes().to_vec());
             let ok = match header {
                 None => false,
                 // bcrypt takes tens of milliseconds: not on a worker thread
@@ -127,7 +130,12 @@ impl Server {
         })?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, tls.map(TlsAcceptor::from), svc, stopped));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            tls.map(TlsAcceptor::from),
+            svc,
+            stopped,
+        ));
         Ok(Server { addr, stop, task })
     }
 

@@ -274,12 +274,11 @@ impl Session {
         // A store on the local disk gets no read cache: measured, reading it
         // straight (the kernel's page cache keeps what is re-read) beat a
         // cache in memory by ~20 % on a cold sequential read.
-        let read_cache = (opts.read_cache_size > 0 && !is_local_store(&store_name)).then(|| {
-            ReadCacheOptions {
+        let read_cache =
+            (opts.read_cache_size > 0 && !is_local_store(&store_name)).then(|| ReadCacheOptions {
                 dir: Some(cache_dir.join("read")),
                 cap: opts.read_cache_size,
-            }
-        });
+            });
         let vopts = VaultOpenOptions {
             state_dir: opts.state_dir.clone(),
             accept_rollback: opts.accept_rollback,
