@@ -13,14 +13,6 @@ use crate::password;
 use crate::session::password_sources;
 
 fn serve_options(g: &Global, proto: Protocol, a: &ServeArgs, url: String) -> Result<ServeOptions> {
-    let total = strata_store::parse_size(&a.cache_size)
-        .map_err(|e| anyhow::anyhow!("--cache-size {}: {e}", a.cache_size))?;
-    if total < 64 << 20 {
-        bail!(
-            "--cache-size {} is too small: use at least 64MiB",
-            a.cache_size
-        );
-    }
     if a.lease.break_lease && (a.read_only || proto == Protocol::Http) {
         bail!("--break-lease does not go with a read-only server: it takes no writer lease");
     }
@@ -33,8 +25,7 @@ fn serve_options(g: &Global, proto: Protocol, a: &ServeArgs, url: String) -> Res
     o.tls = a.tls_cert.clone().zip(a.tls_key.clone());
     let mut s = SessionOptions::new(url);
     s.cache_dir = a.cache_dir.clone();
-    s.cache_size = total / 4 * 3;
-    s.read_cache_size = total / 4;
+    (s.cache_size, s.read_cache_size) = super::mount::cache_budget(&a.cache_size)?;
     s.read_only = a.read_only || proto == Protocol::Http;
     s.state_dir = g.state_dir.clone();
     s.accept_rollback = g.accept_rollback;
