@@ -35,6 +35,10 @@ const PROP_PREFIX: &[u8] = b"dav:";
 /// Largest read answered at once (dav-server asks for its buffer size).
 const MAX_READ: usize = 1 << 20;
 
+/// Body bytes are gathered up to this much before they go to the VFS (a
+/// request body arrives in frames of a few KiB).
+const WRITE_BUF: usize = 1 << 20;
+
 fn fs_err(e: Errno) -> FsError {
     match e.0 {
         libc::ENOENT => FsError::NotFound,
@@ -527,6 +531,8 @@ pub struct VfsFile {
     /// The body's announced length (Content-Length), if any.
     expect: Option<u64>,
     publish: Option<Publish>,
+    /// Written bytes not yet handed to the VFS; they start at `pos`.
+    pending: Vec<u8>,
 }
 
 impl fmt::Debug for VfsFile {
@@ -549,6 +555,7 @@ impl VfsFile {
             written: 0,
             expect,
             publish,
+            pending: Vec::new(),
         }
     }
 
@@ -556,7 +563,29 @@ impl VfsFile {
         self.vfs.getattr(self.ino).map(Meta).map_err(fs_err)
     }
 
+    /// Hand the gathered bytes to the VFS.
+    async fn drain(&mut self) -> FsResult<()> {
+        let data = std::mem::take(&mut self.pending);
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let n = self
+                .vfs
+                .write(self.ino, self.fh, self.pos, rest)
+                .await
+                .map_err(fs_err)? as usize;
+            if n == 0 {
+                return Err(FsError::GeneralFailure);
+            }
+            self.pos += n as u64;
+            rest = &rest[n..];
+        }
+        self.pending = data;
+        self.pending.clear();
+        Ok(())
+    }
+
     async fn read_at_pos(&mut self, count: usize) -> FsResult<Vec<u8>> {
+        self.drain().await?;
         let n = count.min(MAX_READ) as u32;
         let b = self
             .vfs
@@ -567,19 +596,11 @@ impl VfsFile {
         Ok(b)
     }
 
-    async fn write_at_pos(&mut self, mut data: &[u8]) -> FsResult<()> {
-        while !data.is_empty() {
-            let n = self
-                .vfs
-                .write(self.ino, self.fh, self.pos, data)
-                .await
-                .map_err(fs_err)? as usize;
-            if n == 0 {
-                return Err(FsError::GeneralFailure);
-            }
-            self.pos += n as u64;
-            self.written += n as u64;
-            data = &data[n..];
+    async fn write_at_pos(&mut self, data: &[u8]) -> FsResult<()> {
+        self.pending.extend_from_slice(data);
+        self.written += data.len() as u64;
+        if self.pending.len() >= WRITE_BUF {
+            self.drain().await?;
         }
         Ok(())
     }
@@ -588,6 +609,7 @@ impl VfsFile {
     /// a whole-file upload, put it in place. A body shorter than announced
     /// is not put in place.
     async fn finish(&mut self) -> FsResult<()> {
+        self.drain().await?;
         if let Some(p) = &mut self.publish {
             if p.done {
                 return Ok(());
@@ -625,8 +647,11 @@ impl Drop for VfsFile {
 
 impl DavFile for VfsFile {
     fn metadata(&mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
-        let m = self.meta().map(|m| Box::new(m) as Box<dyn DavMetaData>);
-        Box::pin(std::future::ready(m))
+        async move {
+            self.drain().await?;
+            Ok(Box::new(self.meta()?) as Box<dyn DavMetaData>)
+        }
+        .boxed()
     }
 
     fn write_buf(&mut self, mut buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
@@ -651,6 +676,7 @@ impl DavFile for VfsFile {
 
     fn seek(&mut self, pos: SeekFrom) -> FsFuture<'_, u64> {
         async move {
+            self.drain().await?;
             let size = self.meta()?.0.size;
             let new = match pos {
                 SeekFrom::Start(n) => Some(n),
