@@ -588,14 +588,26 @@ fn data_put_before_a_crash_is_there_after_the_next_serve() {
         201
     );
     assert_eq!(status(&["-X", "MKCOL", &format!("{}dir", s.url)]), 201);
+    // and an upload in progress when the process dies
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port())).unwrap();
+    c.write_all(b"PUT /dir/cut.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000\r\n\r\n")
+        .unwrap();
+    c.write_all(&[1u8; 2 << 20]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     s.kill9();
+    drop(c);
     // the next serve replays the journal and uploads the dirty chunks
     let s = start(&env, &["webdav", "--listen", "127.0.0.1:0"], "cache");
     s.stop();
     let out = env.p("work/crash.out");
     ok(&env, &["get", "/crash.bin", out.to_str().unwrap()]);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&f).unwrap());
-    assert!(ok(&env, &["ls", "/"]).contains("dir"));
+    // the cut-off upload left nothing behind
+    let ls = ok(&env, &["ls", "-R", "/"]);
+    assert!(
+        ls.contains("dir") && !ls.contains("cut.bin") && !ls.contains(".strata-upload"),
+        "{ls}"
+    );
 }
 
 /// The litmus summary line of a group: (passed, failed).

@@ -131,6 +131,30 @@ impl VfsDav {
         }
     }
 
+    /// Remove the hidden files of uploads that a crash cut off (a
+    /// read-write server is the vault's only writer, so none is in
+    /// progress). Returns how many were removed.
+    pub fn sweep_uploads(&self) -> usize {
+        let mut removed = 0;
+        let mut dirs = vec![ROOT_INO];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = self.vfs.readdir(dir) else {
+                continue;
+            };
+            for e in entries {
+                if e.kind == Kind::Dir {
+                    dirs.push(e.ino);
+                } else if e.kind == Kind::File && e.name.starts_with(UPLOAD_PREFIX) {
+                    match self.vfs.unlink(dir, &e.name) {
+                        Ok(()) => removed += 1,
+                        Err(err) => warn!(error = ?err, "could not remove a cut-off upload"),
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// The path's inode.
     fn resolve(&self, path: &DavPath) -> FsResult<u64> {
         let mut ino = ROOT_INO;

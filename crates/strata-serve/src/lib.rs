@@ -154,8 +154,15 @@ pub fn run_serve(
         (Protocol::WebDav, true) => DavMethodSet::WEBDAV_RO,
         (Protocol::WebDav, false) => DavMethodSet::WEBDAV_RW,
     };
+    let davfs = VfsDav::new(sess.vfs.clone());
+    if !read_only {
+        let n = davfs.sweep_uploads();
+        if n > 0 {
+            info!(files = n, "removed uploads cut off by a crash");
+        }
+    }
     let mut builder = DavHandler::builder()
-        .filesystem(Box::new(VfsDav::new(sess.vfs.clone())))
+        .filesystem(Box::new(davfs))
         .methods(methods)
         .autoindex(true)
         .read_buf_size(1 << 20);
