@@ -243,7 +243,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub read_only: bool,
 
-    /// Journal, dirty chunks and read cache [default: ~/.cache/strata/<vault id>]
+    /// Journal, dirty chunks and read cache [default: ~/.cache/strata/<vault id>,
+    /// or <vault id>-ro when read-only, so it runs beside a mount]
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 

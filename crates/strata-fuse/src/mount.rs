@@ -91,6 +91,7 @@ impl MountOptions {
         SessionOptions {
             store_url: self.store_url.clone(),
             cache_dir: self.cache_dir.clone(),
+            default_cache_suffix: String::new(),
             cache_size: self.cache_size,
             read_cache_size: self.read_cache_size,
             read_only: self.read_only,

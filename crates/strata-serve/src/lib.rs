@@ -137,6 +137,10 @@ pub fn run_serve(
         sopts.read_only = true;
     }
     let read_only = sopts.read_only;
+    if read_only {
+        // its own cache, so it can run beside a mount of the vault
+        sopts.default_cache_suffix = "-ro".into();
+    }
     if sopts.lease_owner.is_empty() {
         sopts.lease_owner = format!("strata serve webdav on {}", opts.listen);
     }

@@ -191,6 +191,10 @@ pub struct SessionOptions {
     pub store_url: String,
     /// Journal, dirty chunks and read cache. Default: [`default_cache_dir`].
     pub cache_dir: Option<PathBuf>,
+    /// Appended to the default cache directory's name (e.g. `-ro`): a
+    /// read-only session with its own directory runs beside a mount of
+    /// the same vault (a directory serves one session at a time).
+    pub default_cache_suffix: String,
     /// Dirty (not yet uploaded) data above this makes writers wait.
     pub cache_size: u64,
     /// Cache of downloaded ciphertext in `<cache dir>/read` (0 = none);
@@ -213,6 +217,7 @@ impl SessionOptions {
         SessionOptions {
             store_url: store_url.into(),
             cache_dir: None,
+            default_cache_suffix: String::new(),
             cache_size: 1 << 30,
             read_cache_size: 512 << 20,
             read_only: false,
@@ -256,10 +261,9 @@ impl Session {
         // The vault id (for the default cache dir and the lock) is public:
         // refuse a second session before asking the KDF for anything.
         let header = rt.block_on(Vault::read_header(&store))?;
-        let cache_dir = opts
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| default_cache_dir(&header.vault_id));
+        let cache_dir = opts.cache_dir.clone().unwrap_or_else(|| {
+            default_cache_dir(&format!("{}{}", header.vault_id, opts.default_cache_suffix))
+        });
         std::fs::create_dir_all(&cache_dir).with_context(|| {
             format!("cannot create the cache directory {}", cache_dir.display())
         })?;
