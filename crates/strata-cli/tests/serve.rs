@@ -614,6 +614,57 @@ fn data_put_before_a_crash_is_there_after_the_next_serve() {
     );
 }
 
+#[test]
+fn a_server_that_loses_its_lease_stops_and_says_so() {
+    let env = Env::new();
+    let mut c = env.cmd();
+    c.env("STRATA_LEASE_TTL", "3"); // renewed every second
+    let log = env.p("lost.log");
+    let mut child = c
+        .args(["serve", "webdav", "--listen", "127.0.0.1:0", "--cache-dir"])
+        .arg(env.p("cache"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    let url = line.trim().to_string();
+    assert!(
+        url.starts_with("http://"),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(status(&["-X", "MKCOL", &format!("{url}before")]), 201);
+    let o = env
+        .cmd()
+        .args(["mkdir", "--break-lease", "/by-breaker"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let start = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve kept running without its lease");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!st.success(), "{out}");
+    assert!(
+        out.contains("lost the vault's writer lease") && out.contains("stopping the server"),
+        "{out}"
+    );
+    // nothing listens there any more
+    assert_eq!(status(&["--connect-timeout", "2", &url]), 0);
+    assert!(ok(&env, &["ls", "/"]).contains("by-breaker"));
+}
+
 /// The litmus summary line of a group: (passed, failed).
 fn litmus_group(out: &str, group: &str) -> Option<(u32, u32)> {
     // "<- summary for `basic': of 16 tests run: 16 passed, 0 failed. 100.0%"

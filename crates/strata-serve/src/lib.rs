@@ -31,7 +31,7 @@ use anyhow::{bail, Context};
 use dav_server::memls::MemLs;
 use dav_server::{DavHandler, DavMethodSet};
 pub use strata_vfs::session::StopHandle;
-use strata_vfs::session::{bound_allocator, Session, SessionOptions, Signals};
+use strata_vfs::session::{bound_allocator, lease_lost, Session, SessionOptions, Signals};
 use tracing::info;
 use zeroize::Zeroizing;
 
@@ -203,12 +203,22 @@ pub fn run_serve(
         read_only,
     });
     let stop = opts.stop.clone();
-    let by_signal = rt.block_on(async {
+    let vault = sess.vault.clone();
+    let (by_signal, lost) = rt.block_on(async {
         tokio::select! {
-            sig = signals.next() => { info!(signal = sig, "stopping"); true }
-            _ = stop.wait() => false,
+            sig = signals.next() => { info!(signal = sig, "stopping"); (true, None) }
+            _ = stop.wait() => (false, None),
+            // a writer whose changes can no longer be committed must not
+            // go on accepting them
+            why = lease_lost(&vault) => (false, Some(why)),
         }
     });
+    if let Some(why) = &lost {
+        eprintln!(
+            "strata: lost the vault's writer lease ({why}): another writer took the vault over; \
+             stopping the server"
+        );
+    }
     rt.block_on(server.stop(opts.grace));
     let flushed = sess.flush(&rt, opts.flush_timeout, &mut signals, by_signal);
     sess.finish(&rt);
