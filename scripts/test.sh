@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every test of Strata. Installs what the tests need first (idempotent):
-# FUSE (fuse3 for fusermount3), the real programs the mount tests drive, and
+# FUSE (fuse3 for fusermount3), the real programs the mount tests drive, the
+# clients the `strata serve` tests drive (rclone, curl, litmus, ffmpeg), and
 # the real servers the store backends are tested against (strata-testkit:
 # Apache + mod_dav and rclone for WebDAV, OpenSSH for SFTP, SeaweedFS from
 # pip for S3). Those servers run only inside the tests, on 127.0.0.1.
@@ -21,6 +22,11 @@ command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v rclone >/dev/null 2>&1 || need+=(rclone)
+# Clients of `strata serve` (crates/strata-cli/tests/serve.rs).
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v litmus >/dev/null 2>&1 || need+=(litmus)
+command -v ffprobe >/dev/null 2>&1 && command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if [ "${#need[@]}" -gt 0 ]; then

@@ -97,6 +97,8 @@ pub enum Command {
     Mount(MountArgs),
     Unmount(UnmountArgs),
     Status(StatusArgs),
+    #[command(subcommand)]
+    Serve(ServeCommand),
     Demo(DemoArgs),
     CloudServer(CloudServerArgs),
 }
@@ -197,6 +199,61 @@ pub struct MountArgs {
 pub enum FsyncArg {
     Cloud,
     Local,
+}
+
+/// Serve the vault over the network: WebDAV or plain HTTP.
+///
+/// For devices and systems without FUSE: a video player on a phone, the
+/// Windows Explorer, the macOS Finder, rclone, davfs2. Runs in the
+/// foreground until Ctrl-C / SIGTERM, then uploads what is pending.
+#[derive(Debug, Subcommand)]
+pub enum ServeCommand {
+    /// Read-write WebDAV over the same cache, journal and writer lease as a
+    /// mount (--read-only: no lease, nothing written)
+    Webdav(ServeArgs),
+    /// Read-only HTTP: an HTML index per folder, Range requests, ETag,
+    /// Last-Modified, Content-Type from the file name (for players and
+    /// browsers)
+    Http(ServeArgs),
+}
+
+/// Options of `strata serve webdav|http`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on [default: 127.0.0.1:8922 for webdav,
+    /// 127.0.0.1:8923 for http]. Anything but a loopback address needs
+    /// --htpasswd
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Apache htpasswd file with bcrypt entries (`htpasswd -B -c FILE USER`):
+    /// every request must log in as one of its users
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+
+    /// Serve HTTPS with this PEM certificate (chain); needs --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve read-only: takes no writer lease (always so for `serve http`)
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Journal, dirty chunks and read cache [default: ~/.cache/strata/<vault id>,
+    /// or <vault id>-ro when read-only, so it runs beside a mount]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Local cache budget, as for `strata mount`
+    #[arg(long, default_value = "2GiB", value_name = "SIZE")]
+    pub cache_size: String,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 }
 
 /// Unmount a Strata mount, waiting until its pending uploads are in the store.

@@ -40,10 +40,11 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging(cli.global.verbose);
-    // A mount runs its own runtime and threads: not inside ours.
+    // A mount or server runs its own runtime and threads: not inside ours.
     match &cli.command {
         cli::Command::Mount(a) => return report::exit(commands::mount::mount(&cli.global, a)),
         cli::Command::Demo(a) => return report::exit(commands::mount::demo(&cli.global, a)),
+        cli::Command::Serve(c) => return report::exit(commands::serve::serve(&cli.global, c)),
         _ => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()

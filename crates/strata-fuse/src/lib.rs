@@ -20,5 +20,6 @@ pub mod mount;
 
 pub use control::{runtime_dir, status, unmount};
 pub use fs::StrataFs;
-pub use mount::{default_cache_dir, run_mount, MountOptions, StopHandle};
+pub use mount::{run_mount, MountOptions};
+pub use strata_vfs::session::{default_cache_dir, StopHandle};
 pub use strata_vfs::FsyncMode;

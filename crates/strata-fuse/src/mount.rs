@@ -3,24 +3,22 @@
 //! waits for a signal (or an external unmount) and then flushes and
 //! unmounts.
 
-use std::cell::Cell;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use fuser::{BackgroundSession, MountOption, SessionACL};
-use rustix::fs::{flock, FlockOperation};
-use rustix::io::Errno;
 use rustix::process::geteuid;
 use serde_json::{json, Value};
-use strata_core::{LeaseOptions, OpenOptions as VaultOpenOptions, ReadCacheOptions, Vault};
+use strata_core::LeaseOptions;
 use strata_store::Metrics;
-use strata_vfs::{FsyncMode, Vfs, VfsOptions};
+use strata_vfs::session::{
+    bound_allocator, is_local_store, Session, SessionOptions, Signals, StopHandle,
+};
+use strata_vfs::{FsyncMode, Vfs};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
@@ -98,48 +96,27 @@ impl MountOptions {
     }
 }
 
-/// Asks a running [`run_mount`] to flush and unmount. Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct StopHandle(Arc<StopInner>);
-
-#[derive(Debug, Default)]
-struct StopInner {
-    stopped: AtomicBool,
-    notify: tokio::sync::Notify,
-}
-
-impl StopHandle {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn stop(&self) {
-        self.0.stopped.store(true, Ordering::SeqCst);
-        self.0.notify.notify_waiters();
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.0.stopped.load(Ordering::SeqCst)
-    }
-
-    async fn wait(&self) {
-        loop {
-            let n = self.0.notify.notified();
-            if self.is_stopped() {
-                return;
-            }
-            n.await;
+impl MountOptions {
+    /// How the mount at `mountpoint` opens the vault.
+    fn session_options(&self, mountpoint: &Path) -> SessionOptions {
+        SessionOptions {
+            store_url: self.store_url.clone(),
+            cache_dir: self.cache_dir.clone(),
+            default_cache_suffix: String::new(),
+            cache_size: self.cache_size,
+            read_cache_size: self.read_cache_size,
+            read_only: self.read_only,
+            fsync: self.fsync,
+            state_dir: self.state_dir.clone(),
+            accept_rollback: self.accept_rollback,
+            break_lease: self.break_lease,
+            lease_ttl: self.lease_ttl,
+            lease_owner: format!("mount at {}", mountpoint.display()),
+            space_wait: self.space_wait,
+            stall_timeout: self.stall_timeout,
+            checkpoint_records: self.checkpoint_records,
         }
     }
-}
-
-/// `$XDG_CACHE_HOME/strata/<vault id>`, or `~/.cache/strata/<vault id>`.
-pub fn default_cache_dir(vault_id: &str) -> PathBuf {
-    dirs::cache_dir()
-        .or_else(|| dirs::home_dir().map(|h| h.join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("strata")
-        .join(vault_id)
 }
 
 /// The mountpoint must exist and be an empty directory. Returns it canonical.
@@ -176,49 +153,6 @@ fn check_fuse() -> anyhow::Result<()> {
         bail!("{NO_FUSE}; fusermount3 was not found");
     }
     Ok(())
-}
-
-/// An exclusive `flock` on `<cache dir>/lock` holding the owner's pid.
-struct MountLock {
-    file: File,
-}
-
-impl MountLock {
-    fn acquire(path: &Path) -> anyhow::Result<MountLock> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-        if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            if e == Errno::WOULDBLOCK {
-                let mut s = String::new();
-                let _ = file.read_to_string(&mut s);
-                let who = match s.trim().parse::<u32>() {
-                    Ok(pid) => format!("process {pid}"),
-                    Err(_) => "another process".to_string(),
-                };
-                bail!(
-                    "vault is already mounted by {who} (lock {})",
-                    path.display()
-                );
-            }
-            bail!("cannot lock {}: {}", path.display(), io::Error::from(e));
-        }
-        file.set_len(0)?;
-        file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
-        Ok(MountLock { file })
-    }
-}
-
-impl Drop for MountLock {
-    fn drop(&mut self) {
-        let _ = self.file.set_len(0);
-        let _ = flock(&self.file, FlockOperation::Unlock);
-    }
 }
 
 fn unix_now() -> u64 {
@@ -308,80 +242,11 @@ impl Drop for StatusFile {
     }
 }
 
-/// SIGTERM, SIGINT and SIGHUP, as one stream.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Needs a runtime context.
-    fn new() -> io::Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-            _ = self.hup.recv() => "SIGHUP",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopReason {
     Signal(&'static str),
     Requested,
     SessionEnded,
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// Keep the daemon's memory bounded: glibc's malloc otherwise raises its mmap
-/// threshold after the first multi-MiB chunk buffers are freed and keeps
-/// later ones in per-thread arenas (measured: ~250 MiB RSS copying 2 GiB
-/// under load). With a fixed threshold of 2 MiB, chunk buffers (4 MiB) stay
-/// mmapped and go back to the system, while the buffers of FUSE requests and
-/// segment runs (up to 1 MiB and a few tags) are reused from the arenas
-/// instead of being mapped, faulted in and unmapped on every request; and
-/// few arenas are used.
-fn bound_allocator() {
-    // SAFETY: mallopt only tunes allocator parameters; called before the
-    // mount's threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20);
-        // and freed buffers stay with the process instead of being given
-        // back (and faulted in again) after every request
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Whether a store (by its description) is on this machine's disk or in
-/// memory, as fast as the cache disk: no read cache, the largest kernel
-/// read-ahead.
-fn is_local_store(store: &str) -> bool {
-    store.starts_with("file://") || store.starts_with("memory://")
 }
 
 /// Kernel read-ahead of a mount of a remote store (the kernel's own default).
@@ -473,83 +338,28 @@ pub fn run_mount(
         .build()
         .context("cannot start the I/O runtime")?;
 
-    let (store, metrics) = strata_store::open_url(&opts.store_url)?;
-    let store_name = store.describe();
-    // The vault id (for the default cache dir and the lock) is public:
-    // refuse a second mount before asking the KDF for anything.
-    let header = rt.block_on(Vault::read_header(&store))?;
-    let cache_dir = opts
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| default_cache_dir(&header.vault_id));
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
-    let lock = MountLock::acquire(&cache_dir.join("lock"))?;
-
-    // A read-write mount is a writer: it holds the vault's writer lease
-    // until it has flushed and unmounted. A read-only mount takes none.
-    let lease = (!opts.read_only).then(|| LeaseOptions {
-        break_lease: opts.break_lease,
-        ttl: opts.lease_ttl,
-        ..LeaseOptions::new(format!("mount at {}", mountpoint.display()))
-    });
-    // A store on the local disk gets no read cache: measured, reading it
-    // straight (the kernel's page cache keeps what is re-read) beat a
-    // cache in memory by ~20 % on a cold sequential read, at the same
-    // random-read rate, and a disk cache only copies the disk to itself.
-    let read_cache =
-        (opts.read_cache_size > 0 && !is_local_store(&store_name)).then(|| ReadCacheOptions {
-            dir: Some(cache_dir.join("read")),
-            cap: opts.read_cache_size,
-        });
-    let defaults = VaultOpenOptions::default();
-    let vopts = VaultOpenOptions {
-        state_dir: opts.state_dir.clone(),
-        accept_rollback: opts.accept_rollback,
-        lease,
-        read_cache,
-        checkpoint_records: opts
-            .checkpoint_records
-            .unwrap_or(defaults.checkpoint_records),
-        ..defaults
-    };
-    let vault = Arc::new(rt.block_on(Vault::open(store, &password, vopts))?);
-    drop(password);
-    let mut vfs_opts = VfsOptions::new(cache_dir.clone());
-    vfs_opts.dirty_limit = opts.cache_size;
-    vfs_opts.space_wait = opts.space_wait;
-    vfs_opts.stall_timeout = opts.stall_timeout;
-    vfs_opts.read_only = opts.read_only;
-    vfs_opts.fsync = opts.fsync;
-    let vfs = match Vfs::new(vault.clone(), vfs_opts) {
-        Ok(v) => v,
-        Err(e) => {
-            release_lease(&rt, &vault);
-            return Err(anyhow!(e));
-        }
-    };
+    let mut sess = Session::open(&rt, &opts.session_options(&mountpoint), password)?;
+    let (vfs, store_name, cache_dir) = (
+        sess.vfs.clone(),
+        sess.store_name.clone(),
+        sess.cache_dir.clone(),
+    );
 
     let fs = StrataFs::new(vfs.clone(), rt.handle().clone());
-    let session = fuser::spawn_mount(fs, &mountpoint, &fuse_config(&opts, &store_name))
-        .map_err(|e| {
-            release_lease(&rt, &vault);
+    let session = match fuser::spawn_mount(fs, &mountpoint, &fuse_config(&opts, &store_name)) {
+        Ok(s) => s,
+        Err(e) => {
+            sess.abort(&rt);
             let hint = if e.kind() == io::ErrorKind::PermissionDenied && !geteuid().is_root() {
                 " (a non-root user needs read-write access to /dev/fuse: mode 0666, as the fuse3 package sets it)"
             } else {
                 ""
             };
-            anyhow!("cannot mount {}: {e}{hint}", mountpoint.display())
-        })?;
-    info!(mountpoint = %mountpoint.display(), store = %store_name, "mounted");
-
-    // A read-only mount never writes to the store: records replayed from the
-    // journal stay in the journal for the next read-write mount.
-    let uploader = if opts.read_only {
-        None
-    } else {
-        let _g = rt.enter();
-        Some(vfs.start())
+            bail!("cannot mount {}: {e}{hint}", mountpoint.display());
+        }
     };
+    info!(mountpoint = %mountpoint.display(), store = %store_name, "mounted");
+    sess.start(&rt);
 
     let mut guard = MountedGuard {
         mountpoint: mountpoint.clone(),
@@ -566,13 +376,13 @@ pub fn run_mount(
     base.insert("mountpoint".into(), json!(mountpoint.to_string_lossy()));
     base.insert("store".into(), json!(store_name));
     base.insert("cache_dir".into(), json!(cache_dir.to_string_lossy()));
-    base.insert("vault_id".into(), json!(header.vault_id));
+    base.insert("vault_id".into(), json!(sess.vault_id));
     base.insert("started".into(), json!(unix_now()));
     let status = Arc::new(StatusFile {
         path: control::runtime_dir()?.join(control::status_file_name(&mountpoint)),
         base,
         vfs: vfs.clone(),
-        metrics,
+        metrics: sess.metrics.clone(),
         state: Mutex::new("mounted"),
     });
     status
@@ -636,50 +446,15 @@ pub fn run_mount(
         }
     }
 
-    let flushed = if opts.read_only {
-        Ok(())
-    } else {
+    if !opts.read_only {
         status.set_state("flushing");
-        let last = Cell::new(None::<Instant>);
-        let report = |bytes: u64, chunks: u64| {
-            if last
-                .get()
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
-            {
-                if bytes == 0 {
-                    eprintln!("strata: committing metadata to the store…");
-                } else {
-                    eprintln!(
-                        "strata: flushing {bytes} bytes ({}, {chunks} chunks) to the store…",
-                        human(bytes)
-                    );
-                }
-                if last.get().is_none() && matches!(reason, StopReason::Signal(_)) {
-                    eprintln!("strata: (signal again to stop waiting; the rest is uploaded at the next mount)");
-                }
-                last.set(Some(Instant::now()));
-            }
-        };
-        let r = rt.block_on(async {
-            tokio::select! {
-                r = vfs.shutdown(opts.flush_timeout, report) => r,
-                why = lease_lost(&vault) => Err(format!(
-                    "this mount lost the vault's writer lease ({why}), so it cannot commit; what it has not \
-                     committed stays in the local cache ({}), and a later read-write mount uploads it only if \
-                     no other writer has changed the vault meanwhile",
-                    cache_dir.display()
-                )),
-                sig = signals.next() => Err(format!(
-                    "interrupted by {sig}: what is not uploaded yet stays in the local cache ({}) and is uploaded at the next mount",
-                    cache_dir.display()
-                )),
-            }
-        });
-        if r.is_ok() && last.get().is_some() {
-            eprintln!("strata: everything is in the store");
-        }
-        r
-    };
+    }
+    let flushed = sess.flush(
+        &rt,
+        opts.flush_timeout,
+        &mut signals,
+        matches!(reason, StopReason::Signal(_)),
+    );
 
     // What stays pending, for `strata unmount` (another process) to show:
     // written before the mount goes away, which is what it waits for.
@@ -707,13 +482,9 @@ pub fn run_mount(
     drop(guard);
     status.set_state("unmounted");
     status_task.abort();
-    if let Some(u) = uploader {
-        u.abort();
-    }
-    release_lease(&rt, &vault);
     drop(status);
     drop(vfs);
-    drop(lock);
+    sess.finish(&rt);
     rt.shutdown_timeout(Duration::from_secs(5));
     flushed.map_err(|e| {
         anyhow!(
@@ -721,29 +492,6 @@ pub fn run_mount(
             mountpoint.display()
         )
     })
-}
-
-/// Resolves once the vault's writer lease is lost (never without a lease),
-/// with the reason. Waits a second first, so a flush that can still finish
-/// does.
-async fn lease_lost(vault: &Vault) -> String {
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    loop {
-        if let Some(l) = vault.lease_status().filter(|l| l.state == "lost") {
-            return l
-                .error
-                .unwrap_or_else(|| "taken over by another writer".into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Give the writer lease back (a failure only delays the next writer until
-/// the lease expires).
-fn release_lease(rt: &tokio::runtime::Runtime, vault: &Vault) {
-    if let Err(e) = rt.block_on(vault.release_lease()) {
-        warn!(error = %e, "could not release the writer lease; it expires by itself");
-    }
 }
 
 /// Owns the FUSE session: makes sure the mount is gone however `run_mount`

@@ -992,7 +992,7 @@ fn lifecycle_status_and_unmount() {
     assert_eq!(
         e.to_string(),
         format!(
-            "vault is already mounted by process {} (lock {})",
+            "vault is already mounted or served by process {} (lock {}); stop that first",
             std::process::id(),
             env.cache.join("lock").display()
         )

@@ -15,10 +15,13 @@
 //! - **open handles** (`handles`): per-`fh` state, such as each handle's
 //!   read-ahead;
 //! - **cache-disk space** (`space`): what the mount does when the cache
-//!   disk runs short of space.
+//!   disk runs short of space;
+//! - **sealed cache files** (`sealed`): dirty chunk files in AES-GCM blocks;
+//! - **sessions** ([`session`]): opening a vault for a long-running front
+//!   end (cache lock, writer lease, uploader, the flush at the end).
 //!
-//! Front ends (the FUSE adapter) call [`Vfs`] methods; nothing here knows
-//! about FUSE.
+//! Front ends (the FUSE adapter, `strata serve`) call [`Vfs`] methods;
+//! nothing here knows about FUSE or HTTP.
 
 mod handles;
 mod io;
@@ -26,6 +29,7 @@ pub mod journal;
 mod lineage;
 mod ops;
 mod sealed;
+pub mod session;
 mod space;
 pub mod writeback;
 

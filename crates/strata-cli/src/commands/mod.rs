@@ -11,6 +11,7 @@ mod maint;
 pub mod mount;
 mod passwd;
 mod put;
+pub mod serve;
 
 use anyhow::Result;
 
@@ -38,7 +39,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => mount::status(a),
         // handled before the runtime starts (see main.rs)
         Command::CloudServer(a) => mount::cloud_server(a).await,
-        Command::Mount(_) | Command::Demo(_) => {
+        Command::Mount(_) | Command::Demo(_) | Command::Serve(_) => {
             anyhow::bail!("internal: mount runs outside the async runtime")
         }
     }

@@ -17,19 +17,20 @@ use crate::config;
 use crate::password::{self, Secret};
 use crate::session::password_sources;
 
-fn mount_options(g: &Global, a: &MountArgs, url: String) -> Result<MountOptions> {
-    let total = strata_store::parse_size(&a.cache_size)
-        .map_err(|e| anyhow::anyhow!("--cache-size {}: {e}", a.cache_size))?;
+/// `--cache-size`: (dirty data limit, read cache size) — 3/4 and 1/4.
+pub fn cache_budget(cache_size: &str) -> Result<(u64, u64)> {
+    let total = strata_store::parse_size(cache_size)
+        .map_err(|e| anyhow::anyhow!("--cache-size {cache_size}: {e}"))?;
     if total < 64 << 20 {
-        bail!(
-            "--cache-size {} is too small: use at least 64MiB",
-            a.cache_size
-        );
+        bail!("--cache-size {cache_size} is too small: use at least 64MiB");
     }
+    Ok((total / 4 * 3, total / 4))
+}
+
+fn mount_options(g: &Global, a: &MountArgs, url: String) -> Result<MountOptions> {
     let mut o = MountOptions::new(url, a.mountpoint.clone());
     o.cache_dir = a.cache_dir.clone();
-    o.cache_size = total / 4 * 3;
-    o.read_cache_size = total / 4;
+    (o.cache_size, o.read_cache_size) = cache_budget(&a.cache_size)?;
     o.read_only = a.read_only;
     o.allow_other = a.allow_other;
     o.fsync = match a.fsync {
