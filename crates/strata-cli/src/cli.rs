@@ -169,9 +169,16 @@ pub struct MountArgs {
     pub cache_size: String,
 
     /// Mount read-only: takes no writer lease, so it also works while
-    /// another writer holds the vault (shows the state as of mounting)
+    /// another writer holds the vault, and follows that writer's changes
+    /// (see --refresh)
     #[arg(long)]
     pub read_only: bool,
+
+    /// With --read-only: look for the writer's new changes every SECS
+    /// seconds (one listing of the store when nothing changed); 0 = show
+    /// the vault as of mounting
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub refresh: u64,
 
     #[command(flatten)]
     pub lease: LeaseArgs,

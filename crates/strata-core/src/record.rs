@@ -135,3 +135,35 @@ pub enum Record {
         ino: u64,
     },
 }
+impl Record {
+    /// What a record changes, for a follower telling the kernel what to
+    /// forget: inodes whose attributes or data changed, and directory
+    /// entries `(parent, name)` that appeared, went or now name another
+    /// inode.
+    pub fn touches(&self) -> (Vec<u64>, Vec<(u64, Vec<u8>)>) {
+        match self {
+            Record::Create {
+                ino, parent, name, ..
+            }
+            | Record::Link {
+                ino, parent, name, ..
+            } => (vec![*ino, *parent], vec![(*parent, name.clone())]),
+            Record::Unlink { parent, name, .. } => (vec![*parent], vec![(*parent, name.clone())]),
+            Record::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                ..
+            } => (
+                vec![*parent, *new_parent],
+                vec![(*parent, name.clone()), (*new_parent, new_name.clone())],
+            ),
+            Record::SetAttr { ino, .. }
+            | Record::SetChunks { ino, .. }
+            | Record::SetXattr { ino, .. }
+            | Record::RemoveXattr { ino, .. }
+            | Record::Forget { ino } => (vec![*ino], Vec::new()),
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use fuser::{BackgroundSession, MountOption, SessionACL};
+use fuser::{BackgroundSession, INodeNo, MountOption, SessionACL};
 use rustix::process::geteuid;
 use serde_json::{json, Value};
 use strata_core::LeaseOptions;
@@ -67,6 +67,9 @@ pub struct MountOptions {
     pub stall_timeout: Duration,
     /// Metadata records between checkpoints (`None`: the vault's default).
     pub checkpoint_records: Option<u64>,
+    /// A read-only mount looks for new changes in the store this often
+    /// (zero: never; it shows the vault as of mounting).
+    pub refresh: Duration,
     /// Stops the mount like SIGTERM does (for embedding and tests).
     pub stop: StopHandle,
 }
@@ -91,6 +94,7 @@ impl MountOptions {
             space_wait: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
             checkpoint_records: None,
+            refresh: Duration::from_secs(60),
             stop: StopHandle::new(),
         }
     }
@@ -181,6 +185,9 @@ impl StatusFile {
         m.insert("updated".into(), json!(unix_now()));
         if let Ok(Value::Object(vs)) = serde_json::to_value(self.vfs.status()) {
             m.extend(vs);
+        }
+        if let Some(f) = self.vfs.follow_status() {
+            m.insert("follow".into(), json!(f));
         }
         if let Some(l) = self.vfs.vault().lease_status() {
             if l.state == "lost" {
@@ -360,6 +367,8 @@ pub fn run_mount(
     };
     info!(mountpoint = %mountpoint.display(), store = %store_name, "mounted");
     sess.start(&rt);
+    let follower = (opts.read_only && !opts.refresh.is_zero())
+        .then(|| rt.spawn(follow(vfs.clone(), session.notifier(), opts.refresh)));
 
     let mut guard = MountedGuard {
         mountpoint: mountpoint.clone(),
@@ -482,6 +491,9 @@ pub fn run_mount(
     drop(guard);
     status.set_state("unmounted");
     status_task.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     drop(status);
     drop(vfs);
     sess.finish(&rt);
@@ -492,6 +504,45 @@ pub fn run_mount(
             mountpoint.display()
         )
     })
+}
+
+/// A read-only mount following the writer: every `every`, catch up with
+/// the store and make the kernel forget what changed (attributes, page
+/// cache, directory entries), so the next access sees the new state.
+async fn follow(vfs: Arc<Vfs>, notifier: fuser::Notifier, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate: the mount just opened
+    loop {
+        tick.tick().await;
+        let changes = match vfs.follow().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "could not follow the store; trying again at the next refresh");
+                continue;
+            }
+        };
+        if changes.is_empty() {
+            continue;
+        }
+        debug!(
+            inodes = changes.inodes.len(),
+            entries = changes.entries.len(),
+            "followed the writer"
+        );
+        let n = notifier.clone();
+        let forget = tokio::task::spawn_blocking(move || {
+            use std::os::unix::ffi::OsStrExt;
+            // ENOENT: the kernel holds nothing of it; nothing to forget
+            for (parent, name) in &changes.entries {
+                let _ = n.inval_entry(INodeNo(*parent), std::ffi::OsStr::from_bytes(name));
+            }
+            for ino in &changes.inodes {
+                let _ = n.inval_inode(INodeNo(*ino), 0, 0);
+            }
+        });
+        let _ = forget.await;
+    }
 }
 
 /// Owns the FUSE session: makes sure the mount is gone however `run_mount`

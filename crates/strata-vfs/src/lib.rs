@@ -17,12 +17,15 @@
 //! - **cache-disk space** (`space`): what the mount does when the cache
 //!   disk runs short of space;
 //! - **sealed cache files** (`sealed`): dirty chunk files in AES-GCM blocks;
+//! - **following** ([`follow`]): a read-only VFS catching up with a
+//!   writer elsewhere, and what the kernel must forget then;
 //! - **sessions** ([`session`]): opening a vault for a long-running front
 //!   end (cache lock, writer lease, uploader, the flush at the end).
 //!
 //! Front ends (the FUSE adapter, `strata serve`) call [`Vfs`] methods;
 //! nothing here knows about FUSE or HTTP.
 
+pub mod follow;
 mod handles;
 mod io;
 pub mod journal;
@@ -261,6 +264,8 @@ pub struct Vfs {
     pub(crate) journal: Mutex<Journal>,
     pub(crate) wb: WriteBack,
     pub(crate) space: Space,
+    /// A read-only VFS following the store (see [`follow`]).
+    pub(crate) follow: follow::FollowState,
     /// Highest sequence number of a record the journal could not take (a
     /// local write failed): until a commit covers it, the journal is not a
     /// complete record, so close/fsync commit instead of relying on it.
@@ -369,6 +374,7 @@ impl Vfs {
             vault,
             journal: Mutex::new(journal),
             space: Space::new(opts.cache_dir.clone()),
+            follow: follow::FollowState::default(),
             journal_gap: AtomicU64::new(0),
             wb,
             handles: Handles::default(),

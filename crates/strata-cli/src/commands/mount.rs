@@ -32,6 +32,7 @@ fn mount_options(g: &Global, a: &MountArgs, url: String) -> Result<MountOptions>
     o.cache_dir = a.cache_dir.clone();
     (o.cache_size, o.read_cache_size) = cache_budget(&a.cache_size)?;
     o.read_only = a.read_only;
+    o.refresh = Duration::from_secs(a.refresh);
     o.allow_other = a.allow_other;
     o.fsync = match a.fsync {
         FsyncArg::Cloud => FsyncMode::Cloud,
@@ -229,6 +230,20 @@ pub fn status(a: &StatusArgs) -> Result<()> {
         }
         _ => println!("writer lease:      none (read-only mount)"),
     }
+    if let Some(f) = v.get("follow").filter(|f| f.is_object()) {
+        let when = f
+            .get("last_refresh")
+            .and_then(|x| x.as_u64())
+            .map(strata_core::lease::format_utc)
+            .unwrap_or_else(|| "not yet".into());
+        println!(
+            "role:              follower of the writer (metadata version {}, last refresh {when})",
+            n("metadata_version")
+        );
+        if let Some(e) = f.get("refresh_error").and_then(|x| x.as_str()) {
+            println!("refresh problem:   {e}");
+        }
+    }
     if let Some(e) = v.get("last_error").and_then(|x| x.as_str()) {
         println!("last error:        {e}");
     }
@@ -393,6 +408,7 @@ pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
         cache_dir: None,
         cache_size: "2GiB".into(),
         read_only: false,
+        refresh: 60,
         lease: Default::default(),
         allow_other: false,
         fsync: FsyncArg::Cloud,

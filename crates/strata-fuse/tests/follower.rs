@@ -1,0 +1,146 @@
+//! A read-only mount follows a writer elsewhere (needs root): the writer (a
+//! vault holding the lease, as another device would) creates, rewrites,
+//! renames and deletes; the follower, refreshing every second, shows each
+//! change within refresh + 5 s — including new contents of a file it had
+//! read before (its page cache is invalidated).
+
+mod common;
+
+use std::fs;
+use std::io::Cursor;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use strata_core::data::FileMeta;
+use strata_core::vault::OpenOptions;
+use strata_core::{LeaseOptions, Vault};
+
+async fn put(v: &Vault, path: &str, data: &[u8]) {
+    v.write_file(
+        path,
+        Box::new(Cursor::new(data.to_vec())),
+        FileMeta::default(),
+        true,
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+/// Wait until `ok` holds, at most refresh (1 s) + 5 s.
+#[track_caller]
+fn within_refresh(what: &str, ok: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "the follower did not show {what} within refresh + 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn content(p: &Path) -> Option<Vec<u8>> {
+    fs::read(p).ok()
+}
+
+#[test]
+fn a_read_only_mount_follows_the_writer() {
+    let _g = serial();
+    can_mount();
+    let env = Env::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let writer_state = tempfile::tempdir().unwrap();
+    let w = rt.block_on(async {
+        let (s, _) = strata_store::open_url(&env.store_url).unwrap();
+        let o = OpenOptions {
+            state_dir: Some(writer_state.path().to_path_buf()),
+            lease: Some(LeaseOptions::new("writer on another device")),
+            ..OpenOptions::default()
+        };
+        let w = Vault::open(s, PASSWORD, o).await.unwrap();
+        put(&w, "/a.txt", b"one").await;
+        w.commit().await.unwrap();
+        w
+    });
+    let m = env.mount_with(&env.mnt, |o| {
+        o.read_only = true;
+        o.refresh = Duration::from_secs(1);
+    });
+    let a = env.mnt.join("a.txt");
+    assert_eq!(content(&a).unwrap(), b"one");
+    // a rewrite (the follower has the old bytes in its page cache), a new
+    // directory and file
+    rt.block_on(async {
+        put(&w, "/a.txt", b"two, and longer").await;
+        w.mkdir("/d", 0o755, false).unwrap();
+        put(&w, "/d/b.txt", b"bee").await;
+        w.commit().await.unwrap();
+    });
+    within_refresh("the rewrite", || {
+        content(&a).as_deref() == Some(&b"two, and longer"[..])
+    });
+    within_refresh("the new file", || {
+        content(&env.mnt.join("d/b.txt")).as_deref() == Some(&b"bee"[..])
+    });
+    // a rename and a delete
+    rt.block_on(async {
+        w.rename("/d/b.txt", "/d/c.txt").unwrap();
+        w.remove("/a.txt", false).unwrap();
+        w.commit().await.unwrap();
+    });
+    within_refresh("the rename and the delete", || {
+        !a.exists() && !env.mnt.join("d/b.txt").exists() && env.mnt.join("d/c.txt").exists()
+    });
+    let names: Vec<String> = fs::read_dir(env.mnt.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["c.txt".to_string()]);
+    // writes stay refused on the follower
+    assert!(fs::write(env.mnt.join("x"), b"no").is_err());
+    m.stop().unwrap();
+    rt.block_on(w.release_lease()).unwrap();
+}
+
+#[test]
+fn a_follower_sees_a_file_rewritten_in_place_on_a_writer_mount() {
+    let _g = serial();
+    can_mount();
+    let env = Env::new();
+    let wmnt = env.root.join("writer-mnt");
+    fs::create_dir_all(&wmnt).unwrap();
+    let writer = env.mount_with(&wmnt, |o| {
+        o.cache_dir = Some(env.root.join("writer-cache"));
+        o.state_dir = Some(env.root.join("writer-state"));
+    });
+    let f = wmnt.join("log.bin");
+    let first = vec![1u8; 100_000];
+    fs::write(&f, &first).unwrap();
+    fs::File::open(&f).unwrap().sync_all().unwrap();
+    let follower = env.mount_with(&env.mnt, |o| {
+        o.read_only = true;
+        o.refresh = Duration::from_secs(1);
+    });
+    let seen = env.mnt.join("log.bin");
+    assert_eq!(content(&seen).unwrap(), first);
+    // the same inode, same size, other bytes in the middle
+    {
+        use std::os::unix::fs::FileExt;
+        let h = fs::OpenOptions::new().write(true).open(&f).unwrap();
+        h.write_all_at(&[9u8; 1000], 50_000).unwrap();
+        h.sync_all().unwrap();
+    }
+    let mut want = first.clone();
+    want[50_000..51_000].fill(9);
+    within_refresh("the rewrite in place", || {
+        content(&seen).as_deref() == Some(&want[..])
+    });
+    follower.stop().unwrap();
+    writer.stop().unwrap();
+}

@@ -1,0 +1,105 @@
+//! A read-only VFS following a writer elsewhere: [`Vfs::follow`] catches
+//! the vault up with the store ([`strata_core::Vault::refresh`]) and says
+//! what the front end must tell the kernel to forget (cached attributes,
+//! page cache, directory entries), so a file rewritten on the writer reads
+//! back new on the follower.
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use strata_core::follow::Refresh;
+use strata_core::Kind;
+
+use crate::{lock, Vfs};
+
+/// What changed in one [`Vfs::follow`].
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Inodes whose attributes, data or entries changed.
+    pub inodes: Vec<u64>,
+    /// Directory entries `(parent, name)` that appeared, went or changed.
+    pub entries: Vec<(u64, Vec<u8>)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.inodes.is_empty() && self.entries.is_empty()
+    }
+}
+
+/// The follower's state for `strata status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FollowStatus {
+    /// Unix seconds of the last successful refresh.
+    pub last_refresh: Option<u64>,
+    /// Why the last refresh failed (it is tried again at the next one).
+    pub refresh_error: Option<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct FollowState(Mutex<FollowStatus>);
+
+impl FollowState {
+    pub(crate) fn get(&self) -> FollowStatus {
+        lock(&self.0).clone()
+    }
+}
+
+impl Vfs {
+    /// Catch up with the store (read-only VFS only). On an error (store
+    /// unreachable, rollback, damaged log) nothing changes and the error is
+    /// kept for `status`.
+    pub async fn follow(&self) -> Result<Changes, String> {
+        if !self.opts.read_only {
+            return Err("only a read-only mount follows the store".into());
+        }
+        let r = self.vault.refresh().await;
+        let mut st = lock(&self.follow.0);
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = e.to_string();
+                st.refresh_error = Some(msg.clone());
+                return Err(msg);
+            }
+        };
+        st.last_refresh = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
+        st.refresh_error = None;
+        drop(st);
+        let mut c = Changes::default();
+        match r {
+            Refresh::Unchanged => {}
+            Refresh::Applied(records) => {
+                for r in &records {
+                    let (inodes, entries) = r.touches();
+                    c.inodes.extend(inodes);
+                    c.entries.extend(entries);
+                }
+                c.inodes.sort_unstable();
+                c.inodes.dedup();
+                c.entries.sort();
+                c.entries.dedup();
+            }
+            // the tree was loaded anew: everything may have changed
+            Refresh::Reloaded => self.vault.with_tree(|t| {
+                for n in t.inodes() {
+                    c.inodes.push(n.ino);
+                    if n.kind == Kind::Dir {
+                        c.entries
+                            .extend(n.entries.keys().map(|name| (n.ino, name.clone())));
+                    }
+                }
+            }),
+        }
+        Ok(c)
+    }
+
+    /// The follower's state (`None` for a read-write VFS).
+    pub fn follow_status(&self) -> Option<FollowStatus> {
+        self.opts.read_only.then(|| self.follow.get())
+    }
+}
