@@ -111,7 +111,8 @@ pub enum VaultError {
 impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
         if e.kind == StoreErrorKind::TooLarge {
-            VaultError::TooLarge(e.to_string())
+            let hint = e.too_large_hint().unwrap_or_default();
+            VaultError::TooLarge(format!("{e}; {hint}"))
         } else {
             VaultError::Store(e)
         }

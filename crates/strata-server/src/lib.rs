@@ -33,7 +33,8 @@
 //!
 //! - `POST /upload_file`: `multipart/form-data` with a text field `name`
 //!   and a file field `file`; replaces the whole object atomically. 200
-//!   `{"name": ..., "size": N}`; 413 above the object-size limit.
+//!   `{"name": ..., "size": N}`; 413 above the object-size limit, with the
+//!   limit in the reply: `{"error": ..., "max_object_size": N}`.
 //! - `GET /download_file?name=NAME`: the object; with range reads on, a
 //!   single `Range: bytes=...` gives 206 (or 416). 404 when missing.
 //! - `GET /list_files?prefix=P&page_token=T&limit=N`: `{"files": [{"name",
@@ -42,6 +43,10 @@
 //!   most 10000.
 //! - `POST /delete_file?name=NAME`: 200 `{"deleted": true}`; 404 when
 //!   missing.
+//! - `GET /server_info`: what a client cannot guess, `{"api":
+//!   "strata-basic", "version": 1, "max_object_size": N | null, "range":
+//!   true | false}`. The `basic+http(s)://` client reads it when it opens a
+//!   vault, so a vault created on a limited server picks chunks that fit.
 //!
 //! Object names are 1 to 1024 bytes of `/`-separated segments made of
 //! `[A-Za-z0-9._-]` (no empty, `.` or `..` segment, no leading `/`, not

@@ -980,3 +980,47 @@ async fn config_is_checked_and_stale_temp_files_removed() {
     assert_eq!(std::fs::read_dir(root.join(".tmp")).unwrap().count(), 0);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn server_info_advertises_the_limit_and_range_and_413s_carry_the_limit() {
+    let s = start(|c| {
+        c.max_object_size = Some(1 << 20);
+        c.range = false;
+    })
+    .await;
+    let get_info = |auth: bool| {
+        let rb = s.client.get(s.url("/server_info"));
+        if auth {
+            rb.bearer_auth(TOKEN)
+        } else {
+            rb
+        }
+    };
+    assert_eq!(
+        get_info(false).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let v: Value = get_info(true).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["max_object_size"], 1 << 20);
+    assert_eq!(v["range"], false);
+    let resp = s.upload("over", &pseudo_random((1 << 20) + 1, 3)).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["max_object_size"], 1 << 20, "{v}");
+    s.handle.shutdown().await;
+
+    let s = start(|_| {}).await;
+    let v: Value = s
+        .client
+        .get(s.url("/server_info"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["max_object_size"].is_null(), "{v}");
+    assert_eq!(v["range"], true);
+    s.handle.shutdown().await;
+}

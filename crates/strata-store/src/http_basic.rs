@@ -161,6 +161,12 @@ fn upload_body(data: Bytes, progress: Arc<Progress>) -> reqwest::Body {
 /// method = "POST"
 /// # "" = the service cannot delete (delete then fails as Unsupported).
 /// url = "{base}delete_file?name={name}"
+///
+/// [info]
+/// # GET, read when a vault is opened: JSON {"max_object_size": N | null,
+/// # "range": true | false} narrows max_object_size and download.range.
+/// # Any other reply (a 404, HTML…) is ignored. "" = don't ask.
+/// url = "{base}server_info"
 /// ```
 ///
 /// URL templates take `{base}`, `{token}`, and `{name}` (upload, download,
@@ -209,6 +215,7 @@ pub struct HttpProfile {
     pub download: DownloadProfile,
     pub list: ListProfile,
     pub delete: DeleteProfile,
+    pub info: InfoProfile,
 }
 
 /// `[auth]`: the header carrying the token.
@@ -363,6 +370,53 @@ impl Default for DeleteProfile {
     }
 }
 
+/// `[info]`: where the service says what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InfoProfile {
+    /// URL template (`{base}`, `{token}`) of a `GET` whose JSON reply may
+    /// carry `max_object_size` (bytes or null) and `range` (bool); empty =
+    /// the service has no such page. Read once when a vault is opened; a
+    /// reply that is not such JSON (e.g. a 404) is ignored.
+    pub url: String,
+}
+
+impl Default for InfoProfile {
+    fn default() -> Self {
+        InfoProfile {
+            url: "{base}server_info".into(),
+        }
+    }
+}
+
+/// What the service said about itself (see [`InfoProfile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct ServerInfo {
+    max_object_size: Option<u64>,
+    range: Option<bool>,
+}
+
+/// Longest `server_info` reply read.
+const INFO_BODY_LIMIT: usize = 64 << 10;
+
+/// Parse a `server_info` reply; `None` = not such a reply (ignored).
+fn parse_server_info(body: &[u8]) -> Option<ServerInfo> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let o = v.as_object()?;
+    let max_object_size = match o.get("max_object_size") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().filter(|n| *n > 0),
+        _ => None,
+    };
+    let range = o.get("range").and_then(serde_json::Value::as_bool);
+    if max_object_size.is_none() && range.is_none() {
+        return None;
+    }
+    Some(ServerInfo {
+        max_object_size,
+        range,
+    })
+}
+
 /// `max_object_size = 1048576` or `= "1MiB"`.
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
@@ -413,6 +467,7 @@ impl HttpProfile {
         check("download.url", &self.download.url, &named)?;
         check("delete.url", &self.delete.url, &named)?;
         check("list.url", &self.list.url, &["base", "token", "prefix"])?;
+        check("info.url", &self.info.url, &["base", "token"])?;
         check("auth.format", &self.auth.format, &["token"])?;
         for (what, t) in [
             ("upload.url", &self.upload.url),
@@ -454,6 +509,7 @@ impl HttpProfile {
             || uses(&self.download.url)
             || uses(&self.list.url)
             || uses(&self.delete.url)
+            || uses(&self.info.url)
     }
 }
 
@@ -778,6 +834,8 @@ pub struct HttpBasicStore {
     /// Idle timeout (see [`READ_TIMEOUT`]).
     idle: Duration,
     warned_ranges_ignored: AtomicBool,
+    /// What the service said about itself in `prepare` (see [`InfoProfile`]).
+    discovered: Mutex<ServerInfo>,
 }
 
 impl std::fmt::Debug for HttpBasicStore {
@@ -864,6 +922,7 @@ impl HttpBasicStore {
             description,
             idle: READ_TIMEOUT,
             warned_ranges_ignored: AtomicBool::new(false),
+            discovered: Mutex::new(ServerInfo::default()),
         })
     }
 
@@ -1077,7 +1136,8 @@ impl HttpBasicStore {
         size: Option<u64>,
     ) -> StoreError {
         let status = resp.status();
-        let detail = error_detail(resp, self.idle).await;
+        let body = error_body(resp, self.idle).await;
+        let detail = detail_of(&body);
         let detail = if detail.is_empty() {
             String::new()
         } else {
@@ -1122,7 +1182,18 @@ impl HttpBasicStore {
                 format!("unexpected reply from the server ({reply})"),
             ),
         };
-        self.err(kind, op, key, msg)
+        let limit = (kind == StoreErrorKind::TooLarge)
+            .then(|| limit_in_reply(&body).or(self.capabilities().max_object_size))
+            .flatten();
+        self.err(kind, op, key, msg).with_limit(limit)
+    }
+
+    /// What the service said about itself in `prepare`.
+    fn discovered(&self) -> ServerInfo {
+        *self
+            .discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Receive a reply body into one buffer sized by `Content-Length`, and
@@ -1369,23 +1440,57 @@ fn content_length(resp: &Response) -> Option<u64> {
         .and_then(|s| s.trim().parse::<u64>().ok())
 }
 
-/// The server's explanation in an error reply: a JSON `error` / `message`
-/// field, or the start of the text; one line, at most 300 characters.
-async fn error_detail(mut resp: Response, idle: Duration) -> String {
+/// The smaller of two optional limits (`None` = no limit).
+fn min_limit(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The object-size limit a 413 reply states: a JSON `max_object_size`
+/// (the bundled server's) or `limit` field.
+fn limit_in_reply(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    ["max_object_size", "limit"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(serde_json::Value::as_u64))
+        .filter(|n| *n > 0)
+}
+
+/// The start of a reply's body (at most [`ERROR_BODY_LIMIT`] bytes).
+async fn error_body(resp: Response, idle: Duration) -> Vec<u8> {
+    error_body_limit(resp, idle, ERROR_BODY_LIMIT).await
+}
+
+/// The start of a reply's body: at most `limit` bytes, each piece within
+/// `idle`.
+async fn error_body_limit(mut resp: Response, idle: Duration, limit: usize) -> Vec<u8> {
     let mut buf = Vec::new();
-    while buf.len() < ERROR_BODY_LIMIT {
+    while buf.len() < limit {
         match tokio::time::timeout(idle, resp.chunk()).await {
             Ok(Ok(Some(c))) => buf.extend_from_slice(&c),
             _ => break,
         }
     }
-    buf.truncate(ERROR_BODY_LIMIT);
-    let text = match serde_json::from_slice::<serde_json::Value>(&buf) {
+    buf.truncate(limit);
+    buf
+}
+
+/// The server's explanation in an error reply: a JSON `error` / `message`
+/// field, or the start of the text; one line, at most 300 characters.
+async fn error_detail(resp: Response, idle: Duration) -> String {
+    detail_of(&error_body(resp, idle).await)
+}
+
+/// [`error_detail`] of a body already read.
+fn detail_of(buf: &[u8]) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(buf) {
         Ok(v) => ["error", "message", "detail"]
             .iter()
             .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&buf).into_owned()),
-        Err(_) => String::from_utf8_lossy(&buf).into_owned(),
+            .unwrap_or_else(|| String::from_utf8_lossy(buf).into_owned()),
+        Err(_) => String::from_utf8_lossy(buf).into_owned(),
     };
     let one_line: String = text
         .split_whitespace()
@@ -1560,11 +1665,41 @@ use crate::keys::{validate_key, validate_prefix};
 #[async_trait::async_trait]
 impl Store for HttpBasicStore {
     fn capabilities(&self) -> Capabilities {
+        let found = self.discovered();
         Capabilities {
-            range_reads: self.profile.download.range,
+            range_reads: self.profile.download.range && found.range != Some(false),
             conditional_create: false,
-            max_object_size: self.profile.max_object_size,
+            max_object_size: min_limit(self.profile.max_object_size, found.max_object_size),
         }
+    }
+
+    async fn prepare(&self) -> StoreResult<()> {
+        const OP: &str = "prepare";
+        if self.profile.info.url.trim().is_empty() {
+            return Ok(());
+        }
+        let url = self.url(OP, "", &self.profile.info.url, "", "")?;
+        let resp = self
+            .send(OP, "", self.request(&Method::GET, url), None)
+            .await?;
+        let status = resp.status();
+        if matches!(status.as_u16(), 401 | 403 | 408 | 425 | 429 | 500..=599) {
+            return Err(self.status_err(OP, "", resp, None).await);
+        }
+        if !status.is_success() {
+            // No such page: a service that does not describe itself.
+            let _ = error_body(resp, self.idle).await;
+            return Ok(());
+        }
+        let body = error_body_limit(resp, self.idle, INFO_BODY_LIMIT).await;
+        if let Some(info) = parse_server_info(&body) {
+            tracing::debug!(store = %self.description, ?info, "the server describes itself");
+            *self
+                .discovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = info;
+        }
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -1575,7 +1710,7 @@ impl Store for HttpBasicStore {
         const OP: &str = "put";
         self.check_key(OP, key)?;
         let len = data.len() as u64;
-        if let Some(limit) = self.profile.max_object_size {
+        if let Some(limit) = self.capabilities().max_object_size {
             if len > limit {
                 return Err(StoreError::too_large(
                     self.description.as_str(),

@@ -292,19 +292,39 @@ fn server_config(a: &CloudServerArgs, token: String) -> Result<strata_server::Se
     Ok(cfg)
 }
 
+/// The store URL of a running `strata cloud-server`, usable as is: it
+/// carries the server's object-size limit and range setting (the client
+/// also learns them from the server, but the URL then says so too).
+fn store_url(
+    h: &strata_server::ServerHandle,
+    a: &CloudServerArgs,
+    (max, range): &(Option<u64>, bool),
+) -> String {
+    // An absolute token path, so the URL works from any directory.
+    let token = std::fs::canonicalize(&a.token_file).unwrap_or_else(|_| a.token_file.clone());
+    let mut url = format!("basic+http://{}/?token-file={}", h.addr, token.display());
+    if let Some(m) = max {
+        url.push_str(&format!("&max-object-size={m}"));
+    }
+    if !range {
+        url.push_str("&no-range");
+    }
+    url
+}
+
 /// `strata cloud-server`.
 pub async fn cloud_server(a: &CloudServerArgs) -> Result<()> {
     let token = load_or_create_token(&a.token_file)?;
     let cfg = server_config(a, token)?;
+    let cfg_limits = (cfg.max_object_size, cfg.range);
     let h = strata_server::spawn(cfg)
         .await
         .with_context(|| format!("cannot serve on {}", a.listen))?;
     eprintln!(
-        "strata: serving {} at http://{}\n        store URL: basic+http://{}/?token-file={}\n        stop with Ctrl-C",
+        "strata: serving {} at http://{}\n        store URL: {}\n        stop with Ctrl-C",
         a.dir.display(),
         h.addr,
-        h.addr,
-        a.token_file.display()
+        store_url(&h, a, &cfg_limits),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -1,0 +1,236 @@
+//! Limits discovered, not guessed: `strata cloud-server --max-object-size`
+//! (a real server on 127.0.0.1) prints a store URL that works as is, a vault
+//! made through it (or through a URL without the limit) keeps every object
+//! under the limit, and a store that refuses an object without saying its
+//! limit up front gets an error naming the option that fixes it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `strata cloud-server` as a child, with the store URL it printed.
+pub struct Served {
+    child: Child,
+    pub url: String,
+}
+
+impl Served {
+    /// Start `strata cloud-server ROOT` on a free 127.0.0.1 port with `extra`
+    /// flags; wait for the printed store URL.
+    pub fn start(root: &Path, token: &Path, extra: &[&str]) -> Served {
+        let mut child = Command::new(BIN)
+            .arg("cloud-server")
+            .arg(root)
+            .args(["--listen", "127.0.0.1:0", "--token-file"])
+            .arg(token)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(u) = line.trim().strip_prefix("store URL: ") {
+                    let _ = tx.send(u.to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cloud-server printed no store URL");
+            }
+        };
+        Served { child, url }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn env_cmd(dir: &Path, url: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("STRATA_PASSWORD", "pw")
+        .env("STRATA_KDF_MEMORY_KIB", "64")
+        .env("STRATA_KDF_TIME", "1")
+        .env("STRATA_STATE_DIR", dir.join("state"))
+        .env("STRATA_RUNTIME_DIR", dir.join("run"))
+        .env("STRATA_STORE", url)
+        .env_remove("STRATA_CLOUD_TOKEN")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run_ok(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        c,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every object file under `root` (the server's folder), with its size.
+fn objects(root: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_name() == ".tmp" {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p, e.metadata().unwrap().len()));
+            }
+        }
+    }
+    out
+}
+
+/// init, put and get of a 10 MiB file through `url`; every stored object
+/// is at most 1 MiB.
+fn ten_mib_round_trip(dir: &Path, root: &Path, url: &str) {
+    let src = dir.join("big");
+    fill_random(&src, 10 << 20, 7);
+    let said = run_ok({
+        let mut c = env_cmd(dir, url);
+        c.args(["init", url]);
+        c
+    });
+    assert!(said.contains("chunk size"), "{said}");
+    run_ok({
+        let mut c = env_cmd(dir, url);
+        c.arg("put").arg(&src).arg("/big");
+        c
+    });
+    let back = dir.join("back");
+    run_ok({
+        let mut c = env_cmd(dir, url);
+        c.args(["get", "/big"]).arg(&back);
+        c
+    });
+    assert!(
+        std::fs::read(&src).unwrap() == std::fs::read(&back).unwrap(),
+        "the file read back differs"
+    );
+    let objs = objects(root);
+    assert!(objs.len() >= 10, "expected ≥ 10 objects, got {objs:?}");
+    for (p, len) in &objs {
+        assert!(
+            *len <= 1 << 20,
+            "{} is {len} bytes, over 1 MiB",
+            p.display()
+        );
+    }
+}
+
+#[test]
+fn the_printed_url_of_a_limited_server_works_as_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cloud");
+    let s = Served::start(
+        &root,
+        &dir.path().join("token"),
+        &["--max-object-size", "1MiB"],
+    );
+    assert!(
+        s.url.contains("max-object-size=1048576"),
+        "the URL does not carry the limit: {}",
+        s.url
+    );
+    assert!(s.url.starts_with("basic+http://127.0.0.1:"), "{}", s.url);
+    // Used from another directory: the token path in it is absolute.
+    ten_mib_round_trip(dir.path(), &root, &s.url);
+    drop(s);
+}
+
+#[test]
+fn a_url_without_the_limit_learns_it_from_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cloud");
+    let s = Served::start(
+        &root,
+        &dir.path().join("token"),
+        &["--max-object-size", "1MiB", "--no-range"],
+    );
+    assert!(s.url.contains("no-range"), "{}", s.url);
+    let bare = s.url.split('&').next().unwrap().to_owned();
+    assert!(!bare.contains("max-object-size"), "{bare}");
+    ten_mib_round_trip(dir.path(), &root, &bare);
+    drop(s);
+}
+
+#[test]
+fn a_store_that_refuses_big_objects_gets_a_permanent_error_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cloud");
+    let s = Served::start(
+        &root,
+        &dir.path().join("token"),
+        &["--max-object-size", "1MiB"],
+    );
+    // A profile that does not ask the server about itself: the limit is
+    // only learnt from the 413.
+    let profile = dir.path().join("profile.toml");
+    std::fs::write(&profile, "[info]\nurl = \"\"\n").unwrap();
+    let bare = s.url.split('&').next().unwrap();
+    let url = format!("{bare}&profile={}", profile.display());
+    run_ok({
+        let mut c = env_cmd(dir.path(), &url);
+        c.args(["init", "--chunk-size", "4MiB", &url]);
+        c
+    });
+    let src = dir.path().join("big");
+    fill_random(&src, 10 << 20, 9);
+    let started = Instant::now();
+    let out = env_cmd(dir.path(), &url)
+        .arg("put")
+        .arg(&src)
+        .arg("/big")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "put over the limit succeeded: {err}");
+    assert!(err.contains("413"), "{err}");
+    assert!(
+        err.contains("max-object-size=1048576"),
+        "the error does not name the option that fixes it: {err}"
+    );
+    // Permanent: not retried with backoff for long.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The suggested fix works.
+    let fixed = format!("{url}&max-object-size=1048576");
+    run_ok({
+        let mut c = env_cmd(dir.path(), &fixed);
+        c.arg("put").arg(&src).arg("/big");
+        c
+    });
+    for (p, len) in objects(&root) {
+        assert!(len <= 1 << 20, "{} is {len} bytes", p.display());
+    }
+    drop(s);
+}
