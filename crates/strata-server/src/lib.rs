@@ -52,6 +52,13 @@
 //! `[A-Za-z0-9._-]` (no empty, `.` or `..` segment, no leading `/`, not
 //! starting with `.tmp`); anything else is a 400.
 //!
+//! # https
+//!
+//! With [`ServerConfig::tls`] (`strata cloud-server --tls-cert --tls-key`)
+//! every connection is TLS (rustls; TLS 1.2 and 1.3, HTTP/1.1); the TLS
+//! handshake must finish within the 30 s header timeout. Clients of a
+//! private CA trust it with `ca-file=PATH` in the store URL.
+//!
 //! # Limits
 //!
 //! Request bodies are capped at the object-size limit plus 64 KiB of
@@ -122,6 +129,16 @@ pub struct ServerConfig {
     pub fail_rate: f64,
     /// Seed of the failure-injection RNG.
     pub seed: u64,
+    /// Serve https with this certificate and key instead of plain http.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for https: the certificate chain (server certificate first,
+/// then intermediates) and its private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl ServerConfig {
@@ -137,6 +154,7 @@ impl ServerConfig {
             latency: Duration::ZERO,
             fail_rate: 0.0,
             seed: 0,
+            tls: None,
         }
     }
 }
@@ -240,6 +258,10 @@ pub async fn spawn(cfg: ServerConfig) -> std::io::Result<ServerHandle> {
     if cfg.bandwidth == Some(0) {
         return Err(invalid("bandwidth must be at least 1 byte per second"));
     }
+    let tls = match &cfg.tls {
+        Some(files) => Some(conn::tls_acceptor(files)?),
+        None => None,
+    };
     let root_in = cfg.root.clone();
     let root = tokio::task::spawn_blocking(move || fsops::prepare_root(&root_in))
         .await
@@ -274,7 +296,7 @@ pub async fn spawn(cfg: ServerConfig) -> std::io::Result<ServerHandle> {
     });
     let router = api::router(shared.clone());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(conn::serve(listener, router, shutdown.clone()));
+    let task = tokio::spawn(conn::serve(listener, router, tls, shutdown.clone()));
     tracing::info!("strata-server listening on {addr}");
     Ok(ServerHandle {
         addr,

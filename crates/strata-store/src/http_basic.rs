@@ -37,7 +37,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// URL query options this backend takes (the rest are general store options).
-pub(crate) const URL_OPTIONS: &str = "token-file, token-env, profile";
+pub(crate) const URL_OPTIONS: &str = "token-file, token-env, profile, ca-file";
 
 /// Objects whose sizes are looked up concurrently when a listing has none.
 const SIZE_PROBES_IN_FLIGHT: usize = 8;
@@ -601,6 +601,7 @@ pub(crate) struct UrlOptions {
     pub token_file: Option<String>,
     pub token_env: Option<String>,
     pub profile: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 /// Split a query into this backend's options and the rest (general store
@@ -617,6 +618,7 @@ pub(crate) fn split_query(query: &str) -> Result<(UrlOptions, String), String> {
             "token-file" => &mut o.token_file,
             "token-env" => &mut o.token_env,
             "profile" => &mut o.profile,
+            "ca-file" => &mut o.ca_file,
             _ => {
                 rest.push(part);
                 continue;
@@ -772,6 +774,10 @@ struct Entry {
 ///   no `{token}` in any URL template.)
 /// * `profile=PATH`: a TOML profile describing the service's API (see
 ///   [`HttpProfile`]); without it, the default API below.
+/// * `ca-file=PATH`: for `basic+https://`, trust only the CA certificates in
+///   this PEM file (a private CA) instead of the system's. A server whose
+///   certificate no trusted CA signed is refused with an error naming the
+///   store and suggesting `ca-file`.
 /// * The general store options (`max-object-size`, `range-reads`, `no-range`,
 ///   `concurrency`, `retries`) work as for every store.
 ///
@@ -836,6 +842,8 @@ pub struct HttpBasicStore {
     warned_ranges_ignored: AtomicBool,
     /// What the service said about itself in `prepare` (see [`InfoProfile`]).
     discovered: Mutex<ServerInfo>,
+    /// `ca-file=` was given (for TLS error messages).
+    has_ca_file: bool,
 }
 
 impl std::fmt::Debug for HttpBasicStore {
@@ -890,27 +898,7 @@ impl HttpBasicStore {
             }
             _ => None,
         };
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirect_policy(
-                profile.auth.header.is_empty()
-                    || profile.auth.header.eq_ignore_ascii_case("authorization"),
-            ))
-            .build()
-            .map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Other,
-                    description.as_str(),
-                    "open",
-                    None,
-                    format!(
-                        "cannot set up the HTTP client: {}",
-                        error_chain(&e.without_url())
-                    ),
-                )
-            })?;
+        let client = build_client(&profile, None, &description)?;
         Ok(HttpBasicStore {
             client,
             base,
@@ -923,6 +911,7 @@ impl HttpBasicStore {
             idle: READ_TIMEOUT,
             warned_ranges_ignored: AtomicBool::new(false),
             discovered: Mutex::new(ServerInfo::default()),
+            has_ca_file: false,
         })
     }
 
@@ -950,12 +939,28 @@ impl HttpBasicStore {
         } else {
             None
         };
-        let store = HttpBasicStore::new(base, token, profile).map_err(|mut e| {
+        let mut store = HttpBasicStore::new(base, token, profile).map_err(|mut e| {
             e.store = shown.clone();
             e
         })?;
+        if let Some(ca) = &opts.ca_file {
+            store = store.with_ca_file(ca).map_err(|mut e| {
+                e.store = shown.clone();
+                e
+            })?;
+        }
         let description = format!("{}{shown_query}", store.description);
         Ok(store.with_description(description))
+    }
+
+    /// Trust only the CA certificates in the PEM file `path` for https
+    /// (`ca-file=PATH`), e.g. a private CA. Errors name the file.
+    pub fn with_ca_file(mut self, path: &str) -> StoreResult<Self> {
+        let certs = crate::tls::load_ca_file(path)
+            .map_err(|e| StoreError::invalid_url(self.description.as_str(), e))?;
+        self.client = build_client(&self.profile, Some(certs), &self.description)?;
+        self.has_ca_file = true;
+        Ok(self)
     }
 
     /// Replace what `describe()` says (never put secrets in it).
@@ -1094,11 +1099,15 @@ impl HttpBasicStore {
             // rustls reports handshake failures (bad certificate, not a TLS
             // server…) as InvalidData: retrying will not help.
             if has_io_kind(&e, std::io::ErrorKind::InvalidData) {
+                let hint = if self.has_ca_file {
+                    "is it an https server with a certificate from the CA in ca-file?"
+                } else {
+                    crate::tls::PRIVATE_CA_HINT
+                };
                 (
                     StoreErrorKind::Other,
                     format!(
-                        "TLS handshake with {} failed (is it an https server with a valid \
-                         certificate?): {cause}",
+                        "TLS handshake with {} failed: {cause} ({hint})",
                         self.authority
                     ),
                 )
@@ -1388,6 +1397,34 @@ impl HttpBasicStore {
             );
         }
     }
+}
+
+/// The HTTP client for `profile`, trusting only `certs` when given.
+fn build_client(
+    profile: &HttpProfile,
+    certs: Option<Vec<reqwest::Certificate>>,
+    description: &str,
+) -> StoreResult<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect_policy(
+            profile.auth.header.is_empty()
+                || profile.auth.header.eq_ignore_ascii_case("authorization"),
+        ));
+    crate::tls::with_roots(builder, certs).build().map_err(|e| {
+        StoreError::new(
+            StoreErrorKind::Other,
+            description,
+            "open",
+            None,
+            format!(
+                "cannot set up the HTTP client: {}",
+                error_chain(&e.without_url())
+            ),
+        )
+    })
 }
 
 /// `scheme://user:pass@host/…` → `scheme://***@host/…` (for messages).

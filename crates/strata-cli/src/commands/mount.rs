@@ -289,6 +289,12 @@ fn server_config(a: &CloudServerArgs, token: String) -> Result<strata_server::Se
         bail!("--fail-rate must be between 0 and 1");
     }
     cfg.fail_rate = a.fail_rate;
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        cfg.tls = Some(strata_server::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
     Ok(cfg)
 }
 
@@ -302,7 +308,16 @@ fn store_url(
 ) -> String {
     // An absolute token path, so the URL works from any directory.
     let token = std::fs::canonicalize(&a.token_file).unwrap_or_else(|_| a.token_file.clone());
-    let mut url = format!("basic+http://{}/?token-file={}", h.addr, token.display());
+    let scheme = if a.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut url = format!(
+        "basic+{scheme}://{}/?token-file={}",
+        h.addr,
+        token.display()
+    );
     if let Some(m) = max {
         url.push_str(&format!("&max-object-size={m}"));
     }
@@ -320,8 +335,16 @@ pub async fn cloud_server(a: &CloudServerArgs) -> Result<()> {
     let h = strata_server::spawn(cfg)
         .await
         .with_context(|| format!("cannot serve on {}", a.listen))?;
+    let (scheme, ca_note) = if a.tls_cert.is_some() {
+        (
+            "https",
+            "\n        (a certificate from a private CA: add &ca-file=CA.pem to the URL)",
+        )
+    } else {
+        ("http", "")
+    };
     eprintln!(
-        "strata: serving {} at http://{}\n        store URL: {}\n        stop with Ctrl-C",
+        "strata: serving {} at {scheme}://{}\n        store URL: {}{ca_note}\n        stop with Ctrl-C",
         a.dir.display(),
         h.addr,
         store_url(&h, a, &cfg_limits),
