@@ -42,6 +42,22 @@ pub(crate) const URL_OPTIONS: &str = "token-file, token-env, profile, ca-file";
 /// Objects whose sizes are looked up concurrently when a listing has none.
 const SIZE_PROBES_IN_FLIGHT: usize = 8;
 
+/// Largest reply body accepted (a declared `Content-Length` above it is
+/// refused before anything is allocated; a body without one is counted).
+/// Strata's objects are far smaller: chunks ≤ 256 MiB, metadata split by
+/// `max-object-size`.
+pub const MAX_REPLY: u64 = 1 << 30;
+
+/// A listing with more entries than this is refused (a server that keeps
+/// inventing pages would otherwise be followed forever).
+const MAX_LIST_ENTRIES: usize = 50_000_000;
+
+/// A lookup (stat) reading more listing pages than this gives up.
+const MAX_LIST_PAGES: usize = 1_000_000;
+
+/// Largest profile file read.
+const MAX_PROFILE: u64 = 1 << 20;
+
 /// At most this much of an error reply is read for its message.
 const ERROR_BODY_LIMIT: usize = 4096;
 
@@ -923,6 +939,16 @@ impl HttpBasicStore {
         let profile = match &opts.profile {
             None => HttpProfile::default(),
             Some(path) => {
+                let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                if size > MAX_PROFILE {
+                    return Err(StoreError::invalid_url(
+                        shown.as_str(),
+                        format!(
+                            "profile {path} is {size} bytes; a profile is a small TOML file \
+                             (at most {MAX_PROFILE} bytes)"
+                        ),
+                    ));
+                }
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     StoreError::invalid_url(
                         shown.as_str(),
@@ -1215,7 +1241,22 @@ impl HttpBasicStore {
     ) -> StoreResult<Bytes> {
         let declared = content_length(&resp);
         let mut buf: Vec<u8> = Vec::new();
+        let too_big = |n: u64| {
+            self.err(
+                StoreErrorKind::Other,
+                op,
+                key,
+                format!(
+                    "{} sent a reply of {n} bytes; Strata accepts at most {MAX_REPLY} bytes in \
+                     one object (is the URL right?)",
+                    self.authority
+                ),
+            )
+        };
         if let Some(n) = declared {
+            if n > MAX_REPLY {
+                return Err(too_big(n));
+            }
             let fits = usize::try_from(n)
                 .ok()
                 .is_some_and(|n| buf.try_reserve_exact(n).is_ok());
@@ -1252,7 +1293,11 @@ impl HttpBasicStore {
                         // The whole body in one piece: no copy needed.
                         return Ok(chunk);
                     }
-                    if declared.is_some_and(|n| (buf.len() + chunk.len()) as u64 > n) {
+                    let got = (buf.len() + chunk.len()) as u64;
+                    if declared.is_none() && got > MAX_REPLY {
+                        return Err(too_big(got));
+                    }
+                    if declared.is_some_and(|n| got > n) {
                         return Err(self.err(
                             StoreErrorKind::Transient,
                             op,
@@ -1896,6 +1941,16 @@ impl Store for HttpBasicStore {
                 page.into_iter()
                     .filter(|e| e.name.starts_with(prefix) && validate_key(&e.name).is_ok()),
             );
+            if entries.len() > MAX_LIST_ENTRIES {
+                return Err(self.err(
+                    StoreErrorKind::Other,
+                    OP,
+                    prefix,
+                    format!(
+                        "the server's listing goes on past {MAX_LIST_ENTRIES} objects; giving up"
+                    ),
+                ));
+            }
             match next {
                 None => break,
                 Some(t) => {
@@ -1968,6 +2023,14 @@ impl Store for HttpBasicStore {
             }
             if p.sorted && page.iter().any(|e| e.name.as_str() > key) {
                 return Ok(None);
+            }
+            if seen.len() > MAX_LIST_PAGES {
+                return Err(self.err(
+                    StoreErrorKind::Other,
+                    OP,
+                    key,
+                    format!("the server's listing goes on past {MAX_LIST_PAGES} pages; giving up"),
+                ));
             }
             match next {
                 Some(t) if seen.insert(t.clone()) => page_token = Some(t),
