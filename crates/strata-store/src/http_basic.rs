@@ -2286,4 +2286,72 @@ mod tests {
         .unwrap_err();
         assert!(!e.to_string().contains("bad\ntoken"), "{e}");
     }
+
+    mod hostile {
+        //! Bytes from a hostile or broken server: the reply parsers return
+        //! errors or nothing, never panic, whatever they are given.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn json_like() -> impl Strategy<Value = Vec<u8>> {
+            let valid = r#"{"files":[{"name":"meta/log.0000000000000001","size":12},"data/ab/cd",{"name":"x","size":"7"}],"next_page_token":"t"}"#;
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..400),
+                (0usize..valid.len(), any::<u8>()).prop_map(move |(i, b)| {
+                    let mut v = valid.as_bytes().to_vec();
+                    v[i] = b;
+                    v
+                }),
+                (0usize..valid.len()).prop_map(move |n| valid.as_bytes()[..n].to_vec()),
+                Just(br#"{"files":[{"name":"a","size":1e400}]}"#.to_vec()),
+                Just(
+                    br#"{"files":[{"name":"a","size":-1}],"next_page_token":18446744073709551615}"#
+                        .to_vec()
+                ),
+                Just(b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[".repeat(200)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+            #[test]
+            fn reply_parsers_never_panic(body in json_like(), files_key in prop_oneof![Just(""), Just("files"), Just("data.items")]) {
+                let p = ListProfile { files_key: files_key.to_owned(), ..ListProfile::default() };
+                let _ = parse_json_list(&body, &p);
+                let _ = parse_lines_list(&body);
+                let _ = parse_server_info(&body);
+                let _ = limit_in_reply(&body);
+                let d = detail_of(&body);
+                prop_assert!(d.chars().count() <= 301);
+                if let Ok(t) = std::str::from_utf8(&body) {
+                    let _ = parse_content_range(t);
+                }
+            }
+        }
+
+        #[test]
+        fn server_info_is_read_only_when_it_says_something() {
+            assert_eq!(parse_server_info(b"<html>404</html>"), None);
+            assert_eq!(parse_server_info(b"{}"), None);
+            assert_eq!(
+                parse_server_info(br#"{"max_object_size":0,"range":false}"#),
+                Some(ServerInfo {
+                    max_object_size: None,
+                    range: Some(false)
+                })
+            );
+            assert_eq!(
+                parse_server_info(br#"{"max_object_size":1048576,"range":true}"#),
+                Some(ServerInfo {
+                    max_object_size: Some(1 << 20),
+                    range: Some(true)
+                })
+            );
+            assert_eq!(
+                limit_in_reply(br#"{"error":"x","max_object_size":5}"#),
+                Some(5)
+            );
+            assert_eq!(limit_in_reply(b"nope"), None);
+        }
+    }
 }
