@@ -145,6 +145,11 @@ pub struct CloudServerArgs {
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub fail_rate: f64,
 
+    /// Close a connection on which nothing moved for this long (a stalled
+    /// upload leaves nothing behind)
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub idle_timeout_secs: u64,
+
     /// Serve https with this certificate chain (PEM; needs --tls-key)
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

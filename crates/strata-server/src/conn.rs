@@ -28,7 +28,7 @@ use crate::TlsFiles;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection on which no byte moved either way for this long is closed
 /// (idle keep-alive, stalled upload, client that stopped reading).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// At most this many connections are served at once; more wait in the
 /// listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -41,6 +41,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    idle: Duration,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -73,7 +74,7 @@ pub(crate) async fn serve(
         let tls = tls.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let io = IdleIo::new(stream, IDLE_TIMEOUT);
+            let io = IdleIo::new(stream, idle);
             match tls {
                 None => serve_connection(io, router, shutdown, abort).await,
                 Some(acceptor) => {

@@ -64,7 +64,9 @@
 //! Request bodies are capped at the object-size limit plus 64 KiB of
 //! multipart framing (16 GiB without a limit; `Content-Length` is checked up
 //! front, the body is counted while it streams). Headers must arrive within
-//! 30 s; a connection on which nothing moved for 120 s is closed; at most
+//! 30 s; a connection on which nothing moved for 120 s
+//! ([`ServerConfig::idle_timeout`], `--idle-timeout-secs`) is closed, so a
+//! client that stalls mid-upload stores nothing and holds nothing; at most
 //! 1024 connections are served at once; on shutdown, requests in flight
 //! get 10 s. Uploads and downloads stream with bounded memory whatever the
 //! object size.
@@ -131,6 +133,9 @@ pub struct ServerConfig {
     pub seed: u64,
     /// Serve https with this certificate and key instead of plain http.
     pub tls: Option<TlsFiles>,
+    /// A connection on which no byte moved either way for this long is
+    /// closed (a stalled upload leaves nothing behind). Default 120 s.
+    pub idle_timeout: Duration,
 }
 
 /// PEM files for https: the certificate chain (server certificate first,
@@ -155,6 +160,7 @@ impl ServerConfig {
             fail_rate: 0.0,
             seed: 0,
             tls: None,
+            idle_timeout: conn::IDLE_TIMEOUT,
         }
     }
 }
@@ -255,6 +261,9 @@ pub async fn spawn(cfg: ServerConfig) -> std::io::Result<ServerHandle> {
     if !(0.0..=1.0).contains(&cfg.fail_rate) {
         return Err(invalid("fail_rate must be within 0.0..=1.0"));
     }
+    if cfg.idle_timeout.is_zero() {
+        return Err(invalid("idle_timeout must be above zero"));
+    }
     if cfg.bandwidth == Some(0) {
         return Err(invalid("bandwidth must be at least 1 byte per second"));
     }
@@ -296,7 +305,13 @@ pub async fn spawn(cfg: ServerConfig) -> std::io::Result<ServerHandle> {
     });
     let router = api::router(shared.clone());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(conn::serve(listener, router, tls, shutdown.clone()));
+    let task = tokio::spawn(conn::serve(
+        listener,
+        router,
+        tls,
+        cfg.idle_timeout,
+        shutdown.clone(),
+    ));
     tracing::info!("strata-server listening on {addr}");
     Ok(ServerHandle {
         addr,

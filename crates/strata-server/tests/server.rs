@@ -1024,3 +1024,46 @@ async fn server_info_advertises_the_limit_and_range_and_413s_carry_the_limit() {
     assert_eq!(v["range"], true);
     s.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stalled_upload_is_timed_out_and_leaves_nothing() {
+    let s = start(|c| c.idle_timeout = Duration::from_secs(2)).await;
+    // An object that must survive the stalled overwrite.
+    let old = pseudo_random(1000, 1);
+    assert_eq!(s.upload("k", &old).await.status(), StatusCode::OK);
+    let mut sock = tokio::net::TcpStream::connect(s.handle.addr).await.unwrap();
+    let body_head = "--b\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nk\r\n\
+                     --b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\
+                     Content-Type: application/octet-stream\r\n\r\n";
+    let head = format!(
+        "POST /upload_file HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\n\r\n{body_head}",
+        body_head.len() + (1 << 20) + 8
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&pseudo_random(100_000, 2)).await.unwrap();
+    // Now stall. The server must close the connection within the idle
+    // timeout (plus slack), without a reply that claims success.
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut reply = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server kept a stalled upload open for 10 s"),
+        }
+    }
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    assert!(waited < Duration::from_secs(8), "{waited:?}");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(!reply.starts_with("HTTP/1.1 200"), "{reply}");
+    s.wait_no_temp().await;
+    assert_eq!(s.stored(), ["k"]);
+    assert_eq!(
+        s.download("k").await.bytes().await.unwrap().as_ref(),
+        old.as_slice()
+    );
+    s.handle.shutdown().await;
+}

@@ -503,6 +503,13 @@ pub(crate) fn explain(
             "{endpoint} denied {op}{}: the credentials lack permission for it",
             key.map(|k| format!(" of {k}")).unwrap_or_default()
         );
+    } else if e.kind == StoreErrorKind::TooLarge || crate::error::says_too_large(&text) {
+        // Permanent: the same object will be refused again.
+        e.kind = StoreErrorKind::TooLarge;
+        e.message = format!(
+            "{endpoint} refused the object as too large ({})",
+            short_cause(&text)
+        );
     } else if e.kind == StoreErrorKind::Other || e.kind == StoreErrorKind::Transient {
         e.message = short_cause(&text);
     }

@@ -289,6 +289,10 @@ fn server_config(a: &CloudServerArgs, token: String) -> Result<strata_server::Se
         bail!("--fail-rate must be between 0 and 1");
     }
     cfg.fail_rate = a.fail_rate;
+    if a.idle_timeout_secs == 0 {
+        bail!("--idle-timeout-secs must be at least 1");
+    }
+    cfg.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
     if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
         cfg.tls = Some(strata_server::TlsFiles {
             cert: cert.clone(),
