@@ -107,7 +107,9 @@ pub enum Command {
 /// download_file / list_files / delete_file), like the cheapest clouds offer.
 ///
 /// Every request needs `Authorization: Bearer TOKEN`. Point Strata at it with
-/// `basic+http://HOST:PORT/?token-file=PATH`. The folder holds the objects as
+/// `basic+http://HOST:PORT/?token-file=PATH` (the store URL it prints works
+/// as is; with --tls-cert/--tls-key it serves https, and clients of a private
+/// CA add `&ca-file=CA.pem`). The folder holds the objects as
 /// plain files, so it is also a `file://` store of the same vault. The knobs
 /// --bandwidth/--latency/--fail-rate emulate a slow or flaky link for tests
 /// and benchmarks.
@@ -144,6 +146,19 @@ pub struct CloudServerArgs {
     /// Fail this share of requests (500s, dropped connections, truncated bodies)
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub fail_rate: f64,
+
+    /// Close a connection on which nothing moved for this long (a stalled
+    /// upload leaves nothing behind)
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub idle_timeout_secs: u64,
+
+    /// Serve https with this certificate chain (PEM; needs --tls-key)
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Mount the vault as a read-write folder (FUSE).

@@ -28,8 +28,12 @@ pub enum VaultError {
     #[error("vault header {store}/strata.vault: {detail}")]
     BadHeader { store: String, detail: String },
 
-    #[error("vault format version {found} is not supported by this strata (supports {supported}); upgrade strata")]
-    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("vault header {store}/strata.vault: format version {found} is not supported by this strata (supports {supported}); upgrade strata (or, if no newer strata wrote it, the header was damaged)")]
+    UnsupportedVersion {
+        store: String,
+        found: u32,
+        supported: u32,
+    },
 
     #[error("corrupted object {object}{}{}: {detail}. The store's copy was modified, swapped or truncated; run `strata check --read-data` to list every damaged file",
         .range.as_ref().map(|r| format!(" (bytes {}..{})", r.start, r.end)).unwrap_or_default(),
@@ -111,7 +115,8 @@ pub enum VaultError {
 impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
         if e.kind == StoreErrorKind::TooLarge {
-            VaultError::TooLarge(e.to_string())
+            let hint = e.too_large_hint().unwrap_or_default();
+            VaultError::TooLarge(format!("{e}; {hint}"))
         } else {
             VaultError::Store(e)
         }

@@ -93,10 +93,10 @@ impl Vault {
         });
         for o in self.store.list("").await? {
             info.store_objects += 1;
-            info.store_bytes += o.size;
+            info.store_bytes = info.store_bytes.saturating_add(o.size);
             if o.key.starts_with(META_PREFIX) {
                 info.meta_objects += 1;
-                info.meta_bytes += o.size;
+                info.meta_bytes = info.meta_bytes.saturating_add(o.size);
             }
         }
         info.version = self.version();
@@ -127,7 +127,7 @@ impl Vault {
             if !referenced.contains(&id) {
                 self.store.delete(&o.key).await?;
                 r.blobs_deleted += 1;
-                r.bytes_freed += o.size;
+                r.bytes_freed = r.bytes_freed.saturating_add(o.size);
             }
         }
         drop(_w);

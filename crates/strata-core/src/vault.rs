@@ -800,14 +800,13 @@ impl Vault {
         if existing == s.bytes {
             return Ok(());
         }
-        Err(VaultError::Store(strata_store::StoreError {
-            kind: StoreErrorKind::AlreadyExists,
-            store: self.store_name.clone(),
-            op: "put",
-            key: Some(key),
-            message: "another writer committed this metadata version first; reopen the vault"
-                .into(),
-        }))
+        Err(VaultError::Store(strata_store::StoreError::new(
+            StoreErrorKind::AlreadyExists,
+            self.store_name.clone(),
+            "put",
+            Some(&key),
+            "another writer committed this metadata version first; reopen the vault",
+        )))
     }
 
     /// Hold this while uploading chunks with [`Vault::upload_chunk`] until the

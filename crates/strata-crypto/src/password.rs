@@ -46,12 +46,19 @@ impl KdfParams {
         }
     }
 
+    /// Largest memory cost accepted (1 GiB, in KiB).
+    pub const MAX_M_KIB: u32 = 1024 * 1024;
+    /// Largest memory × time cost accepted (8 GiB, in KiB).
+    pub const MAX_WORK_KIB: u64 = 8 * 1024 * 1024;
+
     /// Refuse absurd parameters read from an untrusted header (a tampered
-    /// header must not make us allocate terabytes or spin forever).
+    /// header must not make us allocate gigabytes or spin for minutes); the
+    /// same bounds apply when creating a vault, so every vault opens.
     pub fn validate(&self) -> Result<(), CryptoError> {
-        if self.m_kib < 8 * self.p.max(1) || self.m_kib > 4 * 1024 * 1024 {
+        // u64: `p` comes from an untrusted header and may be anything.
+        if u64::from(self.m_kib) < 8 * u64::from(self.p.max(1)) || self.m_kib > Self::MAX_M_KIB {
             return Err(CryptoError::BadKdfParams(format!(
-                "memory {} KiB outside 8 KiB..4 GiB",
+                "memory {} KiB outside 8 KiB..1 GiB",
                 self.m_kib
             )));
         }
@@ -59,6 +66,16 @@ impl KdfParams {
             return Err(CryptoError::BadKdfParams(format!(
                 "time cost {} outside 1..64",
                 self.t
+            )));
+        }
+        // The header is read from the store before anything authenticates
+        // it: a bound on the work keeps a tampered header from making an
+        // open take minutes (memory × passes ≤ 8 GiB, e.g. 1 GiB × 8 or
+        // the default 64 MiB × 3).
+        if u64::from(self.m_kib) * u64::from(self.t) > Self::MAX_WORK_KIB {
+            return Err(CryptoError::BadKdfParams(format!(
+                "memory × time cost {} KiB × {} above 8 GiB",
+                self.m_kib, self.t
             )));
         }
         if self.p == 0 || self.p > 64 {

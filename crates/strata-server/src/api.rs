@@ -59,6 +59,8 @@ struct Truncate(f64);
 pub(crate) struct ApiError {
     status: StatusCode,
     msg: String,
+    /// For 413 replies: the object-size limit, sent as `max_object_size`.
+    limit: Option<u64>,
 }
 
 impl ApiError {
@@ -66,6 +68,7 @@ impl ApiError {
         ApiError {
             status,
             msg: msg.into(),
+            limit: None,
         }
     }
     fn bad_request(msg: impl Into<String>) -> Self {
@@ -82,7 +85,9 @@ impl ApiError {
             Some(m) => format!("object too large (limit {m} bytes)"),
             None => "request body too large".to_string(),
         };
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, msg)
+        let mut e = Self::new(StatusCode::PAYLOAD_TOO_LARGE, msg);
+        e.limit = max;
+        e
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::warn!("internal error: {e}");
@@ -92,8 +97,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp =
-            (self.status, Json(serde_json::json!({ "error": self.msg }))).into_response();
+        let body = match self.limit {
+            Some(m) => serde_json::json!({ "error": self.msg, "max_object_size": m }),
+            None => serde_json::json!({ "error": self.msg }),
+        };
+        let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -131,6 +139,7 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
         .route("/download_file", get(download))
         .route("/list_files", get(list))
         .route("/delete_file", post(delete))
+        .route("/server_info", get(server_info))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(sh.clone(), front))
         .with_state(sh)
@@ -783,6 +792,20 @@ async fn list(State(sh): State<Arc<Shared>>, req: Request) -> Result<Response, A
         next_page_token,
     })
     .into_response())
+}
+
+// ----------------------------------------------------------- server_info --
+
+/// `GET /server_info`: what a client cannot guess — the object-size limit
+/// (`null` = none) and whether `Range` requests are honoured.
+async fn server_info(State(sh): State<Arc<Shared>>) -> Response {
+    Json(serde_json::json!({
+        "api": "strata-basic",
+        "version": 1,
+        "max_object_size": sh.max_object_size,
+        "range": sh.range,
+    }))
+    .into_response()
 }
 
 // ---------------------------------------------------------------- delete --

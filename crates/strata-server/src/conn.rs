@@ -22,12 +22,13 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::api::DropConnection;
+use crate::TlsFiles;
 
 /// A client must send a request's headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection on which no byte moved either way for this long is closed
 /// (idle keep-alive, stalled upload, client that stopped reading).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// At most this many connections are served at once; more wait in the
 /// listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -36,7 +37,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Accepts and serves connections until `shutdown` is cancelled, then lets
 /// the requests in flight finish (for a while) and returns.
-pub(crate) async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    idle: Duration,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let abort = CancellationToken::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -64,9 +71,24 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, shutdown: Cance
         let router = router.clone();
         let shutdown = shutdown.clone();
         let abort = abort.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            serve_connection(stream, router, shutdown, abort).await;
+            let io = IdleIo::new(stream, idle);
+            match tls {
+                None => serve_connection(io, router, shutdown, abort).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        r = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)) => r,
+                    };
+                    match handshake {
+                        Ok(Ok(tls_io)) => serve_connection(tls_io, router, shutdown, abort).await,
+                        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                    }
+                }
+            }
             tracing::trace!("connection from {peer} closed");
         });
     }
@@ -81,13 +103,60 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, shutdown: Cance
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// The TLS acceptor for `files`; errors name the file and what is wrong.
+pub(crate) fn tls_acceptor(files: &TlsFiles) -> io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &std::path::Path, what: &str, e: &dyn std::fmt::Display| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TLS {what} {}: {e}", path.display()),
+        )
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| bad(&files.cert, "certificate file", &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(&files.cert, "certificate file", &e))?;
+    if certs.is_empty() {
+        return Err(bad(
+            &files.cert,
+            "certificate file",
+            &"no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+        ));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, "key file", &e))?;
+    // An explicit provider: never depends on (or panics over) which crypto
+    // providers other crates enabled in rustls.
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| io::Error::other(format!("TLS setup: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "TLS certificate {} and key {} do not go together: {e}",
+                    files.cert.display(),
+                    files.key.display()
+                ),
+            )
+        })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+async fn serve_connection<S>(
+    stream: S,
     router: Router,
     shutdown: CancellationToken,
     abort: CancellationToken,
-) {
-    let io = TokioIo::new(IdleIo::new(stream, IDLE_TIMEOUT));
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let router = router.clone();
         async move {

@@ -33,7 +33,8 @@
 //!
 //! - `POST /upload_file`: `multipart/form-data` with a text field `name`
 //!   and a file field `file`; replaces the whole object atomically. 200
-//!   `{"name": ..., "size": N}`; 413 above the object-size limit.
+//!   `{"name": ..., "size": N}`; 413 above the object-size limit, with the
+//!   limit in the reply: `{"error": ..., "max_object_size": N}`.
 //! - `GET /download_file?name=NAME`: the object; with range reads on, a
 //!   single `Range: bytes=...` gives 206 (or 416). 404 when missing.
 //! - `GET /list_files?prefix=P&page_token=T&limit=N`: `{"files": [{"name",
@@ -42,17 +43,30 @@
 //!   most 10000.
 //! - `POST /delete_file?name=NAME`: 200 `{"deleted": true}`; 404 when
 //!   missing.
+//! - `GET /server_info`: what a client cannot guess, `{"api":
+//!   "strata-basic", "version": 1, "max_object_size": N | null, "range":
+//!   true | false}`. The `basic+http(s)://` client reads it when it opens a
+//!   vault, so a vault created on a limited server picks chunks that fit.
 //!
 //! Object names are 1 to 1024 bytes of `/`-separated segments made of
 //! `[A-Za-z0-9._-]` (no empty, `.` or `..` segment, no leading `/`, not
 //! starting with `.tmp`); anything else is a 400.
+//!
+//! # https
+//!
+//! With [`ServerConfig::tls`] (`strata cloud-server --tls-cert --tls-key`)
+//! every connection is TLS (rustls; TLS 1.2 and 1.3, HTTP/1.1); the TLS
+//! handshake must finish within the 30 s header timeout. Clients of a
+//! private CA trust it with `ca-file=PATH` in the store URL.
 //!
 //! # Limits
 //!
 //! Request bodies are capped at the object-size limit plus 64 KiB of
 //! multipart framing (16 GiB without a limit; `Content-Length` is checked up
 //! front, the body is counted while it streams). Headers must arrive within
-//! 30 s; a connection on which nothing moved for 120 s is closed; at most
+//! 30 s; a connection on which nothing moved for 120 s
+//! ([`ServerConfig::idle_timeout`], `--idle-timeout-secs`) is closed, so a
+//! client that stalls mid-upload stores nothing and holds nothing; at most
 //! 1024 connections are served at once; on shutdown, requests in flight
 //! get 10 s. Uploads and downloads stream with bounded memory whatever the
 //! object size.
@@ -117,6 +131,19 @@ pub struct ServerConfig {
     pub fail_rate: f64,
     /// Seed of the failure-injection RNG.
     pub seed: u64,
+    /// Serve https with this certificate and key instead of plain http.
+    pub tls: Option<TlsFiles>,
+    /// A connection on which no byte moved either way for this long is
+    /// closed (a stalled upload leaves nothing behind). Default 120 s.
+    pub idle_timeout: Duration,
+}
+
+/// PEM files for https: the certificate chain (server certificate first,
+/// then intermediates) and its private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl ServerConfig {
@@ -132,6 +159,8 @@ impl ServerConfig {
             latency: Duration::ZERO,
             fail_rate: 0.0,
             seed: 0,
+            tls: None,
+            idle_timeout: conn::IDLE_TIMEOUT,
         }
     }
 }
@@ -232,9 +261,16 @@ pub async fn spawn(cfg: ServerConfig) -> std::io::Result<ServerHandle> {
     if !(0.0..=1.0).contains(&cfg.fail_rate) {
         return Err(invalid("fail_rate must be within 0.0..=1.0"));
     }
+    if cfg.idle_timeout.is_zero() {
+        return Err(invalid("idle_timeout must be above zero"));
+    }
     if cfg.bandwidth == Some(0) {
         return Err(invalid("bandwidth must be at least 1 byte per second"));
     }
+    let tls = match &cfg.tls {
+        Some(files) => Some(conn::tls_acceptor(files)?),
+        None => None,
+    };
     let root_in = cfg.root.clone();
     let root = tokio::task::spawn_blocking(move || fsops::prepare_root(&root_in))
         .await
@@ -269,7 +305,13 @@ pub async fn spawn(cfg: ServerConfig) -> std::io::Result<ServerHandle> {
     });
     let router = api::router(shared.clone());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(conn::serve(listener, router, shutdown.clone()));
+    let task = tokio::spawn(conn::serve(
+        listener,
+        router,
+        tls,
+        cfg.idle_timeout,
+        shutdown.clone(),
+    ));
     tracing::info!("strata-server listening on {addr}");
     Ok(ServerHandle {
         addr,

@@ -980,3 +980,90 @@ async fn config_is_checked_and_stale_temp_files_removed() {
     assert_eq!(std::fs::read_dir(root.join(".tmp")).unwrap().count(), 0);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn server_info_advertises_the_limit_and_range_and_413s_carry_the_limit() {
+    let s = start(|c| {
+        c.max_object_size = Some(1 << 20);
+        c.range = false;
+    })
+    .await;
+    let get_info = |auth: bool| {
+        let rb = s.client.get(s.url("/server_info"));
+        if auth {
+            rb.bearer_auth(TOKEN)
+        } else {
+            rb
+        }
+    };
+    assert_eq!(
+        get_info(false).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let v: Value = get_info(true).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["max_object_size"], 1 << 20);
+    assert_eq!(v["range"], false);
+    let resp = s.upload("over", &pseudo_random((1 << 20) + 1, 3)).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["max_object_size"], 1 << 20, "{v}");
+    s.handle.shutdown().await;
+
+    let s = start(|_| {}).await;
+    let v: Value = s
+        .client
+        .get(s.url("/server_info"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["max_object_size"].is_null(), "{v}");
+    assert_eq!(v["range"], true);
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_timed_out_and_leaves_nothing() {
+    let s = start(|c| c.idle_timeout = Duration::from_secs(2)).await;
+    // An object that must survive the stalled overwrite.
+    let old = pseudo_random(1000, 1);
+    assert_eq!(s.upload("k", &old).await.status(), StatusCode::OK);
+    let mut sock = tokio::net::TcpStream::connect(s.handle.addr).await.unwrap();
+    let body_head = "--b\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nk\r\n\
+                     --b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\
+                     Content-Type: application/octet-stream\r\n\r\n";
+    let head = format!(
+        "POST /upload_file HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\n\r\n{body_head}",
+        body_head.len() + (1 << 20) + 8
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&pseudo_random(100_000, 2)).await.unwrap();
+    // Now stall. The server must close the connection within the idle
+    // timeout (plus slack), without a reply that claims success.
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut reply = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server kept a stalled upload open for 10 s"),
+        }
+    }
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    assert!(waited < Duration::from_secs(8), "{waited:?}");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(!reply.starts_with("HTTP/1.1 200"), "{reply}");
+    s.wait_no_temp().await;
+    assert_eq!(s.stored(), ["k"]);
+    assert_eq!(
+        s.download("k").await.bytes().await.unwrap().as_ref(),
+        old.as_slice()
+    );
+    s.handle.shutdown().await;
+}

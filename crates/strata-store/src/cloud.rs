@@ -30,15 +30,17 @@ pub(crate) const S3_OPTIONS: &[&str] = &[
     "credentials-file",
     "virtual-host",
     "imds",
+    "ca-file",
 ];
 /// Options `webdav+http(s)://` URLs take besides the general ones.
-pub(crate) const WEBDAV_OPTIONS: &[&str] = &["user", "password-file"];
+pub(crate) const WEBDAV_OPTIONS: &[&str] = &["user", "password-file", "ca-file"];
 /// Options `onedrive:` URLs take besides the general ones.
 pub(crate) const ONEDRIVE_OPTIONS: &[&str] = &[
     "token-file",
     "refresh-token-file",
     "client-id",
     "client-secret-file",
+    "ca-file",
 ];
 
 /// Environment variables for WebDAV credentials.
@@ -125,6 +127,23 @@ fn read_secret_file(path: &str, what: &str) -> Result<String, String> {
         }
         Err(e) => Err(format!("cannot read {what} file {}: {e}", p.display())),
     }
+}
+
+/// With `ca-file=PATH`: `op` sending its requests through a client that
+/// trusts only the CA certificates in that file.
+fn with_ca_file(op: Operator, extra: &Extra) -> Result<Operator, String> {
+    let Some(path) = extra.get(crate::tls::CA_FILE) else {
+        return Ok(op);
+    };
+    let certs = crate::tls::load_ca_file(path)?;
+    let client = crate::tls::with_roots(reqwest::Client::builder(), Some(certs))
+        .build()
+        .map_err(|e| format!("cannot set up the HTTP client with CA file {path}: {e}"))?;
+    let transport = opendal::HttpTransporter::new(
+        opendal_http_transport_reqwest::ReqwestTransport::new(client),
+    );
+    let ctx = opendal::OperationContext::new().with_http_transport(transport);
+    Ok(op.with_context(ctx))
 }
 
 fn finish(op: Operator) -> Operator {
@@ -235,6 +254,7 @@ pub(crate) fn open_s3(
         b = b.profile(profile);
     }
     let op = Operator::new(b).map_err(|e| format!("cannot set up the S3 client: {e}"))?;
+    let op = with_ca_file(op, extra)?;
     let flavor = Flavor::S3 {
         endpoint: endpoint
             .map(str::to_owned)
@@ -351,6 +371,7 @@ pub(crate) fn open_webdav(
     // one request per put instead of two.
     b = b.disable_create_dir(true);
     let op = Operator::new(b).map_err(|e| format!("cannot set up the WebDAV client: {e}"))?;
+    let op = with_ca_file(op, extra)?;
     let flavor = Flavor::WebDav {
         endpoint: format!("{endpoint}{root}"),
     };
@@ -396,6 +417,7 @@ pub(crate) fn open_onedrive(
         }
     }
     let op = Operator::new(b).map_err(|e| format!("cannot set up the OneDrive client: {e}"))?;
+    let op = with_ca_file(op, extra)?;
     Ok(remote_store(
         finish(op),
         description,
@@ -423,9 +445,14 @@ pub(crate) fn explain(
     };
     if has("certificate") || has("tls") || has("invalidcontenttype") || has("handshake") {
         e.kind = StoreErrorKind::Other;
+        let hint =
+            if has("unknownissuer") || has("unknown issuer") || has("invalid peer certificate") {
+                crate::tls::PRIVATE_CA_HINT
+            } else {
+                "check the URL's scheme and the server's certificate"
+            };
         e.message = format!(
-            "TLS failure talking to {endpoint}: {} (check the URL's scheme and the server's \
-             certificate)",
+            "TLS failure talking to {endpoint}: {} ({hint})",
             short_cause(&text)
         );
     } else if has("connection refused")
@@ -475,6 +502,13 @@ pub(crate) fn explain(
         e.message = format!(
             "{endpoint} denied {op}{}: the credentials lack permission for it",
             key.map(|k| format!(" of {k}")).unwrap_or_default()
+        );
+    } else if e.kind == StoreErrorKind::TooLarge || crate::error::says_too_large(&text) {
+        // Permanent: the same object will be refused again.
+        e.kind = StoreErrorKind::TooLarge;
+        e.message = format!(
+            "{endpoint} refused the object as too large ({})",
+            short_cause(&text)
         );
     } else if e.kind == StoreErrorKind::Other || e.kind == StoreErrorKind::Transient {
         e.message = short_cause(&text);

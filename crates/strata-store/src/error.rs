@@ -14,7 +14,10 @@ pub enum StoreErrorKind {
     Transient,
     /// The backend refused access.
     PermissionDenied,
-    /// The object is larger than the store accepts.
+    /// The object is larger than the store accepts (HTTP 413, S3
+    /// `EntityTooLarge`, a configured `max-object-size`). Permanent: the
+    /// same object will be refused again; [`StoreError::limit`] carries the
+    /// store's limit when it is known.
     TooLarge,
     /// The store lacks the capability this operation needs.
     Unsupported,
@@ -64,6 +67,9 @@ pub struct StoreError {
     pub key: Option<String>,
     /// What happened, for humans.
     pub message: String,
+    /// For [`StoreErrorKind::TooLarge`]: the store's maximum object size in
+    /// bytes, when the store (or its URL) says what it is.
+    pub limit: Option<u64>,
 }
 
 impl fmt::Display for StoreError {
@@ -83,6 +89,17 @@ impl fmt::Display for StoreError {
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Whether a service's error text says the request was too large: an HTTP
+/// 413 (as opendal reports it: `status: 413`), S3's `EntityTooLarge`, a
+/// `Payload Too Large` / `Request Entity Too Large` reason.
+pub(crate) fn says_too_large(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("status: 413")
+        || t.contains("entitytoolarge")
+        || t.contains("payload too large")
+        || t.contains("request entity too large")
+}
+
 impl StoreError {
     /// A new error of `kind` for operation `op` on `store`.
     pub fn new(
@@ -98,7 +115,14 @@ impl StoreError {
             op,
             key: key.map(str::to_owned),
             message: message.into(),
+            limit: None,
         }
+    }
+
+    /// The same error, recording the store's object-size limit.
+    pub fn with_limit(mut self, limit: Option<u64>) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// `key` does not exist.
@@ -149,6 +173,7 @@ impl StoreError {
                 "object of {size} bytes exceeds the store's maximum object size of {limit} bytes"
             ),
         )
+        .with_limit(Some(limit))
     }
 
     /// The store URL `url` (already stripped of secrets) is not usable.
@@ -181,6 +206,7 @@ impl StoreError {
             K::RateLimited => StoreErrorKind::Transient,
             K::AlreadyExists | K::ConditionNotMatch => StoreErrorKind::AlreadyExists,
             K::Unsupported => StoreErrorKind::Unsupported,
+            _ if says_too_large(&err.to_string()) => StoreErrorKind::TooLarge,
             _ if err.is_temporary() => StoreErrorKind::Transient,
             _ => StoreErrorKind::Other,
         };
@@ -230,6 +256,41 @@ impl StoreError {
     pub fn is_not_found(&self) -> bool {
         self.kind == StoreErrorKind::NotFound
     }
+
+    /// Retrying the same request cannot succeed until someone changes
+    /// something (the object, the store's settings, the credentials, the
+    /// URL): `TooLarge`, `PermissionDenied`, `InvalidUrl`, `Unsupported`.
+    /// A writer should stop retrying such an object and report it.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.kind,
+            StoreErrorKind::TooLarge
+                | StoreErrorKind::PermissionDenied
+                | StoreErrorKind::InvalidUrl
+                | StoreErrorKind::Unsupported
+        )
+    }
+
+    /// For a `TooLarge` error: the store's object-size limit, if known.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// What to do about a `TooLarge` error, for messages: which setting fixes
+    /// it. `None` for other kinds.
+    pub fn too_large_hint(&self) -> Option<String> {
+        if self.kind != StoreErrorKind::TooLarge {
+            return None;
+        }
+        let size = match self.limit {
+            Some(n) => format!("max-object-size={n}"),
+            None => "max-object-size=SIZE (the store's limit)".to_owned(),
+        };
+        Some(format!(
+            "the store refuses objects this big: add `{size}` to the store URL (Strata then \
+             writes objects that fit: smaller chunks and split metadata) and retry"
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -248,6 +309,13 @@ mod tests {
         assert_eq!(e.kind(), StoreErrorKind::InvalidUrl);
         assert!(!e.is_transient());
         assert!(StoreError::transient("m", "put", Some("k"), "x").is_transient());
+        let big = StoreError::too_large("m", "put", "k", 10, 5);
+        assert!(big.is_permanent() && !big.is_transient());
+        assert_eq!(big.limit(), Some(5));
+        assert!(big
+            .too_large_hint()
+            .is_some_and(|h| h.contains("max-object-size=5")));
+        assert!(!StoreError::transient("m", "put", Some("k"), "x").is_permanent());
     }
 
     #[test]
@@ -268,6 +336,17 @@ mod tests {
             StoreErrorKind::Transient
         );
         assert_eq!(map(Error::new(K::Unexpected, "x")), StoreErrorKind::Other);
+        assert_eq!(
+            map(Error::new(
+                K::Unexpected,
+                "response: Parts { status: 413, .. }"
+            )),
+            StoreErrorKind::TooLarge
+        );
+        assert_eq!(
+            map(Error::new(K::Unexpected, "<Code>EntityTooLarge</Code>").set_temporary()),
+            StoreErrorKind::TooLarge
+        );
         assert_eq!(
             map(Error::new(K::ConditionNotMatch, "x")),
             StoreErrorKind::AlreadyExists

@@ -37,10 +37,26 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// URL query options this backend takes (the rest are general store options).
-pub(crate) const URL_OPTIONS: &str = "token-file, token-env, profile";
+pub(crate) const URL_OPTIONS: &str = "token-file, token-env, profile, ca-file";
 
 /// Objects whose sizes are looked up concurrently when a listing has none.
 const SIZE_PROBES_IN_FLIGHT: usize = 8;
+
+/// Largest reply body accepted (a declared `Content-Length` above it is
+/// refused before anything is allocated; a body without one is counted).
+/// Strata's objects are far smaller: chunks ≤ 256 MiB, metadata split by
+/// `max-object-size`.
+pub const MAX_REPLY: u64 = 1 << 30;
+
+/// A listing with more entries than this is refused (a server that keeps
+/// inventing pages would otherwise be followed forever).
+const MAX_LIST_ENTRIES: usize = 50_000_000;
+
+/// A lookup (stat) reading more listing pages than this gives up.
+const MAX_LIST_PAGES: usize = 1_000_000;
+
+/// Largest profile file read.
+const MAX_PROFILE: u64 = 1 << 20;
 
 /// At most this much of an error reply is read for its message.
 const ERROR_BODY_LIMIT: usize = 4096;
@@ -161,6 +177,12 @@ fn upload_body(data: Bytes, progress: Arc<Progress>) -> reqwest::Body {
 /// method = "POST"
 /// # "" = the service cannot delete (delete then fails as Unsupported).
 /// url = "{base}delete_file?name={name}"
+///
+/// [info]
+/// # GET, read when a vault is opened: JSON {"max_object_size": N | null,
+/// # "range": true | false} narrows max_object_size and download.range.
+/// # Any other reply (a 404, HTML…) is ignored. "" = don't ask.
+/// url = "{base}server_info"
 /// ```
 ///
 /// URL templates take `{base}`, `{token}`, and `{name}` (upload, download,
@@ -209,6 +231,7 @@ pub struct HttpProfile {
     pub download: DownloadProfile,
     pub list: ListProfile,
     pub delete: DeleteProfile,
+    pub info: InfoProfile,
 }
 
 /// `[auth]`: the header carrying the token.
@@ -363,6 +386,53 @@ impl Default for DeleteProfile {
     }
 }
 
+/// `[info]`: where the service says what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InfoProfile {
+    /// URL template (`{base}`, `{token}`) of a `GET` whose JSON reply may
+    /// carry `max_object_size` (bytes or null) and `range` (bool); empty =
+    /// the service has no such page. Read once when a vault is opened; a
+    /// reply that is not such JSON (e.g. a 404) is ignored.
+    pub url: String,
+}
+
+impl Default for InfoProfile {
+    fn default() -> Self {
+        InfoProfile {
+            url: "{base}server_info".into(),
+        }
+    }
+}
+
+/// What the service said about itself (see [`InfoProfile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct ServerInfo {
+    max_object_size: Option<u64>,
+    range: Option<bool>,
+}
+
+/// Longest `server_info` reply read.
+const INFO_BODY_LIMIT: usize = 64 << 10;
+
+/// Parse a `server_info` reply; `None` = not such a reply (ignored).
+fn parse_server_info(body: &[u8]) -> Option<ServerInfo> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let o = v.as_object()?;
+    let max_object_size = match o.get("max_object_size") {
+        Some(serde_json::Value::Number(n)) => n.as_u64().filter(|n| *n > 0),
+        _ => None,
+    };
+    let range = o.get("range").and_then(serde_json::Value::as_bool);
+    if max_object_size.is_none() && range.is_none() {
+        return None;
+    }
+    Some(ServerInfo {
+        max_object_size,
+        range,
+    })
+}
+
 /// `max_object_size = 1048576` or `= "1MiB"`.
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
@@ -413,6 +483,7 @@ impl HttpProfile {
         check("download.url", &self.download.url, &named)?;
         check("delete.url", &self.delete.url, &named)?;
         check("list.url", &self.list.url, &["base", "token", "prefix"])?;
+        check("info.url", &self.info.url, &["base", "token"])?;
         check("auth.format", &self.auth.format, &["token"])?;
         for (what, t) in [
             ("upload.url", &self.upload.url),
@@ -454,6 +525,7 @@ impl HttpProfile {
             || uses(&self.download.url)
             || uses(&self.list.url)
             || uses(&self.delete.url)
+            || uses(&self.info.url)
     }
 }
 
@@ -545,6 +617,7 @@ pub(crate) struct UrlOptions {
     pub token_file: Option<String>,
     pub token_env: Option<String>,
     pub profile: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 /// Split a query into this backend's options and the rest (general store
@@ -561,6 +634,7 @@ pub(crate) fn split_query(query: &str) -> Result<(UrlOptions, String), String> {
             "token-file" => &mut o.token_file,
             "token-env" => &mut o.token_env,
             "profile" => &mut o.profile,
+            "ca-file" => &mut o.ca_file,
             _ => {
                 rest.push(part);
                 continue;
@@ -716,6 +790,10 @@ struct Entry {
 ///   no `{token}` in any URL template.)
 /// * `profile=PATH`: a TOML profile describing the service's API (see
 ///   [`HttpProfile`]); without it, the default API below.
+/// * `ca-file=PATH`: for `basic+https://`, trust only the CA certificates in
+///   this PEM file (a private CA) instead of the system's. A server whose
+///   certificate no trusted CA signed is refused with an error naming the
+///   store and suggesting `ca-file`.
 /// * The general store options (`max-object-size`, `range-reads`, `no-range`,
 ///   `concurrency`, `retries`) work as for every store.
 ///
@@ -778,6 +856,10 @@ pub struct HttpBasicStore {
     /// Idle timeout (see [`READ_TIMEOUT`]).
     idle: Duration,
     warned_ranges_ignored: AtomicBool,
+    /// What the service said about itself in `prepare` (see [`InfoProfile`]).
+    discovered: Mutex<ServerInfo>,
+    /// `ca-file=` was given (for TLS error messages).
+    has_ca_file: bool,
 }
 
 impl std::fmt::Debug for HttpBasicStore {
@@ -832,27 +914,7 @@ impl HttpBasicStore {
             }
             _ => None,
         };
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirect_policy(
-                profile.auth.header.is_empty()
-                    || profile.auth.header.eq_ignore_ascii_case("authorization"),
-            ))
-            .build()
-            .map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Other,
-                    description.as_str(),
-                    "open",
-                    None,
-                    format!(
-                        "cannot set up the HTTP client: {}",
-                        error_chain(&e.without_url())
-                    ),
-                )
-            })?;
+        let client = build_client(&profile, None, &description)?;
         Ok(HttpBasicStore {
             client,
             base,
@@ -864,6 +926,8 @@ impl HttpBasicStore {
             description,
             idle: READ_TIMEOUT,
             warned_ranges_ignored: AtomicBool::new(false),
+            discovered: Mutex::new(ServerInfo::default()),
+            has_ca_file: false,
         })
     }
 
@@ -875,6 +939,16 @@ impl HttpBasicStore {
         let profile = match &opts.profile {
             None => HttpProfile::default(),
             Some(path) => {
+                let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                if size > MAX_PROFILE {
+                    return Err(StoreError::invalid_url(
+                        shown.as_str(),
+                        format!(
+                            "profile {path} is {size} bytes; a profile is a small TOML file \
+                             (at most {MAX_PROFILE} bytes)"
+                        ),
+                    ));
+                }
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     StoreError::invalid_url(
                         shown.as_str(),
@@ -891,12 +965,28 @@ impl HttpBasicStore {
         } else {
             None
         };
-        let store = HttpBasicStore::new(base, token, profile).map_err(|mut e| {
+        let mut store = HttpBasicStore::new(base, token, profile).map_err(|mut e| {
             e.store = shown.clone();
             e
         })?;
+        if let Some(ca) = &opts.ca_file {
+            store = store.with_ca_file(ca).map_err(|mut e| {
+                e.store = shown.clone();
+                e
+            })?;
+        }
         let description = format!("{}{shown_query}", store.description);
         Ok(store.with_description(description))
+    }
+
+    /// Trust only the CA certificates in the PEM file `path` for https
+    /// (`ca-file=PATH`), e.g. a private CA. Errors name the file.
+    pub fn with_ca_file(mut self, path: &str) -> StoreResult<Self> {
+        let certs = crate::tls::load_ca_file(path)
+            .map_err(|e| StoreError::invalid_url(self.description.as_str(), e))?;
+        self.client = build_client(&self.profile, Some(certs), &self.description)?;
+        self.has_ca_file = true;
+        Ok(self)
     }
 
     /// Replace what `describe()` says (never put secrets in it).
@@ -1035,11 +1125,15 @@ impl HttpBasicStore {
             // rustls reports handshake failures (bad certificate, not a TLS
             // server…) as InvalidData: retrying will not help.
             if has_io_kind(&e, std::io::ErrorKind::InvalidData) {
+                let hint = if self.has_ca_file {
+                    "is it an https server with a certificate from the CA in ca-file?"
+                } else {
+                    crate::tls::PRIVATE_CA_HINT
+                };
                 (
                     StoreErrorKind::Other,
                     format!(
-                        "TLS handshake with {} failed (is it an https server with a valid \
-                         certificate?): {cause}",
+                        "TLS handshake with {} failed: {cause} ({hint})",
                         self.authority
                     ),
                 )
@@ -1077,7 +1171,8 @@ impl HttpBasicStore {
         size: Option<u64>,
     ) -> StoreError {
         let status = resp.status();
-        let detail = error_detail(resp, self.idle).await;
+        let body = error_body(resp, self.idle).await;
+        let detail = detail_of(&body);
         let detail = if detail.is_empty() {
             String::new()
         } else {
@@ -1122,7 +1217,18 @@ impl HttpBasicStore {
                 format!("unexpected reply from the server ({reply})"),
             ),
         };
-        self.err(kind, op, key, msg)
+        let limit = (kind == StoreErrorKind::TooLarge)
+            .then(|| limit_in_reply(&body).or(self.capabilities().max_object_size))
+            .flatten();
+        self.err(kind, op, key, msg).with_limit(limit)
+    }
+
+    /// What the service said about itself in `prepare`.
+    fn discovered(&self) -> ServerInfo {
+        *self
+            .discovered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Receive a reply body into one buffer sized by `Content-Length`, and
@@ -1135,7 +1241,22 @@ impl HttpBasicStore {
     ) -> StoreResult<Bytes> {
         let declared = content_length(&resp);
         let mut buf: Vec<u8> = Vec::new();
+        let too_big = |n: u64| {
+            self.err(
+                StoreErrorKind::Other,
+                op,
+                key,
+                format!(
+                    "{} sent a reply of {n} bytes; Strata accepts at most {MAX_REPLY} bytes in \
+                     one object (is the URL right?)",
+                    self.authority
+                ),
+            )
+        };
         if let Some(n) = declared {
+            if n > MAX_REPLY {
+                return Err(too_big(n));
+            }
             let fits = usize::try_from(n)
                 .ok()
                 .is_some_and(|n| buf.try_reserve_exact(n).is_ok());
@@ -1172,7 +1293,11 @@ impl HttpBasicStore {
                         // The whole body in one piece: no copy needed.
                         return Ok(chunk);
                     }
-                    if declared.is_some_and(|n| (buf.len() + chunk.len()) as u64 > n) {
+                    let got = (buf.len() + chunk.len()) as u64;
+                    if declared.is_none() && got > MAX_REPLY {
+                        return Err(too_big(got));
+                    }
+                    if declared.is_some_and(|n| got > n) {
                         return Err(self.err(
                             StoreErrorKind::Transient,
                             op,
@@ -1319,6 +1444,34 @@ impl HttpBasicStore {
     }
 }
 
+/// The HTTP client for `profile`, trusting only `certs` when given.
+fn build_client(
+    profile: &HttpProfile,
+    certs: Option<Vec<reqwest::Certificate>>,
+    description: &str,
+) -> StoreResult<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect_policy(
+            profile.auth.header.is_empty()
+                || profile.auth.header.eq_ignore_ascii_case("authorization"),
+        ));
+    crate::tls::with_roots(builder, certs).build().map_err(|e| {
+        StoreError::new(
+            StoreErrorKind::Other,
+            description,
+            "open",
+            None,
+            format!(
+                "cannot set up the HTTP client: {}",
+                error_chain(&e.without_url())
+            ),
+        )
+    })
+}
+
 /// `scheme://user:pass@host/…` → `scheme://***@host/…` (for messages).
 fn without_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -1369,23 +1522,57 @@ fn content_length(resp: &Response) -> Option<u64> {
         .and_then(|s| s.trim().parse::<u64>().ok())
 }
 
-/// The server's explanation in an error reply: a JSON `error` / `message`
-/// field, or the start of the text; one line, at most 300 characters.
-async fn error_detail(mut resp: Response, idle: Duration) -> String {
+/// The smaller of two optional limits (`None` = no limit).
+fn min_limit(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The object-size limit a 413 reply states: a JSON `max_object_size`
+/// (the bundled server's) or `limit` field.
+fn limit_in_reply(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    ["max_object_size", "limit"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(serde_json::Value::as_u64))
+        .filter(|n| *n > 0)
+}
+
+/// The start of a reply's body (at most [`ERROR_BODY_LIMIT`] bytes).
+async fn error_body(resp: Response, idle: Duration) -> Vec<u8> {
+    error_body_limit(resp, idle, ERROR_BODY_LIMIT).await
+}
+
+/// The start of a reply's body: at most `limit` bytes, each piece within
+/// `idle`.
+async fn error_body_limit(mut resp: Response, idle: Duration, limit: usize) -> Vec<u8> {
     let mut buf = Vec::new();
-    while buf.len() < ERROR_BODY_LIMIT {
+    while buf.len() < limit {
         match tokio::time::timeout(idle, resp.chunk()).await {
             Ok(Ok(Some(c))) => buf.extend_from_slice(&c),
             _ => break,
         }
     }
-    buf.truncate(ERROR_BODY_LIMIT);
-    let text = match serde_json::from_slice::<serde_json::Value>(&buf) {
+    buf.truncate(limit);
+    buf
+}
+
+/// The server's explanation in an error reply: a JSON `error` / `message`
+/// field, or the start of the text; one line, at most 300 characters.
+async fn error_detail(resp: Response, idle: Duration) -> String {
+    detail_of(&error_body(resp, idle).await)
+}
+
+/// [`error_detail`] of a body already read.
+fn detail_of(buf: &[u8]) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(buf) {
         Ok(v) => ["error", "message", "detail"]
             .iter()
             .find_map(|k| v.get(*k).and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&buf).into_owned()),
-        Err(_) => String::from_utf8_lossy(&buf).into_owned(),
+            .unwrap_or_else(|| String::from_utf8_lossy(buf).into_owned()),
+        Err(_) => String::from_utf8_lossy(buf).into_owned(),
     };
     let one_line: String = text
         .split_whitespace()
@@ -1560,11 +1747,41 @@ use crate::keys::{validate_key, validate_prefix};
 #[async_trait::async_trait]
 impl Store for HttpBasicStore {
     fn capabilities(&self) -> Capabilities {
+        let found = self.discovered();
         Capabilities {
-            range_reads: self.profile.download.range,
+            range_reads: self.profile.download.range && found.range != Some(false),
             conditional_create: false,
-            max_object_size: self.profile.max_object_size,
+            max_object_size: min_limit(self.profile.max_object_size, found.max_object_size),
         }
+    }
+
+    async fn prepare(&self) -> StoreResult<()> {
+        const OP: &str = "prepare";
+        if self.profile.info.url.trim().is_empty() {
+            return Ok(());
+        }
+        let url = self.url(OP, "", &self.profile.info.url, "", "")?;
+        let resp = self
+            .send(OP, "", self.request(&Method::GET, url), None)
+            .await?;
+        let status = resp.status();
+        if matches!(status.as_u16(), 401 | 403 | 408 | 425 | 429 | 500..=599) {
+            return Err(self.status_err(OP, "", resp, None).await);
+        }
+        if !status.is_success() {
+            // No such page: a service that does not describe itself.
+            let _ = error_body(resp, self.idle).await;
+            return Ok(());
+        }
+        let body = error_body_limit(resp, self.idle, INFO_BODY_LIMIT).await;
+        if let Some(info) = parse_server_info(&body) {
+            tracing::debug!(store = %self.description, ?info, "the server describes itself");
+            *self
+                .discovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = info;
+        }
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -1575,7 +1792,7 @@ impl Store for HttpBasicStore {
         const OP: &str = "put";
         self.check_key(OP, key)?;
         let len = data.len() as u64;
-        if let Some(limit) = self.profile.max_object_size {
+        if let Some(limit) = self.capabilities().max_object_size {
             if len > limit {
                 return Err(StoreError::too_large(
                     self.description.as_str(),
@@ -1724,6 +1941,16 @@ impl Store for HttpBasicStore {
                 page.into_iter()
                     .filter(|e| e.name.starts_with(prefix) && validate_key(&e.name).is_ok()),
             );
+            if entries.len() > MAX_LIST_ENTRIES {
+                return Err(self.err(
+                    StoreErrorKind::Other,
+                    OP,
+                    prefix,
+                    format!(
+                        "the server's listing goes on past {MAX_LIST_ENTRIES} objects; giving up"
+                    ),
+                ));
+            }
             match next {
                 None => break,
                 Some(t) => {
@@ -1796,6 +2023,14 @@ impl Store for HttpBasicStore {
             }
             if p.sorted && page.iter().any(|e| e.name.as_str() > key) {
                 return Ok(None);
+            }
+            if seen.len() > MAX_LIST_PAGES {
+                return Err(self.err(
+                    StoreErrorKind::Other,
+                    OP,
+                    key,
+                    format!("the server's listing goes on past {MAX_LIST_PAGES} pages; giving up"),
+                ));
             }
             match next {
                 Some(t) if seen.insert(t.clone()) => page_token = Some(t),
@@ -2050,5 +2285,73 @@ mod tests {
         )
         .unwrap_err();
         assert!(!e.to_string().contains("bad\ntoken"), "{e}");
+    }
+
+    mod hostile {
+        //! Bytes from a hostile or broken server: the reply parsers return
+        //! errors or nothing, never panic, whatever they are given.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn json_like() -> impl Strategy<Value = Vec<u8>> {
+            let valid = r#"{"files":[{"name":"meta/log.0000000000000001","size":12},"data/ab/cd",{"name":"x","size":"7"}],"next_page_token":"t"}"#;
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..400),
+                (0usize..valid.len(), any::<u8>()).prop_map(move |(i, b)| {
+                    let mut v = valid.as_bytes().to_vec();
+                    v[i] = b;
+                    v
+                }),
+                (0usize..valid.len()).prop_map(move |n| valid.as_bytes()[..n].to_vec()),
+                Just(br#"{"files":[{"name":"a","size":1e400}]}"#.to_vec()),
+                Just(
+                    br#"{"files":[{"name":"a","size":-1}],"next_page_token":18446744073709551615}"#
+                        .to_vec()
+                ),
+                Just(b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[".repeat(200)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+            #[test]
+            fn reply_parsers_never_panic(body in json_like(), files_key in prop_oneof![Just(""), Just("files"), Just("data.items")]) {
+                let p = ListProfile { files_key: files_key.to_owned(), ..ListProfile::default() };
+                let _ = parse_json_list(&body, &p);
+                let _ = parse_lines_list(&body);
+                let _ = parse_server_info(&body);
+                let _ = limit_in_reply(&body);
+                let d = detail_of(&body);
+                prop_assert!(d.chars().count() <= 301);
+                if let Ok(t) = std::str::from_utf8(&body) {
+                    let _ = parse_content_range(t);
+                }
+            }
+        }
+
+        #[test]
+        fn server_info_is_read_only_when_it_says_something() {
+            assert_eq!(parse_server_info(b"<html>404</html>"), None);
+            assert_eq!(parse_server_info(b"{}"), None);
+            assert_eq!(
+                parse_server_info(br#"{"max_object_size":0,"range":false}"#),
+                Some(ServerInfo {
+                    max_object_size: None,
+                    range: Some(false)
+                })
+            );
+            assert_eq!(
+                parse_server_info(br#"{"max_object_size":1048576,"range":true}"#),
+                Some(ServerInfo {
+                    max_object_size: Some(1 << 20),
+                    range: Some(true)
+                })
+            );
+            assert_eq!(
+                limit_in_reply(br#"{"error":"x","max_object_size":5}"#),
+                Some(5)
+            );
+            assert_eq!(limit_in_reply(b"nope"), None);
+        }
     }
 }

@@ -33,6 +33,7 @@ mod http_basic;
 mod keys;
 mod layers;
 mod sftp;
+mod tls;
 mod url;
 
 use std::ops::Range;

@@ -21,7 +21,12 @@
 //!   onto the key with `posix-rename@openssh.com` (atomic replace: readers
 //!   see the old or the new object). Parent folders are created as needed.
 //!   SFTP has no directory fsync, so the rename itself is as durable as the
-//!   server's filesystem makes it.
+//!   server's filesystem makes it. (Tried and measured: OpenSSH's server
+//!   would fsync a folder's descriptor through `fsync@openssh.com`, but a
+//!   folder can only be opened read-only, and `openssh-sftp-client` sends
+//!   fsync only on handles opened for writing — it refuses before sending.
+//!   Fixing that needs a raw fsync request on a read-only handle, which the
+//!   client crate does not expose.)
 //! * `put_if_absent` writes the temp file the same way, then hard-links it
 //!   to the key (`hardlink@openssh.com`): the server's kernel refuses the
 //!   link if the key exists. Declared (`conditional_create`) only when the

@@ -657,3 +657,32 @@ url = ""
     let e = s.delete("docs/b").await.unwrap_err();
     assert_eq!(e.kind(), StoreErrorKind::Unsupported, "{e}");
 }
+
+#[tokio::test]
+async fn a_reply_declaring_a_huge_length_is_refused_before_allocating() {
+    let addr = scripted(|_, _| {
+        response(
+            "200 OK",
+            "content-length: 1099511627776\r\n",
+            b"just a little",
+        )
+    })
+    .await;
+    let s = HttpBasicStore::new(
+        &format!("http://{addr}/"),
+        Some(TOKEN.into()),
+        HttpProfile::default(),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let e = s.get("meta/log.0000000000000001").await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("basic+http://{addr}/")), "{msg}");
+    assert!(msg.contains("meta/log.0000000000000001"), "{msg}");
+    assert!(msg.contains("1099511627776"), "{msg}");
+    assert!(!e.is_transient(), "{e}");
+    // A listing too.
+    let e = s.list("").await.unwrap_err();
+    assert!(e.to_string().contains("1099511627776"), "{e}");
+}

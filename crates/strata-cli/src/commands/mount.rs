@@ -317,22 +317,69 @@ fn server_config(a: &CloudServerArgs, token: String) -> Result<strata_server::Se
         bail!("--fail-rate must be between 0 and 1");
     }
     cfg.fail_rate = a.fail_rate;
+    if a.idle_timeout_secs == 0 {
+        bail!("--idle-timeout-secs must be at least 1");
+    }
+    cfg.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        cfg.tls = Some(strata_server::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
     Ok(cfg)
+}
+
+/// The store URL of a running `strata cloud-server`, usable as is: it
+/// carries the server's object-size limit and range setting (the client
+/// also learns them from the server, but the URL then says so too).
+fn store_url(
+    h: &strata_server::ServerHandle,
+    a: &CloudServerArgs,
+    (max, range): &(Option<u64>, bool),
+) -> String {
+    // An absolute token path, so the URL works from any directory.
+    let token = std::fs::canonicalize(&a.token_file).unwrap_or_else(|_| a.token_file.clone());
+    let scheme = if a.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut url = format!(
+        "basic+{scheme}://{}/?token-file={}",
+        h.addr,
+        token.display()
+    );
+    if let Some(m) = max {
+        url.push_str(&format!("&max-object-size={m}"));
+    }
+    if !range {
+        url.push_str("&no-range");
+    }
+    url
 }
 
 /// `strata cloud-server`.
 pub async fn cloud_server(a: &CloudServerArgs) -> Result<()> {
     let token = load_or_create_token(&a.token_file)?;
     let cfg = server_config(a, token)?;
+    let cfg_limits = (cfg.max_object_size, cfg.range);
     let h = strata_server::spawn(cfg)
         .await
         .with_context(|| format!("cannot serve on {}", a.listen))?;
+    let (scheme, ca_note) = if a.tls_cert.is_some() {
+        (
+            "https",
+            "\n        (a certificate from a private CA: add &ca-file=CA.pem to the URL)",
+        )
+    } else {
+        ("http", "")
+    };
     eprintln!(
-        "strata: serving {} at http://{}\n        store URL: basic+http://{}/?token-file={}\n        stop with Ctrl-C",
+        "strata: serving {} at {scheme}://{}\n        store URL: {}{ca_note}\n        stop with Ctrl-C",
         a.dir.display(),
         h.addr,
-        h.addr,
-        a.token_file.display()
+        store_url(&h, a, &cfg_limits),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -259,4 +259,77 @@ pub fn crate_archive() -> PathBuf {
     }
     found.sort();
     found.pop().expect("tokio .crate in the cargo cache")
+}
+
+/// `strata cloud-server` as a child, with the store URL it printed.
+pub struct Served {
+    child: Child,
+    pub url: String,
+}
+
+impl Served {
+    /// Start `strata cloud-server ROOT` on a free 127.0.0.1 port with `extra`
+    /// flags; wait for the printed store URL.
+    pub fn start(root: &Path, token: &Path, extra: &[&str]) -> Served {
+        let mut child = Command::new(BIN)
+            .arg("cloud-server")
+            .arg(root)
+            .args(["--listen", "127.0.0.1:0", "--token-file"])
+            .arg(token)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(u) = line.trim().strip_prefix("store URL: ") {
+                    let _ = tx.send(u.to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cloud-server printed no store URL");
+            }
+        };
+        Served { child, url }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn env_cmd(dir: &Path, url: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("STRATA_PASSWORD", "pw")
+        .env("STRATA_KDF_MEMORY_KIB", "64")
+        .env("STRATA_KDF_TIME", "1")
+        .env("STRATA_STATE_DIR", dir.join("state"))
+        .env("STRATA_RUNTIME_DIR", dir.join("run"))
+        .env("STRATA_STORE", url)
+        .env_remove("STRATA_CLOUD_TOKEN")
+        .stdin(Stdio::null());
+    c
+}
+
+pub fn run_ok(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        c,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -159,11 +159,15 @@ impl Header {
         }
         if h.version != FORMAT_VERSION {
             return Err(VaultError::UnsupportedVersion {
+                store: store.to_string(),
                 found: h.version,
                 supported: FORMAT_VERSION,
             });
         }
-        h.vault_id_bytes()?;
+        h.vault_id_bytes().map_err(|_| VaultError::BadHeader {
+            store: store.to_string(),
+            detail: "the vault id is not 32 hex digits; the header was damaged".into(),
+        })?;
         Ok(h)
     }
 }
