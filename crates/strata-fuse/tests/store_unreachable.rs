@@ -1,4 +1,5 @@
-//! Unmount while the store is gone (needs root): a mount of the bundled
+//! Unmount while the store is gone or refuses the data (needs root): a
+//! mount of the bundled
 //! server with data pending, the server stopped, then unmount. It must
 //! give up within a bounded time (no progress while the store fails),
 //! unmount, say what stays pending and where, and the next mount (store
@@ -95,5 +96,68 @@ fn unmount_with_the_store_gone_gives_up_in_bounded_time_and_the_next_mount_uploa
     });
     assert_eq!(fs::read(env.mnt.join("pending")).unwrap(), data);
     m.stop().unwrap();
+    rt.block_on(server.shutdown());
+}
+
+#[test]
+fn a_store_that_refuses_the_chunks_blocks_uploads_and_unmount_says_so_at_once() {
+    let _g = serial();
+    can_mount();
+    let env = Env::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = "refusing-test-token";
+    let token_file = env.root.join("token");
+    fs::write(&token_file, token).unwrap();
+    // the server takes objects up to 128 KiB and says so only in its 413
+    // replies (the profile does not ask it about itself)
+    let mut cfg = ServerConfig::new(
+        env.root.join("cloud"),
+        "127.0.0.1:0".parse().unwrap(),
+        token.into(),
+    );
+    cfg.max_object_size = Some(128 << 10);
+    let server = rt.block_on(strata_server::spawn(cfg)).unwrap();
+    let profile = env.root.join("profile.toml");
+    fs::write(&profile, "[info]\nurl = \"\"\n").unwrap();
+    let url = format!(
+        "basic+http://{}/?token-file={}&profile={}",
+        server.addr,
+        token_file.display(),
+        profile.display()
+    );
+    rt.block_on(async {
+        let (s, _) = strata_store::open_url(&url).unwrap();
+        let c = strata_core::CreateOptions {
+            kdf: strata_crypto::KdfParams::insecure_for_tests(),
+            chunk_size: CHUNK,
+        };
+        let o = strata_core::OpenOptions {
+            state_dir: Some(env.state.clone()),
+            ..strata_core::OpenOptions::default()
+        };
+        strata_core::Vault::create(s, PASSWORD, c, o).await.unwrap();
+    });
+    let m = env.mount_with(&env.mnt, |o| o.store_url = url.clone());
+    let data = vec![7u8; 1 << 20];
+    fs::write(env.mnt.join("big"), &data).unwrap();
+    let t = Instant::now();
+    let err = m
+        .stop()
+        .expect_err("unmount reported success with every chunk refused");
+    let took = t.elapsed();
+    let msg = format!("{err:#}");
+    assert!(
+        took < Duration::from_secs(30),
+        "unmount waited {took:?} on a store that refuses the chunks"
+    );
+    assert!(
+        msg.contains("blocked: the store refuses") && msg.contains("max-object-size"),
+        "{msg}"
+    );
+    assert!(msg.contains("stay in the local cache"), "{msg}");
     rt.block_on(server.shutdown());
 }

@@ -245,6 +245,8 @@ pub struct Status {
     pub cache_free: Option<u64>,
     /// The cache disk is short of space (see the `space` module).
     pub cache_full: bool,
+    /// Uploads stopped: the store refuses the chunks (and what to do).
+    pub blocked: Option<String>,
 }
 
 #[derive(Default)]
@@ -270,6 +272,9 @@ pub struct Vfs {
     /// local write failed): until a commit covers it, the journal is not a
     /// complete record, so close/fsync commit instead of relying on it.
     pub(crate) journal_gap: AtomicU64,
+    /// The store refuses this mount's chunks (too large): uploads stop,
+    /// `status` and unmount say so.
+    pub(crate) blocked: Mutex<Option<String>>,
     /// Open file handles (per-handle read-ahead, unlink-while-open).
     pub(crate) handles: Handles,
     pub(crate) counters: Counters,
@@ -376,6 +381,7 @@ impl Vfs {
             space: Space::new(opts.cache_dir.clone()),
             follow: follow::FollowState::default(),
             journal_gap: AtomicU64::new(0),
+            blocked: Mutex::new(None),
             wb,
             handles: Handles::default(),
             counters: Counters::default(),
@@ -492,6 +498,7 @@ impl Vfs {
             read_only: self.opts.read_only,
             cache_free: self.space.free(),
             cache_full: self.space.is_low(),
+            blocked: lock(&self.blocked).clone(),
         }
     }
 }

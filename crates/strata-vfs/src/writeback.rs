@@ -420,7 +420,16 @@ impl Vfs {
             Ok(c) => c,
             Err(e) => {
                 self.counters.store_failures.fetch_add(1, Ordering::Relaxed);
-                self.note_error(format!("upload failed (will retry): {e}"));
+                if let strata_core::VaultError::TooLarge(why) = &e {
+                    // permanent: every chunk of this size is refused alike
+                    let m = format!("blocked: the store refuses this mount's chunks: {why}");
+                    if lock(&self.blocked).replace(m.clone()).is_none() {
+                        warn!("{m}");
+                    }
+                    self.note_error(m);
+                } else {
+                    self.note_error(format!("upload failed (will retry): {e}"));
+                }
                 return Err(vault_errno(e, "uploading a chunk"));
             }
         };
@@ -584,7 +593,12 @@ impl Vfs {
             let stopping = self.shutting_down.load(Ordering::Relaxed);
             let low = self.check_space();
             let pressure = low || self.wb.bytes.load(Ordering::Relaxed) > self.opts.dirty_limit / 2;
-            let due = self.due_chunks(stopping, pressure).await;
+            // a store that refuses the chunks (too large) is not asked again
+            let due = if lock(&self.blocked).is_some() {
+                Vec::new()
+            } else {
+                self.due_chunks(stopping, pressure).await
+            };
             let mut failed = false;
             if !due.is_empty() {
                 let results: Vec<VfsResult<()>> = stream::iter(due)
@@ -701,10 +715,14 @@ impl Vfs {
                 (seen, since) = (progress(), Instant::now());
                 failures = c.store_failures.load(Ordering::Relaxed);
             }
-            let stalled = since.elapsed() > self.opts.stall_timeout
-                && c.store_failures.load(Ordering::Relaxed) > failures;
+            let blocked = lock(&self.blocked).clone();
+            let stalled = blocked.is_some()
+                || (since.elapsed() > self.opts.stall_timeout
+                    && c.store_failures.load(Ordering::Relaxed) > failures);
             if start.elapsed() > timeout || stalled {
-                let why = if stalled {
+                let why = if let Some(b) = &blocked {
+                    format!("{b}: ")
+                } else if stalled {
                     let last = crate::lock(&self.last_error).clone().unwrap_or_default();
                     format!(
                         "the store took nothing for {} s ({last}): ",

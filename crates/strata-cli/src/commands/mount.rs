@@ -244,6 +244,9 @@ pub fn status(a: &StatusArgs) -> Result<()> {
             println!("refresh problem:   {e}");
         }
     }
+    if let Some(b) = v.get("blocked").and_then(|x| x.as_str()) {
+        println!("uploads:           {b}");
+    }
     if let Some(e) = v.get("last_error").and_then(|x| x.as_str()) {
         println!("last error:        {e}");
     }
