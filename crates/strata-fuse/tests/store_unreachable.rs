@@ -1,9 +1,9 @@
 //! Unmount while the store is gone or refuses the data (needs root): a
-//! mount of the bundled
-//! server with data pending, the server stopped, then unmount. It must
-//! give up within a bounded time (no progress while the store fails),
-//! unmount, say what stays pending and where, and the next mount (store
-//! back) uploads it.
+//! mount of the bundled server with data pending, then the server stopped
+//! (or refusing every chunk as too large), then unmount. It must give up
+//! within a bounded time (at once when the store refuses), unmount, say
+//! what stays pending and where, and the next mount (store back) uploads
+//! it.
 
 mod common;
 
