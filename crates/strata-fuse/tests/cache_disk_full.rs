@@ -262,39 +262,11 @@ fn the_read_cache_gives_its_space_back_first() {
     let _g = serial();
     can_mount();
     let env = Env::new();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     // a remote store (the bundled server), so the mount has a read cache
-    let token = "read-cache-test-token";
-    let server = rt
-        .block_on(strata_server::spawn(strata_server::ServerConfig::new(
-            env.root.join("cloud"),
-            "127.0.0.1:0".parse().unwrap(),
-            token.into(),
-        )))
-        .unwrap();
-    let token_file = env.root.join("token");
-    fs::write(&token_file, token).unwrap();
-    let url = format!(
-        "basic+http://{}/?token-file={}",
-        server.addr,
-        token_file.display()
-    );
-    rt.block_on(async {
-        let (s, _) = strata_store::open_url(&url).unwrap();
-        let c = strata_core::CreateOptions {
-            kdf: strata_crypto::KdfParams::insecure_for_tests(),
-            chunk_size: CHUNK,
-        };
-        let o = strata_core::OpenOptions {
-            state_dir: Some(env.state.clone()),
-            ..strata_core::OpenOptions::default()
-        };
-        strata_core::Vault::create(s, PASSWORD, c, o).await.unwrap();
-    });
+    let cloud = Cloud::start(&rt, &env, |_| {});
+    let url = cloud.url("");
+    create_vault(&rt, &url, &env.state);
     let small = on_small_fs(&env, 64);
     let remote = |o: &mut strata_fuse::MountOptions| {
         o.store_url = url.clone();
@@ -326,5 +298,5 @@ fn the_read_cache_gives_its_space_back_first() {
     assert_eq!(fs::read(env.mnt.join("fresh")).unwrap(), fresh);
     assert_eq!(fs::read(env.mnt.join("stored")).unwrap(), stored);
     m.stop().unwrap();
-    rt.block_on(server.shutdown());
+    cloud.stop(&rt);
 }

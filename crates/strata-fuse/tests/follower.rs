@@ -50,11 +50,7 @@ fn a_read_only_mount_follows_the_writer() {
     let _g = serial();
     can_mount();
     let env = Env::new();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let writer_state = tempfile::tempdir().unwrap();
     let w = rt.block_on(async {
         let (s, _) = strata_store::open_url(&env.store_url).unwrap();

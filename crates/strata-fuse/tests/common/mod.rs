@@ -40,6 +40,73 @@ pub fn can_mount() -> bool {
     true
 }
 
+/// Create a vault at `url` (test KDF, [`CHUNK`]) with its seen state in
+/// `state`.
+pub fn create_vault(rt: &tokio::runtime::Runtime, url: &str, state: &Path) {
+    rt.block_on(async {
+        let (s, _) = strata_store::open_url(url).unwrap();
+        let c = CreateOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            chunk_size: CHUNK,
+        };
+        let o = OpenOptions {
+            state_dir: Some(state.to_path_buf()),
+            ..OpenOptions::default()
+        };
+        Vault::create(s, PASSWORD, c, o).await.unwrap();
+    });
+}
+
+/// A runtime for a test's own async work (servers, a writer vault).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The bundled primitive cloud server on 127.0.0.1 (a free port), its
+/// objects in `<env>/cloud`, its token in `<env>/token`.
+pub struct Cloud {
+    pub server: strata_server::ServerHandle,
+    pub token_file: PathBuf,
+}
+
+const CLOUD_TOKEN: &str = "fuse-test-token";
+
+impl Cloud {
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        env: &Env,
+        tweak: impl FnOnce(&mut strata_server::ServerConfig),
+    ) -> Cloud {
+        let mut cfg = strata_server::ServerConfig::new(
+            env.root.join("cloud"),
+            "127.0.0.1:0".parse().unwrap(),
+            CLOUD_TOKEN.into(),
+        );
+        tweak(&mut cfg);
+        let server = rt.block_on(strata_server::spawn(cfg)).unwrap();
+        let token_file = env.root.join("token");
+        fs::write(&token_file, CLOUD_TOKEN).unwrap();
+        Cloud { server, token_file }
+    }
+
+    /// `basic+http://ADDR/?token-file=…` plus `extra` (`&name=value…`).
+    pub fn url(&self, extra: &str) -> String {
+        format!(
+            "basic+http://{}/?token-file={}{extra}",
+            self.server.addr,
+            self.token_file.display()
+        )
+    }
+
+    pub fn stop(self, rt: &tokio::runtime::Runtime) {
+        rt.block_on(self.server.shutdown());
+    }
+}
+
 pub struct Env {
     pub _dir: tempfile::TempDir,
     pub root: PathBuf,
@@ -65,18 +132,7 @@ impl Env {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
-            let (s, _) = strata_store::open_url(&store_url).unwrap();
-            let c = CreateOptions {
-                kdf: KdfParams::insecure_for_tests(),
-                chunk_size: CHUNK,
-            };
-            let o = OpenOptions {
-                state_dir: Some(state.clone()),
-                ..OpenOptions::default()
-            };
-            Vault::create(s, PASSWORD, c, o).await.unwrap();
-        });
+        create_vault(&rt, &store_url, &state);
         Env {
             _dir: dir,
             root,
