@@ -261,9 +261,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Serve read-only: takes no writer lease (always so for `serve http`)
+    /// Serve read-only: takes no writer lease (always so for `serve http`),
+    /// and follows the writer's changes (see --refresh)
     #[arg(long)]
     pub read_only: bool,
+
+    /// Read-only: look for the writer's new changes every SECS seconds
+    /// (one listing of the store when nothing changed); 0 = serve the
+    /// vault as of the start
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub refresh: u64,
 
     /// Journal, dirty chunks and read cache [default: ~/.cache/strata/<vault id>,
     /// or <vault id>-ro when read-only, so it runs beside a mount]

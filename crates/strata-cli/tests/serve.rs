@@ -709,3 +709,38 @@ fn litmus_basic_copymove_props_and_locks_pass() {
     );
     s.stop();
 }
+
+#[test]
+fn a_read_only_server_follows_the_writer() {
+    need("curl");
+    let env = Env::new();
+    let first = env.p("work/a.txt");
+    std::fs::create_dir_all(env.p("work")).unwrap();
+    std::fs::write(&first, b"first version").unwrap();
+    put(&env, &first, "/a.txt");
+    let s = start(
+        &env,
+        &["http", "--listen", "127.0.0.1:0", "--refresh", "1"],
+        "cache",
+    );
+    let f = format!("{}a.txt", s.url);
+    assert_eq!(curl(&[&f]).stdout, b"first version");
+    // the writer (the CLI, with the lease) changes the vault meanwhile
+    std::fs::write(&first, b"second version, longer").unwrap();
+    ok(&env, &["put", "--force", first.to_str().unwrap(), "/a.txt"]);
+    let b = env.p("work/b.txt");
+    std::fs::write(&b, b"bee").unwrap();
+    put(&env, &b, "/b.txt");
+    let start_t = Instant::now();
+    while curl(&[&f]).stdout != b"second version, longer"
+        || curl(&[&format!("{}b.txt", s.url)]).stdout != b"bee"
+    {
+        assert!(
+            start_t.elapsed() < Duration::from_secs(6),
+            "the read-only server did not follow within refresh + 5 s: {}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.stop();
+}

@@ -32,7 +32,7 @@ use dav_server::memls::MemLs;
 use dav_server::{DavHandler, DavMethodSet};
 pub use strata_vfs::session::StopHandle;
 use strata_vfs::session::{bound_allocator, lease_lost, Session, SessionOptions, Signals};
-use tracing::info;
+use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::auth::Htpasswd;
@@ -73,6 +73,9 @@ pub struct ServeOptions {
     pub flush_timeout: Duration,
     /// How long requests in flight may take to finish at the stop.
     pub grace: Duration,
+    /// A read-only server looks for the writer's new changes this often
+    /// (zero: never; it serves the vault as of its start).
+    pub refresh: Duration,
     pub stop: StopHandle,
 }
 
@@ -86,6 +89,7 @@ impl ServeOptions {
             tls: None,
             flush_timeout: Duration::from_secs(600),
             grace: Duration::from_secs(10),
+            refresh: Duration::from_secs(60),
             stop: StopHandle::new(),
         }
     }
@@ -186,6 +190,23 @@ pub fn run_serve(
         }
     };
     sess.start(&rt);
+    // a read-only server follows the writer (each request reads the tree
+    // afresh: nothing else to tell)
+    let follower = (read_only && !opts.refresh.is_zero()).then(|| {
+        let vfs = sess.vfs.clone();
+        let every = opts.refresh;
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = vfs.follow().await {
+                    warn!(error = %e, "could not follow the store; trying again at the next refresh");
+                }
+            }
+        })
+    });
     let url = format!(
         "{}://{}/",
         if tls_on { "https" } else { "http" },
@@ -218,6 +239,9 @@ pub fn run_serve(
             "strata: lost the vault's writer lease ({why}): another writer took the vault over; \
              stopping the server"
         );
+    }
+    if let Some(f) = follower {
+        f.abort();
     }
     rt.block_on(server.stop(opts.grace));
     let flushed = sess.flush(&rt, opts.flush_timeout, &mut signals, by_signal);

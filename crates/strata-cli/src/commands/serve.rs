@@ -23,6 +23,7 @@ fn serve_options(g: &Global, proto: Protocol, a: &ServeArgs, url: String) -> Res
     strata_serve::check_listen(o.listen, a.htpasswd.is_some())?;
     o.htpasswd = a.htpasswd.clone();
     o.tls = a.tls_cert.clone().zip(a.tls_key.clone());
+    o.refresh = std::time::Duration::from_secs(a.refresh);
     let mut s = SessionOptions::new(url);
     s.cache_dir = a.cache_dir.clone();
     (s.cache_size, s.read_cache_size) = super::mount::cache_budget(&a.cache_size)?;
