@@ -72,7 +72,7 @@ impl Vfs {
             let bytes = self.wb.bytes.load(Ordering::Relaxed);
             let free = self.space.free();
             let low = self.space.is_low();
-            let wait = bytes > self.opts.dirty_limit
+            let wait = bytes > self.dirty_budget()
                 || (low && bytes > self.space.slack())
                 || (after_enospc && first)
                 || (after_enospc && low);

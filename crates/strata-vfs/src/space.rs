@@ -68,6 +68,19 @@ impl Space {
     }
 }
 
+impl crate::Vfs {
+    /// Dirty bytes writers may have before they wait for uploads: the
+    /// configured limit, but at most ¾ of what the pending data and the
+    /// cache disk's free space add up to (the budget adapts to the disk).
+    pub(crate) fn dirty_budget(&self) -> u64 {
+        let bytes = self.wb.bytes.load(Ordering::Relaxed);
+        let free = self.space.free().unwrap_or(u64::MAX);
+        self.opts
+            .dirty_limit
+            .min(bytes.saturating_add(free) / 4 * 3)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -592,7 +592,7 @@ impl Vfs {
             }
             let stopping = self.shutting_down.load(Ordering::Relaxed);
             let low = self.check_space();
-            let pressure = low || self.wb.bytes.load(Ordering::Relaxed) > self.opts.dirty_limit / 2;
+            let pressure = low || self.wb.bytes.load(Ordering::Relaxed) > self.dirty_budget() / 2;
             // a store that refuses the chunks (too large) is not asked again
             let due = if lock(&self.blocked).is_some() {
                 Vec::new()
