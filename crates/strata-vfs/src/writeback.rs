@@ -491,8 +491,8 @@ impl Vfs {
         self.progress.notify_waiters();
     }
 
-    /// Short of cache space: release the files of uploaded chunks before
-    /// the commit, as soon as the synced journal holds their `SetChunks`
+    /// Short of cache space (or over half the dirty budget): release the
+    /// files of uploaded chunks before the commit, as soon as the synced journal holds their `SetChunks`
     /// records (after a crash the journal replays them; the blobs are in
     /// the store). Not while the journal misses a record.
     async fn release_uploaded_early(&self) {
@@ -608,7 +608,9 @@ impl Vfs {
                     .await;
                 failed = results.iter().any(|r| r.is_err());
             }
-            if low {
+            // writers may be waiting for that space: release it now, not
+            // at the next commit
+            if pressure {
                 self.release_uploaded_early().await;
             }
             if self.vault.uncommitted_records() > 0
