@@ -1,6 +1,6 @@
 //! Loading the metadata state from the store, and following it: the
-//! newest complete checkpoint plus the logs after it (what [`Vault::open`]
-//! does), and [`Vault::refresh`], which lets a read-only vault catch up
+//! newest complete checkpoint plus the logs after it (what [`crate::Vault::open`]
+//! does), and [`crate::Vault::refresh`], which lets a read-only vault catch up
 //! with a writer elsewhere — the logs committed since it looked, or, when
 //! the writer has checkpointed and removed them, the new checkpoint. The
 //! same chain checks apply as at open: every log must chain to the one
@@ -8,14 +8,14 @@
 //! (rollback) or another history (fork).
 
 use crate::error::{VaultError, VaultResult};
-use crate::format::{self, meta};
+use crate::format::{self, meta, MetaName, META_PREFIX};
 use crate::record::Record;
 use crate::state::SeenState;
 use crate::tree::Tree;
-use crate::vault::{list_meta, MetaListing, Vault};
+use std::collections::BTreeMap;
 use strata_crypto::Keys;
 use strata_store::DynStore;
-use tracing::{debug, info};
+use tracing::debug;
 
 /// The metadata state read from the store.
 pub(crate) struct Loaded {
@@ -162,105 +162,107 @@ pub enum Refresh {
     Reloaded,
 }
 
-impl Vault {
-    /// Catch up with the store (a read-only vault following a writer
-    /// elsewhere): one listing of `meta/`; if there are newer logs, fetch
-    /// and apply them, or load the newer checkpoint that replaced them.
-    /// Refused for a vault with a writer lease (it is the writer) and for
-    /// one with changes of its own not yet committed.
-    pub async fn refresh(&self) -> VaultResult<Refresh> {
-        if self.holds_lease() {
-            return Err(VaultError::Invalid(
-                "a writer does not follow the store: it is the one that writes it".into(),
-            ));
-        }
-        if self.uncommitted_records() > 0 {
-            return Err(VaultError::Invalid(
-                "this vault has changes of its own that are not committed".into(),
-            ));
-        }
-        let listing = list_meta(&self.store).await?;
-        let (version, head) = (self.version(), self.head());
-        let newest_log = listing.logs.keys().next_back().copied().unwrap_or(0);
-        let newest_cp = listing
-            .complete_checkpoints()
-            .last()
-            .map(|c| c.0)
-            .unwrap_or(0);
-        let newest = newest_log.max(newest_cp);
-        if newest < version && !self.opts.accept_rollback {
-            return Err(VaultError::Rollback {
-                seen: version,
-                found: newest,
-            });
-        }
-        if newest <= version {
-            return Ok(Refresh::Unchanged);
-        }
-        if listing.logs.contains_key(&(version + 1)) {
-            let logs = fetch_logs(
-                &self.store,
-                &self.keys,
-                self.vault_id_bytes(),
-                &listing,
-                version + 1,
-                head,
-            )
-            .await?;
-            let mut applied = Vec::new();
-            {
-                let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-                if g.version != version {
-                    return Ok(Refresh::Unchanged); // a concurrent refresh did it
-                }
-                for (v, head, writer_seq, records) in logs {
-                    let key = format::log_key(v);
-                    for r in &records {
-                        g.tree.apply(r).map_err(|e| {
-                            VaultError::corrupt(&key, format!("record cannot be replayed: {e}"))
-                        })?;
-                    }
-                    g.set_position(v, head, writer_seq);
-                    applied.extend(records);
-                }
-            }
-            self.save_seen()?;
-            debug!(
-                from = version,
-                to = self.version(),
-                records = applied.len(),
-                "followed the store"
-            );
-            return Ok(Refresh::Applied(applied));
-        }
-        // our next log is gone: the writer wrote a checkpoint past it
-        let seen = SeenState {
-            version,
-            head: hex::encode(head),
-        };
-        let l = load(
-            &self.store,
-            &self.keys,
-            self.vault_id_bytes(),
-            &listing,
-            Some(&seen),
-            self.opts.accept_rollback,
-        )
-        .await?;
-        {
-            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if g.version != version {
-                return Ok(Refresh::Unchanged);
-            }
-            g.tree = l.tree;
-            g.set_position(l.version, l.head, l.writer_seq);
-        }
-        self.save_seen()?;
-        info!(
-            from = version,
-            to = l.version,
-            "followed the store to a new checkpoint"
-        );
-        Ok(Refresh::Reloaded)
+/// What `list meta/` found.
+pub(crate) struct MetaListing {
+    pub(crate) logs: BTreeMap<u64, String>,
+    /// version → (count, parts present)
+    /// (version, part count) → parts present. Keyed by both, so a stale
+    /// part set of the same version (other count) never hides a good one.
+    pub(crate) checkpoints: BTreeMap<(u64, u32), BTreeMap<u32, String>>,
+}
+
+impl MetaListing {
+    /// Complete part sets, oldest first.
+    pub(crate) fn complete_checkpoints(&self) -> Vec<(u64, u32)> {
+        self.checkpoints
+            .iter()
+            .filter(|((_, count), parts)| {
+                parts.len() as u32 == *count && parts.keys().all(|p| p < count)
+            })
+            .map(|(k, _)| *k)
+            .collect()
     }
+}
+
+pub(crate) async fn list_meta(store: &DynStore) -> VaultResult<MetaListing> {
+    let mut l = MetaListing {
+        logs: BTreeMap::new(),
+        checkpoints: BTreeMap::new(),
+    };
+    for o in store.list(META_PREFIX).await? {
+        match format::parse_meta_key(&o.key) {
+            Some(MetaName::Log(v)) => {
+                l.logs.insert(v, o.key);
+            }
+            Some(MetaName::Checkpoint {
+                version,
+                part,
+                count,
+            }) => {
+                l.checkpoints
+                    .entry((version, count))
+                    .or_default()
+                    .insert(part, o.key);
+            }
+            None => debug!(key = %o.key, "ignoring unknown metadata object"),
+        }
+    }
+    Ok(l)
+}
+
+/// What the store holds beyond `(version, head)`, for a follower.
+pub(crate) enum Update {
+    Unchanged,
+    /// The logs after ours: `(version, head after it, writer_seq, records)`.
+    Logs(Vec<(u64, [u8; 32], u64, Vec<Record>)>),
+    /// Our next log is gone (the writer checkpointed past it): the state
+    /// loaded anew.
+    Reload(Loaded),
+}
+
+/// One listing of `meta/`, and what a follower at `(version, head)` must
+/// apply to catch up. A store that went back below `version` is a
+/// rollback (unless `accept_rollback`).
+pub(crate) async fn update_since(
+    store: &DynStore,
+    keys: &Keys,
+    vault_id: &[u8; 16],
+    (version, head): (u64, [u8; 32]),
+    accept_rollback: bool,
+) -> VaultResult<Update> {
+    let listing = list_meta(store).await?;
+    let newest_log = listing.logs.keys().next_back().copied().unwrap_or(0);
+    let newest_cp = listing
+        .complete_checkpoints()
+        .last()
+        .map(|c| c.0)
+        .unwrap_or(0);
+    let newest = newest_log.max(newest_cp);
+    if newest < version && !accept_rollback {
+        return Err(VaultError::Rollback {
+            seen: version,
+            found: newest,
+        });
+    }
+    if newest <= version {
+        return Ok(Update::Unchanged);
+    }
+    if listing.logs.contains_key(&(version + 1)) {
+        let logs = fetch_logs(store, keys, vault_id, &listing, version + 1, head).await?;
+        return Ok(Update::Logs(logs));
+    }
+    let seen = SeenState {
+        version,
+        head: hex::encode(head),
+    };
+    let l = load(
+        store,
+        keys,
+        vault_id,
+        &listing,
+        Some(&seen),
+        accept_rollback,
+    )
+    .await?;
+    Ok(Update::Reload(l))
 }

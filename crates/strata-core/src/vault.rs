@@ -7,7 +7,7 @@
 //! is durable are the logs it covers deleted. Blobs whose last reference was
 //! dropped are deleted only after the log that dropped them is durable.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -17,11 +17,11 @@ use tracing::{debug, info, warn};
 
 use crate::chunks::{Chunks, ReadCacheOptions};
 use crate::error::{VaultError, VaultResult};
-use crate::follow::{self, Loaded};
+use crate::follow::{self, list_meta, Loaded, Refresh, Update};
 use crate::format::blob::{chunk_size_for, SEGMENT};
 use crate::format::header::Header;
 use crate::format::meta::{self, CheckpointBody, LogBody};
-use crate::format::{self, MetaName, HEADER_KEY, META_PREFIX};
+use crate::format::{self, HEADER_KEY};
 use crate::lease::{self, Lease, LeaseOptions, LeaseStatus};
 use crate::record::{now, Record};
 use crate::state::{self, SeenState};
@@ -172,54 +172,6 @@ pub struct StagedHeads {
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What `list meta/` found.
-pub(crate) struct MetaListing {
-    pub(crate) logs: BTreeMap<u64, String>,
-    /// version → (count, parts present)
-    /// (version, part count) → parts present. Keyed by both, so a stale
-    /// part set of the same version (other count) never hides a good one.
-    pub(crate) checkpoints: BTreeMap<(u64, u32), BTreeMap<u32, String>>,
-}
-
-impl MetaListing {
-    /// Complete part sets, oldest first.
-    pub(crate) fn complete_checkpoints(&self) -> Vec<(u64, u32)> {
-        self.checkpoints
-            .iter()
-            .filter(|((_, count), parts)| {
-                parts.len() as u32 == *count && parts.keys().all(|p| p < count)
-            })
-            .map(|(k, _)| *k)
-            .collect()
-    }
-}
-
-pub(crate) async fn list_meta(store: &DynStore) -> VaultResult<MetaListing> {
-    let mut l = MetaListing {
-        logs: BTreeMap::new(),
-        checkpoints: BTreeMap::new(),
-    };
-    for o in store.list(META_PREFIX).await? {
-        match format::parse_meta_key(&o.key) {
-            Some(MetaName::Log(v)) => {
-                l.logs.insert(v, o.key);
-            }
-            Some(MetaName::Checkpoint {
-                version,
-                part,
-                count,
-            }) => {
-                l.checkpoints
-                    .entry((version, count))
-                    .or_default()
-                    .insert(part, o.key);
-            }
-            None => debug!(key = %o.key, "ignoring unknown metadata object"),
-        }
-    }
-    Ok(l)
 }
 
 impl Vault {
@@ -485,10 +437,6 @@ impl Vault {
         lock(&self.inner).head
     }
 
-    pub(crate) fn vault_id_bytes(&self) -> &[u8; 16] {
-        &self.vault_id
-    }
-
     /// Whether this vault took the writer lease.
     pub fn holds_lease(&self) -> bool {
         self.lease.is_some()
@@ -517,6 +465,59 @@ impl Vault {
             Some(l) => l.release().await,
             None => Ok(()),
         }
+    }
+
+    /// Catch up with the store (a read-only vault following a writer
+    /// elsewhere): one listing of `meta/`; newer logs are fetched, checked
+    /// and applied, or the newer checkpoint that replaced them is loaded
+    /// (see [`follow`]). Refused for a writer and for a vault with
+    /// uncommitted changes of its own.
+    pub async fn refresh(&self) -> VaultResult<Refresh> {
+        if self.lease.is_some() || self.uncommitted_records() > 0 {
+            return Err(VaultError::Invalid(
+                "only a read-only vault with nothing of its own to commit follows the store".into(),
+            ));
+        }
+        let from = (self.version(), self.head());
+        let update = follow::update_since(
+            &self.store,
+            &self.keys,
+            &self.vault_id,
+            from,
+            self.opts.accept_rollback,
+        )
+        .await?;
+        let outcome = {
+            let mut g = lock(&self.inner);
+            if (g.version, g.head) != from {
+                return Ok(Refresh::Unchanged); // a concurrent refresh did it
+            }
+            match update {
+                Update::Unchanged => return Ok(Refresh::Unchanged),
+                Update::Logs(logs) => {
+                    let mut applied = Vec::new();
+                    for (v, head, writer_seq, records) in logs {
+                        let key = format::log_key(v);
+                        for r in &records {
+                            g.tree.apply(r).map_err(|e| {
+                                VaultError::corrupt(&key, format!("record cannot be replayed: {e}"))
+                            })?;
+                        }
+                        g.set_position(v, head, writer_seq);
+                        applied.extend(records);
+                    }
+                    Refresh::Applied(applied)
+                }
+                Update::Reload(l) => {
+                    g.tree = l.tree;
+                    g.set_position(l.version, l.head, l.writer_seq);
+                    Refresh::Reloaded
+                }
+            }
+        };
+        self.save_seen()?;
+        debug!(from = from.0, to = self.version(), "followed the store");
+        Ok(outcome)
     }
 
     /// Renew the writer lease now (normally a background task does it).
