@@ -150,7 +150,7 @@ pub(crate) async fn load(
     })
 }
 
-/// What [`Vault::refresh`] did.
+/// What [`crate::Vault::refresh`] did.
 #[derive(Debug)]
 pub enum Refresh {
     /// The store holds nothing newer.
