@@ -2,7 +2,9 @@
 //! vault holding the lease, as another device would) creates, rewrites,
 //! renames and deletes; the follower, refreshing every second, shows each
 //! change within refresh + 5 s — including new contents of a file it had
-//! read before (its page cache is invalidated).
+//! read before (its page cache is invalidated), a file rewritten in place
+//! on a writer *mount*, and a follower of the bundled server (a remote
+//! store, read through its read cache).
 
 mod common;
 
@@ -139,4 +141,47 @@ fn a_follower_sees_a_file_rewritten_in_place_on_a_writer_mount() {
     });
     follower.stop().unwrap();
     writer.stop().unwrap();
+}
+
+#[test]
+fn a_follower_of_a_remote_store_sees_rewrites_through_its_read_cache() {
+    let _g = serial();
+    can_mount();
+    let env = Env::new();
+    let rt = runtime();
+    // the bundled server: the follower has a read cache on disk
+    let cloud = Cloud::start(&rt, &env, |_| {});
+    let url = cloud.url("");
+    let writer_state = tempfile::tempdir().unwrap();
+    let reader_state = env.root.join("reader-state");
+    create_vault(&rt, &url, writer_state.path());
+    let w = rt.block_on(async {
+        let (s, _) = strata_store::open_url(&url).unwrap();
+        let o = OpenOptions {
+            state_dir: Some(writer_state.path().to_path_buf()),
+            lease: Some(LeaseOptions::new("remote writer")),
+            ..OpenOptions::default()
+        };
+        let w = Vault::open(s, PASSWORD, o).await.unwrap();
+        put(&w, "/movie.bin", &vec![1u8; 600_000]).await;
+        w.commit().await.unwrap();
+        w
+    });
+    let m = env.mount_with(&env.mnt, |o| {
+        o.store_url = url.clone();
+        o.state_dir = Some(reader_state.clone());
+        o.read_only = true;
+        o.refresh = Duration::from_secs(1);
+    });
+    let f = env.mnt.join("movie.bin");
+    assert_eq!(content(&f).unwrap(), vec![1u8; 600_000]);
+    let new: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+    rt.block_on(async {
+        put(&w, "/movie.bin", &new).await;
+        w.commit().await.unwrap();
+    });
+    within_refresh("the rewrite", || content(&f).as_deref() == Some(&new[..]));
+    m.stop().unwrap();
+    rt.block_on(w.release_lease()).unwrap();
+    cloud.stop(&rt);
 }
