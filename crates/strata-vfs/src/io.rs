@@ -74,8 +74,7 @@ impl Vfs {
             let low = self.space.is_low();
             let wait = bytes > self.dirty_budget()
                 || (low && bytes > self.space.slack())
-                || (after_enospc && first)
-                || (after_enospc && low);
+                || (after_enospc && (first || low));
             if !wait {
                 return Ok(());
             }
@@ -217,16 +216,13 @@ impl Vfs {
                 };
                 f.write_at(src, p.a)
             });
-            let Some(c) = o.chunks.get_mut(&ci) else {
-                continue;
-            };
             if let Err(e) = written {
                 // Part of the bytes may be in the file: the chunk counts as
                 // changed. A chunk file this write created holds nothing.
-                if c.len == 0 {
+                if o.chunks.get(&ci).is_some_and(|c| c.len == 0) {
                     o.chunks.remove(&ci);
                     let _ = block(|| std::fs::remove_file(&path));
-                } else {
+                } else if let Some(c) = o.chunks.get_mut(&ci) {
                     c.gen = self.wb.gen();
                 }
                 return Err(match e.raw_os_error() {
@@ -234,6 +230,9 @@ impl Vfs {
                     _ => io_errno(e, "writing to the cache"),
                 });
             }
+            let Some(c) = o.chunks.get_mut(&ci) else {
+                continue;
+            };
             let old = c.len;
             c.len = c.len.max(p.b);
             c.gen = self.wb.gen();
@@ -463,7 +462,7 @@ impl Vfs {
                     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
                     .map_err(|e| io_errno(e, "syncing the cache"))?;
                 journal?;
-                return self.make_records_durable().await;
+                return self.cover_journal_gap().await;
             }
         }
         self.make_records_durable().await

@@ -431,6 +431,11 @@ impl Vfs {
     /// the journal missed one, in the store (a commit).
     pub(crate) async fn make_records_durable(&self) -> VfsResult<()> {
         self.sync_journal()?;
+        self.cover_journal_gap().await
+    }
+
+    /// After the journal was synced: commit if it missed a record.
+    pub(crate) async fn cover_journal_gap(&self) -> VfsResult<()> {
         if self.journal_incomplete() {
             self.commit_now().await?;
         }

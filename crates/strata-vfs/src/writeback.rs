@@ -492,9 +492,10 @@ impl Vfs {
     }
 
     /// Short of cache space (or over half the dirty budget): release the
-    /// files of uploaded chunks before the commit, as soon as the synced journal holds their `SetChunks`
-    /// records (after a crash the journal replays them; the blobs are in
-    /// the store). Not while the journal misses a record.
+    /// files of uploaded chunks before the commit, as soon as the synced
+    /// journal holds their `SetChunks` records (after a crash the journal
+    /// replays them; the blobs are in the store). Not while the journal
+    /// misses a record.
     async fn release_uploaded_early(&self) {
         if self.journal_incomplete() {
             return;
@@ -600,7 +601,8 @@ impl Vfs {
                 self.due_chunks(stopping, pressure).await
             };
             let mut failed = false;
-            if !due.is_empty() {
+            let uploaded = !due.is_empty();
+            if uploaded {
                 let results: Vec<VfsResult<()>> = stream::iter(due)
                     .map(|(ino, ci)| self.upload_chunk(ino, ci))
                     .buffer_unordered(self.opts.upload_parallelism.max(1))
@@ -610,7 +612,7 @@ impl Vfs {
             }
             // writers may be waiting for that space: release it now, not
             // at the next commit
-            if pressure {
+            if pressure && uploaded {
                 self.release_uploaded_early().await;
             }
             if self.vault.uncommitted_records() > 0
