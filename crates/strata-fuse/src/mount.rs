@@ -510,39 +510,19 @@ pub fn run_mount(
 /// the store and make the kernel forget what changed (attributes, page
 /// cache, directory entries), so the next access sees the new state.
 async fn follow(vfs: Arc<Vfs>, notifier: fuser::Notifier, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate: the mount just opened
-    loop {
-        tick.tick().await;
-        let changes = match vfs.follow().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "could not follow the store; trying again at the next refresh");
-                continue;
-            }
-        };
-        if changes.is_empty() {
-            continue;
-        }
-        debug!(
-            inodes = changes.inodes.len(),
-            entries = changes.entries.len(),
-            "followed the writer"
-        );
-        let n = notifier.clone();
-        let forget = tokio::task::spawn_blocking(move || {
-            use std::os::unix::ffi::OsStrExt;
-            // ENOENT: the kernel holds nothing of it; nothing to forget
+    vfs.follow_every(every, |changes| {
+        use std::os::unix::ffi::OsStrExt;
+        // writes to /dev/fuse; ENOENT: the kernel holds nothing of it
+        tokio::task::block_in_place(|| {
             for (parent, name) in &changes.entries {
-                let _ = n.inval_entry(INodeNo(*parent), std::ffi::OsStr::from_bytes(name));
+                let _ = notifier.inval_entry(INodeNo(*parent), std::ffi::OsStr::from_bytes(name));
             }
             for ino in &changes.inodes {
-                let _ = n.inval_inode(INodeNo(*ino), 0, 0);
+                let _ = notifier.inval_inode(INodeNo(*ino), 0, 0);
             }
-        });
-        let _ = forget.await;
-    }
+        })
+    })
+    .await
 }
 
 /// Owns the FUSE session: makes sure the mount is gone however `run_mount`

@@ -30,6 +30,18 @@ async fn put(v: &Vault, path: &str, data: &[u8]) {
     .unwrap();
 }
 
+/// The vault at `url` opened as a writer holding the lease, as another
+/// device would.
+async fn writer(url: &str, state: &Path) -> Vault {
+    let (s, _) = strata_store::open_url(url).unwrap();
+    let o = OpenOptions {
+        state_dir: Some(state.to_path_buf()),
+        lease: Some(LeaseOptions::new("writer on another device")),
+        ..OpenOptions::default()
+    };
+    Vault::open(s, PASSWORD, o).await.unwrap()
+}
+
 /// Wait until `ok` holds, at most refresh (1 s) + 5 s.
 #[track_caller]
 fn within_refresh(what: &str, ok: impl Fn() -> bool) {
@@ -55,13 +67,7 @@ fn a_read_only_mount_follows_the_writer() {
     let rt = runtime();
     let writer_state = tempfile::tempdir().unwrap();
     let w = rt.block_on(async {
-        let (s, _) = strata_store::open_url(&env.store_url).unwrap();
-        let o = OpenOptions {
-            state_dir: Some(writer_state.path().to_path_buf()),
-            lease: Some(LeaseOptions::new("writer on another device")),
-            ..OpenOptions::default()
-        };
-        let w = Vault::open(s, PASSWORD, o).await.unwrap();
+        let w = writer(&env.store_url, writer_state.path()).await;
         put(&w, "/a.txt", b"one").await;
         w.commit().await.unwrap();
         w
@@ -156,13 +162,7 @@ fn a_follower_of_a_remote_store_sees_rewrites_through_its_read_cache() {
     let reader_state = env.root.join("reader-state");
     create_vault(&rt, &url, writer_state.path());
     let w = rt.block_on(async {
-        let (s, _) = strata_store::open_url(&url).unwrap();
-        let o = OpenOptions {
-            state_dir: Some(writer_state.path().to_path_buf()),
-            lease: Some(LeaseOptions::new("remote writer")),
-            ..OpenOptions::default()
-        };
-        let w = Vault::open(s, PASSWORD, o).await.unwrap();
+        let w = writer(&url, writer_state.path()).await;
         put(&w, "/movie.bin", &vec![1u8; 600_000]).await;
         w.commit().await.unwrap();
         w

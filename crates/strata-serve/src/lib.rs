@@ -32,7 +32,7 @@ use dav_server::memls::MemLs;
 use dav_server::{DavHandler, DavMethodSet};
 pub use strata_vfs::session::StopHandle;
 use strata_vfs::session::{bound_allocator, lease_lost, Session, SessionOptions, Signals};
-use tracing::{info, warn};
+use tracing::info;
 use zeroize::Zeroizing;
 
 use crate::auth::Htpasswd;
@@ -195,17 +195,7 @@ pub fn run_serve(
     let follower = (read_only && !opts.refresh.is_zero()).then(|| {
         let vfs = sess.vfs.clone();
         let every = opts.refresh;
-        rt.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(e) = vfs.follow().await {
-                    warn!(error = %e, "could not follow the store; trying again at the next refresh");
-                }
-            }
-        })
+        rt.spawn(async move { vfs.follow_every(every, |_| {}).await })
     });
     let url = format!(
         "{}://{}/",

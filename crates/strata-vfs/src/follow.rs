@@ -5,11 +5,12 @@
 //! back new on the follower.
 
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use strata_core::follow::Refresh;
 use strata_core::Kind;
+use tracing::{debug, warn};
 
 use crate::{lock, Vfs};
 
@@ -96,6 +97,33 @@ impl Vfs {
             }),
         }
         Ok(c)
+    }
+
+    /// Follow the store every `every` until the task is dropped, handing
+    /// each non-empty set of changes to `forget` (the front end's cache
+    /// invalidation; nothing for a front end that reads the tree on every
+    /// request). Errors are logged and retried at the next tick.
+    pub async fn follow_every(&self, every: Duration, mut forget: impl FnMut(Changes)) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate: the vault was just opened
+        loop {
+            tick.tick().await;
+            match self.follow().await {
+                Ok(c) if !c.is_empty() => {
+                    debug!(
+                        inodes = c.inodes.len(),
+                        entries = c.entries.len(),
+                        "followed the writer"
+                    );
+                    forget(c);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "could not follow the store; trying again at the next refresh")
+                }
+            }
+        }
     }
 
     /// The follower's state (`None` for a read-write VFS).
