@@ -27,11 +27,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use strata_core::Record;
+
+use crate::sealed;
 use strata_crypto::{FileKey, Keys};
 
 const NAME: &str = "journal";
 const MAGIC: &[u8; 4] = b"STJ1";
-const HDR: u64 = 4 + 32;
+const HDR: u64 = sealed::HDR;
 /// Length of a journal that holds no record (its header).
 pub const EMPTY_LEN: u64 = HDR;
 
@@ -114,15 +116,6 @@ fn parse(bytes: &[u8], start: usize, key: Option<&FileKey>) -> (Vec<(u64, Record
     (out, pos)
 }
 
-fn header(keys: &Keys) -> std::io::Result<(Vec<u8>, FileKey)> {
-    let mut salt = [0u8; 32];
-    strata_crypto::random_bytes(&mut salt).map_err(std::io::Error::other)?;
-    let key = keys.cache_file_key(&salt).map_err(std::io::Error::other)?;
-    let mut h = MAGIC.to_vec();
-    h.extend_from_slice(&salt);
-    Ok((h, key))
-}
-
 /// Write `entries` as a new sealed journal at `tmp` (synced); returns its
 /// key and length.
 fn write_new(
@@ -130,7 +123,7 @@ fn write_new(
     keys: &Keys,
     entries: &[(u64, Record)],
 ) -> std::io::Result<(FileKey, u64)> {
-    let (hdr, key) = header(keys)?;
+    let (hdr, key) = sealed::new_header(MAGIC, keys)?;
     let mut f = File::create(tmp)?;
     f.write_all(&hdr)?;
     let mut at = HDR;
@@ -156,8 +149,7 @@ impl Journal {
             .open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let sealed = bytes.len() >= HDR as usize && &bytes[..4] == MAGIC;
-        if !sealed {
+        let Some(key) = sealed::header_key(MAGIC, &bytes, &keys)? else {
             // empty, or plaintext entries of an earlier version
             let (entries, _) = parse(&bytes, 0, None);
             let tmp = path.with_extension("tmp");
@@ -166,10 +158,7 @@ impl Journal {
             File::open(dir)?.sync_all()?;
             drop(file);
             return Journal::open(dir, keys);
-        }
-        let mut salt = [0u8; 32];
-        salt.copy_from_slice(&bytes[4..HDR as usize]);
-        let key = keys.cache_file_key(&salt).map_err(std::io::Error::other)?;
+        };
         let (entries, valid) = parse(&bytes, HDR as usize, Some(&key));
         if valid < bytes.len() {
             tracing::warn!(

@@ -39,6 +39,37 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+/// A new header `magic ‖ salt` (32 random bytes) and the key it names.
+/// Every sealed cache file (chunk files here, the journal) starts so.
+pub(crate) fn new_header(magic: &[u8; 4], keys: &Keys) -> io::Result<(Vec<u8>, FileKey)> {
+    let mut salt = [0u8; 32];
+    strata_crypto::random_bytes(&mut salt).map_err(io::Error::other)?;
+    let key = keys.cache_file_key(&salt).map_err(io::Error::other)?;
+    let mut h = Vec::with_capacity(HDR as usize);
+    h.extend_from_slice(magic);
+    h.extend_from_slice(&salt);
+    Ok((h, key))
+}
+
+/// The key named by a header written by [`new_header`]; `None` if `bytes`
+/// does not start with `magic` and a salt.
+pub(crate) fn header_key(
+    magic: &[u8; 4],
+    bytes: &[u8],
+    keys: &Keys,
+) -> io::Result<Option<FileKey>> {
+    let Some(salt) = bytes
+        .strip_prefix(&magic[..])
+        .and_then(|rest| rest.get(..32))
+        .and_then(|s| <[u8; 32]>::try_from(s).ok())
+    else {
+        return Ok(None);
+    };
+    keys.cache_file_key(&salt)
+        .map(Some)
+        .map_err(io::Error::other)
+}
+
 /// Plaintext capacity of a sealed file of `file_len` bytes.
 pub(crate) fn capacity(file_len: u64) -> u64 {
     file_len.saturating_sub(HDR) / SEALED * BLOCK
@@ -53,18 +84,13 @@ pub(crate) struct SealedFile {
 impl SealedFile {
     /// Create (or truncate) `path` as an empty sealed file with a new salt.
     pub(crate) fn create(path: &Path, keys: &Keys) -> io::Result<SealedFile> {
-        let mut salt = [0u8; 32];
-        strata_crypto::random_bytes(&mut salt).map_err(io::Error::other)?;
-        let key = keys.cache_file_key(&salt).map_err(io::Error::other)?;
+        let (hdr, key) = new_header(MAGIC, keys)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)?;
-        let mut hdr = Vec::with_capacity(HDR as usize);
-        hdr.extend_from_slice(MAGIC);
-        hdr.extend_from_slice(&salt);
         file.write_all_at(&hdr, 0)?;
         Ok(SealedFile { file, key })
     }
@@ -73,17 +99,9 @@ impl SealedFile {
     pub(crate) fn open(path: &Path, keys: &Keys) -> io::Result<SealedFile> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let mut hdr = [0u8; HDR as usize];
-        file.read_exact_at(&mut hdr, 0)
-            .map_err(|_| invalid(format!("{} is not a sealed cache file", path.display())))?;
-        if &hdr[..4] != MAGIC {
-            return Err(invalid(format!(
-                "{} is not a sealed cache file",
-                path.display()
-            )));
-        }
-        let mut salt = [0u8; 32];
-        salt.copy_from_slice(&hdr[4..]);
-        let key = keys.cache_file_key(&salt).map_err(io::Error::other)?;
+        let not_sealed = || invalid(format!("{} is not a sealed cache file", path.display()));
+        file.read_exact_at(&mut hdr, 0).map_err(|_| not_sealed())?;
+        let key = header_key(MAGIC, &hdr, keys)?.ok_or_else(not_sealed)?;
         Ok(SealedFile { file, key })
     }
 
