@@ -74,7 +74,7 @@ pub struct WriteBack {
     /// (getattr must never see a stale size because an upload holds it).
     pub(crate) attrs: Mutex<HashMap<u64, (u64, Ts)>>,
     /// Bytes in chunk files.
-    pub(crate) bytes: AtomicU64,
+    pub(crate) bytes: Arc<AtomicU64>,
 }
 
 impl WriteBack {
@@ -86,7 +86,7 @@ impl WriteBack {
             next_gen: AtomicU64::new(1),
             overlays: Mutex::new(HashMap::new()),
             attrs: Mutex::new(HashMap::new()),
-            bytes: AtomicU64::new(0),
+            bytes: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -224,29 +224,31 @@ impl WriteBack {
         let Some(ov) = lock(&self.overlays).remove(&ino) else {
             return;
         };
-        // the chunks' byte counts, when no upload holds the overlay
-        let lens: Option<HashMap<u64, u64>> = ov
-            .try_read()
-            .ok()
-            .map(|o| o.chunks.iter().map(|(ci, c)| (*ci, c.len)).collect());
         // Remove the inode's chunk files by name (an upload in flight may hold
         // the overlay; it finds the inode gone and references nothing).
         let prefix = format!("{ino}.");
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return;
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        // Their bytes as the overlay counts them: now, or once an upload
+        // holding the overlay lets go of it.
+        let bytes = self.bytes.clone();
+        let uncount = move |o: &Overlay| {
+            let n: u64 = o.chunks.values().map(|c| c.len).sum();
+            sub_bytes(&bytes, n);
         };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Some(ci) = name.strip_prefix(&prefix) else {
-                continue;
-            };
-            let len = ci
-                .parse::<u64>()
-                .ok()
-                .and_then(|ci| lens.as_ref()?.get(&ci).copied())
-                .unwrap_or_else(|| e.metadata().map(|m| sealed::capacity(m.len())).unwrap_or(0));
-            if std::fs::remove_file(e.path()).is_ok() {
-                self.add_bytes(len, 0);
+        let now = ov.try_read().map(|o| uncount(&o));
+        if now.is_err() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn(async move { uncount(&*ov.read().await) });
+                }
+                // outside the runtime (mount start): no upload can hold it
+                Err(_) => uncount(&ov.blocking_read()),
             }
         }
     }
@@ -272,14 +274,15 @@ impl WriteBack {
         if new >= old {
             self.bytes.fetch_add(new - old, Ordering::Relaxed);
         } else {
-            let d = old - new;
-            let _ = self
-                .bytes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                    Some(b.saturating_sub(d))
-                });
+            sub_bytes(&self.bytes, old - new);
         }
     }
+}
+
+fn sub_bytes(bytes: &AtomicU64, d: u64) {
+    let _ = bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+        Some(b.saturating_sub(d))
+    });
 }
 
 pub(crate) fn block<T>(f: impl FnOnce() -> T) -> T {
