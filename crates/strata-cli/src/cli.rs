@@ -78,6 +78,11 @@ pub struct LeaseArgs {
     /// committed yet is not saved to the vault
     #[arg(long)]
     pub break_lease: bool,
+    /// If another writer holds the vault (a mount on another device), ask
+    /// it to hand over and wait: it finishes what it accepted, commits,
+    /// and becomes read-only. A mount always asks
+    #[arg(long, conflicts_with = "break_lease")]
+    pub take_over: bool,
 }
 
 #[derive(Debug, Subcommand)]

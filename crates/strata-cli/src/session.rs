@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use strata_core::lease::WaitReport;
 use strata_core::{LeaseOptions, OpenOptions, Vault};
 use strata_store::DynStore;
 
@@ -47,16 +48,27 @@ pub fn print_store_stats() {
     }
 }
 
-/// The lease of a writer labelled `label` ("strata put", "mount at /x").
-/// `STRATA_LEASE_TTL` (seconds) shortens the lease for tests.
-pub fn lease_options(label: String, break_lease: bool) -> LeaseOptions {
+/// The lease of a writer labelled `label` ("strata put", "mount at /x");
+/// `take_over`: ask a live holder to hand over (progress on stderr).
+/// `STRATA_LEASE_TTL` and `STRATA_LEASE_POLL` (seconds) shorten the lease
+/// and the idle holder's poll for tests.
+pub fn lease_options(label: String, break_lease: bool, take_over: bool) -> LeaseOptions {
     let mut o = LeaseOptions::new(label);
     o.break_lease = break_lease;
-    if let Some(s) = std::env::var("STRATA_LEASE_TTL")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        o.ttl = Duration::from_secs(s.max(1));
+    o.take_over = take_over && !break_lease;
+    o.on_wait = Some(WaitReport::new(|line| eprintln!("strata: {line}")));
+    let secs = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.max(1)))
+    };
+    if let Some(t) = secs("STRATA_LEASE_TTL") {
+        o.ttl = t;
+    }
+    if let Some(p) = secs("STRATA_LEASE_POLL") {
+        o.poll = p;
+        o.handoff_answer = strata_core::handoff::default_answer_wait(p);
     }
     o
 }
@@ -97,7 +109,11 @@ pub async fn open_writer(g: &Global, verb: &str, l: &LeaseArgs) -> Result<(Vault
     }
     open(
         g,
-        Some(lease_options(format!("strata {verb}"), l.break_lease)),
+        Some(lease_options(
+            format!("strata {verb}"),
+            l.break_lease,
+            l.take_over,
+        )),
     )
     .await
 }

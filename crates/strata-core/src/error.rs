@@ -59,13 +59,15 @@ pub enum VaultError {
     #[error("the store's metadata history diverges from what this machine saw at version {version} (tampering, or another writer); refusing to open. If this is expected, pass --accept-rollback")]
     Fork { version: u64 },
 
-    #[error("{}", crate::lease::locked_message(.holder, *.now, *.margin))]
+    #[error("{}", crate::lease::locked_message(.holder, *.now, *.margin, .note.as_deref()))]
     Locked {
         holder: Box<crate::lease::Holder>,
         /// Unix seconds when the lease was looked at.
         now: u64,
         /// Clock margin (seconds) honoured after the lease's expiry.
         margin: u64,
+        /// Why a handoff asked of the holder did not happen.
+        note: Option<String>,
     },
 
     #[error("this writer lost the vault's writer lease: {detail}. It commits nothing more, so the other writer's changes are not overwritten; changes it has not committed stay local (a mount keeps them in its cache directory, a command's are not saved). Stop it, and remount or rerun when the other writer is done")]

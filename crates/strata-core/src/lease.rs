@@ -29,6 +29,7 @@ use strata_store::{Bytes, DynStore, StoreErrorKind};
 use tracing::{debug, info, warn};
 
 use crate::error::{VaultError, VaultResult};
+use crate::handoff::{self, HandoffObject, HandoffRequest};
 
 /// Prefix of lease objects.
 pub const LEASE_PREFIX: &str = "lease/";
@@ -74,14 +75,14 @@ pub struct LeaseBody {
     pub renewals: u64,
 }
 
-fn lease_ad(vault_id: &[u8; 16], epoch: u64) -> Vec<u8> {
-    let mut ad = LEASE_MAGIC.to_vec();
+fn lease_ad(magic: &[u8; 8], vault_id: &[u8; 16], epoch: u64) -> Vec<u8> {
+    let mut ad = magic.to_vec();
     ad.extend_from_slice(vault_id);
     ad.extend_from_slice(&epoch.to_be_bytes());
     ad
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -102,25 +103,52 @@ pub fn seal_lease(
     let mut b = body.clone();
     b.label = truncate(&b.label, MAX_LABEL);
     b.host = truncate(&b.host, MAX_HOST);
-    let enc = postcard::to_stdvec(&b)
-        .map_err(|e| VaultError::Invalid(format!("cannot encode the lease: {e}")))?;
+    seal_sealed(keys, LEASE_MAGIC, vault_id, epoch, &b)
+}
+
+/// Open a lease object; `None` if it does not authenticate or decode.
+pub fn open_lease(keys: &Keys, vault_id: &[u8; 16], epoch: u64, bytes: &[u8]) -> Option<LeaseBody> {
+    open_sealed(keys, LEASE_MAGIC, vault_id, epoch, bytes)
+}
+
+/// Seal a small object of the `lease/` area (a lease, a handoff request or
+/// answer): `magic ‖ nonce ‖ AES-GCM(lease key, AD = magic ‖ vault id ‖
+/// epoch; len ‖ postcard ‖ zeros to 512 bytes) ‖ tag`.
+pub(crate) fn seal_sealed<T: Serialize>(
+    keys: &Keys,
+    magic: &[u8; 8],
+    vault_id: &[u8; 16],
+    epoch: u64,
+    body: &T,
+) -> VaultResult<Vec<u8>> {
+    let enc = postcard::to_stdvec(body)
+        .map_err(|e| VaultError::Invalid(format!("cannot encode a lease object: {e}")))?;
     if enc.len() + 4 > LEASE_PLAINTEXT {
-        return Err(VaultError::Invalid("lease body too large".into()));
+        return Err(VaultError::Invalid("lease object body too large".into()));
     }
     let mut pt = Vec::with_capacity(LEASE_PLAINTEXT);
     pt.extend_from_slice(&(enc.len() as u32).to_be_bytes());
     pt.extend_from_slice(&enc);
     pt.resize(LEASE_PLAINTEXT, 0);
-    let sealed = keys.seal_lease(&lease_ad(vault_id, epoch), pt)?;
-    let mut out = LEASE_MAGIC.to_vec();
+    let sealed = keys.seal_lease(&lease_ad(magic, vault_id, epoch), pt)?;
+    let mut out = magic.to_vec();
     out.extend_from_slice(&sealed);
     Ok(out)
 }
 
-/// Open a lease object; `None` if it does not authenticate or decode.
-pub fn open_lease(keys: &Keys, vault_id: &[u8; 16], epoch: u64, bytes: &[u8]) -> Option<LeaseBody> {
-    let rest = bytes.strip_prefix(&LEASE_MAGIC[..])?;
-    let pt = keys.open_lease(&lease_ad(vault_id, epoch), rest).ok()?;
+/// Open what [`seal_sealed`] sealed; `None` if it does not authenticate or
+/// decode.
+pub(crate) fn open_sealed<T: for<'a> Deserialize<'a>>(
+    keys: &Keys,
+    magic: &[u8; 8],
+    vault_id: &[u8; 16],
+    epoch: u64,
+    bytes: &[u8],
+) -> Option<T> {
+    let rest = bytes.strip_prefix(&magic[..])?;
+    let pt = keys
+        .open_lease(&lease_ad(magic, vault_id, epoch), rest)
+        .ok()?;
     let len = u32::from_be_bytes(pt.get(..4)?.try_into().ok()?) as usize;
     postcard::from_bytes(pt.get(4..4 + len)?).ok()
 }
@@ -147,6 +175,44 @@ pub struct LeaseOptions {
     /// gone (crashed), instead of waiting for its expiry. Tests of expiry
     /// turn it off.
     pub local_liveness: bool,
+    /// Ask a live holder to hand the lease over (and wait for it) instead
+    /// of failing at once (see [`crate::handoff`]).
+    pub take_over: bool,
+    /// How often an idle holder looks at the lease area (a handoff
+    /// request, a lease taken over): one listing each time, and the
+    /// renewal rides on it.
+    pub poll: Duration,
+    /// How long an asker waits for the holder's first answer…
+    pub handoff_answer: Duration,
+    /// …and then for it to finish handing over.
+    pub handoff_drain: Duration,
+    /// How often an asker looks whether the holder has let go.
+    pub handoff_poll: Duration,
+    /// Told what an asker is waiting for (progress lines).
+    pub on_wait: Option<WaitReport>,
+}
+
+/// A callback for an asker's progress lines.
+#[derive(Clone)]
+pub struct WaitReport(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl WaitReport {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        WaitReport(Arc::new(f))
+    }
+}
+
+impl std::ops::Deref for WaitReport {
+    type Target = dyn Fn(&str) + Send + Sync;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for WaitReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WaitReport")
+    }
 }
 
 impl LeaseOptions {
@@ -158,6 +224,12 @@ impl LeaseOptions {
             clock_margin: Duration::from_secs(30),
             settle: Duration::from_secs(2),
             local_liveness: true,
+            take_over: false,
+            poll: Duration::from_secs(60),
+            handoff_answer: crate::handoff::default_answer_wait(Duration::from_secs(60)),
+            handoff_drain: Duration::from_secs(600),
+            handoff_poll: Duration::from_secs(1),
+            on_wait: None,
         }
     }
 }
@@ -222,10 +294,11 @@ pub fn format_utc(secs: u64) -> String {
 }
 
 /// The text of [`VaultError::Locked`].
-pub(crate) fn locked_message(h: &Holder, now: u64, margin: u64) -> String {
+pub(crate) fn locked_message(h: &Holder, now: u64, margin: u64, note: Option<&str>) -> String {
+    let note = note.map(|n| format!(" ({n})")).unwrap_or_default();
     let Some(l) = &h.lease else {
         return format!(
-            "vault is in use by a writer whose lease ({}) this strata cannot read (damaged, or written by a newer version). \
+            "vault is in use by a writer whose lease ({}) this strata cannot read (damaged, or written by a newer version){note}. \
              Mount with --read-only to read meanwhile, or, if no other writer is running, retry with --break-lease.",
             h.key
         );
@@ -245,7 +318,7 @@ pub(crate) fn locked_message(h: &Holder, now: u64, margin: u64) -> String {
         )
     };
     format!(
-        "vault is in use by {} on {} (pid {}) since {}; {expiry}. \
+        "vault is in use by {} on {} (pid {}) since {}; {expiry}{note}. \
          Mount with --read-only to read meanwhile, or, if that writer is gone for sure, retry with --break-lease.",
         l.label,
         l.host,
@@ -327,6 +400,20 @@ fn ttl_secs(ttl: Duration) -> u64 {
     ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
 }
 
+/// This process as a lease holder (or asker) `holder`, valid for `lifetime`.
+fn my_body(holder: [u8; 16], opts: &LeaseOptions, now: u64, lifetime: Duration) -> LeaseBody {
+    LeaseBody {
+        holder,
+        host: host_name(),
+        machine: machine_id(),
+        pid: std::process::id(),
+        label: opts.label.clone(),
+        acquired: now,
+        expires: now + ttl_secs(lifetime),
+        renewals: 0,
+    }
+}
+
 /// Why an existing lease may be taken over, or `None` if it is in force.
 fn stale_reason(l: &LeaseBody, now: u64, opts: &LeaseOptions) -> Option<String> {
     if now > l.expires.saturating_add(opts.clock_margin.as_secs()) {
@@ -361,6 +448,10 @@ struct State {
     last_active: Instant,
     phase: Phase,
     last_error: Option<String>,
+    /// When an idle holder next looks at the lease area.
+    next_poll: Instant,
+    /// Requests already looked at (not fetched again).
+    seen_asks: HashSet<String>,
 }
 
 /// What a mount shows about its lease (`strata status`).
@@ -386,6 +477,8 @@ pub(crate) struct Lease {
     /// Serializes renewals, verifications and release.
     op: tokio::sync::Mutex<()>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// A handoff asked of this holder (the first valid request seen).
+    handoff: tokio::sync::watch::Sender<Option<HandoffRequest>>,
 }
 
 enum Top {
@@ -448,6 +541,7 @@ impl Lease {
         let conditional = store.capabilities().conditional_create;
         let name = store.describe();
         let mut last_locked = None;
+        let mut asked = false;
         for _attempt in 0..4 {
             let now = unix_now();
             let next = match top_lease(&store, &keys, &vault_id).await? {
@@ -463,11 +557,24 @@ impl Lease {
                              can no longer be applied once this writer commits",
                             h.describe()
                         );
+                    } else if opts.take_over && !asked && h.lease.is_some() {
+                        asked = true;
+                        let mut id = [0u8; 16];
+                        strata_crypto::random_bytes(&mut id)?;
+                        let me = my_body(id, &opts, now, Duration::ZERO);
+                        match handoff::ask(&store, &keys, &vault_id, epoch, &h, &me, &opts).await? {
+                            handoff::Asked::Released => continue,
+                            handoff::Asked::Failed(e) => return Err(e),
+                        }
                     } else {
                         return Err(VaultError::Locked {
                             holder: Box::new(h),
                             now,
                             margin: opts.clock_margin.as_secs(),
+                            note: asked.then(|| {
+                                "it had handed over, but another writer that asked took the lease first"
+                                    .to_string()
+                            }),
                         });
                     }
                     epoch
@@ -478,16 +585,7 @@ impl Lease {
             let mut holder = [0u8; 16];
             strata_crypto::random_bytes(&mut holder)?;
             let registered = LiveGuard::new(holder);
-            let body = LeaseBody {
-                holder,
-                host: host_name(),
-                machine: machine_id(),
-                pid: std::process::id(),
-                label: opts.label.clone(),
-                acquired: now,
-                expires: now + ttl_secs(opts.ttl),
-                renewals: 0,
-            };
+            let body = my_body(holder, &opts, now, opts.ttl);
             let key = lease_key(next);
             let bytes = Bytes::from(seal_lease(&keys, &vault_id, next, &body)?);
             let t0 = Instant::now();
@@ -543,13 +641,17 @@ impl Lease {
                     last_active: t0,
                     phase: Phase::Held,
                     last_error: None,
+                    next_poll: t0 + opts.poll,
+                    seen_asks: HashSet::new(),
                 }),
                 opts,
                 op: tokio::sync::Mutex::new(()),
                 task: Mutex::new(None),
+                handoff: tokio::sync::watch::Sender::new(None),
             });
             let weak = Arc::downgrade(&lease);
-            *lock(&lease.task) = Some(tokio::spawn(renew_loop(weak, lease.opts.ttl / 3)));
+            let tick = (lease.opts.ttl / 3).min(lease.opts.poll);
+            *lock(&lease.task) = Some(tokio::spawn(renew_loop(weak, tick)));
             return Ok(lease);
         }
         match last_locked {
@@ -557,6 +659,7 @@ impl Lease {
                 holder: Box::new(h),
                 now: unix_now(),
                 margin: opts.clock_margin.as_secs(),
+                note: None,
             }),
             None => Err(VaultError::Invalid(format!(
                 "could not take the writer lease of {name}: other writers kept taking it; try again"
@@ -578,12 +681,19 @@ impl Lease {
             let s = lock(&self.state);
             (s.epoch, s.body.holder)
         };
-        let epochs: BTreeMap<u64, String> = self
-            .store
-            .list(LEASE_PREFIX)
-            .await?
+        let listing = self.store.list(LEASE_PREFIX).await?;
+        lock(&self.state).next_poll = Instant::now() + self.opts.poll;
+        let epochs: BTreeMap<u64, String> = listing
+            .iter()
+            .filter_map(|o| parse_lease_key(&o.key).map(|e| (e, o.key.clone())))
+            .collect();
+        let asks: Vec<String> = listing
             .into_iter()
-            .filter_map(|o| parse_lease_key(&o.key).map(|e| (e, o.key)))
+            .filter(|o| {
+                matches!(handoff::parse_handoff_key(&o.key),
+                    Some((e, HandoffObject::Ask(_))) if e == epoch)
+            })
+            .map(|o| o.key)
             .collect();
         let top = epochs.keys().next_back().copied();
         let lost = if top.is_some_and(|t| t > epoch) {
@@ -621,12 +731,88 @@ impl Lease {
         };
         if let Some(why) = lost {
             warn!("lost the writer lease: {why}");
+            if top.is_some_and(|t| t > epoch) && epochs.contains_key(&epoch) {
+                // a renewal that raced the taker brought our object back:
+                // a lower epoch is history, never the lease
+                let _ = self.store.delete(&lease_key(epoch)).await;
+            }
             let mut s = lock(&self.state);
             if s.phase == Phase::Held {
                 s.phase = Phase::Lost(why.clone());
             }
             return Err(VaultError::LeaseLost { detail: why });
         }
+        self.look_at_asks(epoch, asks).await;
+        Ok(())
+    }
+
+    /// Read handoff requests not seen before; the first valid one that has
+    /// not expired is published to [`Lease::handoff_requested`]. Expired or
+    /// unreadable ones are removed.
+    async fn look_at_asks(&self, epoch: u64, asks: Vec<String>) {
+        for key in asks {
+            if !lock(&self.state).seen_asks.insert(key.clone()) {
+                continue;
+            }
+            let body = match self.store.get(&key).await {
+                Ok(b) => handoff::open_ask(&self.keys, &self.vault_id, epoch, &b),
+                Err(e) => {
+                    lock(&self.state).seen_asks.remove(&key);
+                    debug!(error = %e, %key, "could not read a handoff request");
+                    continue;
+                }
+            };
+            match body {
+                Some(asker)
+                    if asker
+                        .expires
+                        .saturating_add(self.opts.clock_margin.as_secs())
+                        > unix_now() =>
+                {
+                    let req = HandoffRequest { key, asker };
+                    info!(asker = %req.describe(), "asked to hand the vault over");
+                    self.handoff.send_if_modified(|h| {
+                        if h.is_none() {
+                            *h = Some(req);
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+                _ => {
+                    debug!(%key, "removing an expired or unreadable handoff request");
+                    let _ = self.store.delete(&key).await;
+                }
+            }
+        }
+    }
+
+    /// The first handoff asked of this holder (waits for one).
+    pub(crate) async fn handoff_requested(&self) -> HandoffRequest {
+        let mut rx = self.handoff.subscribe();
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Tell the asker what this holder is doing to hand over.
+    pub(crate) async fn answer(&self, req: &HandoffRequest, state: &str) -> VaultResult<()> {
+        let epoch = lock(&self.state).epoch;
+        let a = handoff::HandoffAnswer {
+            asker: req.asker.holder,
+            state: state.to_string(),
+            at: unix_now(),
+        };
+        let bytes = handoff::seal_answer(&self.keys, &self.vault_id, epoch, &a)?;
+        self.store
+            .put(&handoff::answer_key(epoch), Bytes::from(bytes))
+            .await?;
         Ok(())
     }
 
@@ -635,7 +821,7 @@ impl Lease {
     pub(crate) async fn renew(&self) -> VaultResult<()> {
         let _op = self.op.lock().await;
         let lifetime = self.lifetime();
-        self.renew_locked(lifetime).await
+        self.renew_locked(lifetime, true).await
     }
 
     /// The lifetime a renewal writes now: `ttl` while active, the idle
@@ -648,21 +834,50 @@ impl Lease {
         }
     }
 
-    /// Renew when a third of the current lifetime has passed (the
-    /// background task's tick).
-    async fn renew_if_due(&self) -> VaultResult<bool> {
+    /// The background task's tick. An active writer renews when a third of
+    /// its lifetime has passed (a listing, the put, a listing). An idle one
+    /// does one thing per [`LeaseOptions::poll`]: a listing (lease still
+    /// ours? a handoff asked?), or, when its long lifetime is a third
+    /// gone, a listing and the put, and then waits two polls — so it makes
+    /// at most three requests in any three polls.
+    async fn tick(&self) -> VaultResult<bool> {
         let _op = self.op.lock().await;
+        self.phase_ok()?;
         let lifetime = self.lifetime();
-        let remaining = lock(&self.state)
-            .valid_until
-            .saturating_duration_since(Instant::now());
-        if remaining > lifetime * 2 / 3 {
+        let now = Instant::now();
+        let (remaining, poll_due) = {
+            let s = lock(&self.state);
+            (
+                s.valid_until.saturating_duration_since(now),
+                now >= s.next_poll,
+            )
+        };
+        let renew_due = remaining <= lifetime * 2 / 3;
+        if lifetime == self.opts.ttl {
+            if renew_due {
+                return self.renew_locked(lifetime, true).await.map(|()| true);
+            }
+            if poll_due {
+                self.verify().await?;
+            }
             return Ok(false);
         }
-        self.renew_locked(lifetime).await.map(|()| true)
+        // idle; renewed at once if the short lease of the active time is
+        // about to run out
+        if renew_due && (poll_due || remaining < self.opts.ttl * 2 / 3) {
+            self.renew_locked(lifetime, false).await?;
+            lock(&self.state).next_poll = Instant::now() + self.opts.poll * 2;
+            return Ok(true);
+        }
+        if poll_due {
+            self.verify().await?;
+        }
+        Ok(false)
     }
 
-    async fn renew_locked(&self, lifetime: Duration) -> VaultResult<()> {
+    /// Verify, put the lease with `lifetime`, and with `check_after` verify
+    /// again (an idle holder leaves that to its next poll).
+    async fn renew_locked(&self, lifetime: Duration, check_after: bool) -> VaultResult<()> {
         self.phase_ok()?;
         let res = async {
             self.verify().await?;
@@ -685,22 +900,11 @@ impl Lease {
             // A writer that took over between our check and our put has
             // deleted our object, which the put just brought back: look
             // again, so that leftover is never mistaken for the lease once
-            // the taker is gone.
-            if let Err(e) = self.verify().await {
-                // only a lower epoch is ours to remove (the same epoch may
-                // now hold a racing writer's lease on stores without
-                // conditional create)
-                let superseded = self.store.list(LEASE_PREFIX).await.is_ok_and(|l| {
-                    l.iter()
-                        .filter_map(|o| parse_lease_key(&o.key))
-                        .any(|e| e > epoch)
-                });
-                if matches!(e, VaultError::LeaseLost { .. }) && superseded {
-                    let _ = self.store.delete(&lease_key(epoch)).await;
-                }
-                return Err(e);
+            // the taker is gone (`verify` removes it).
+            if !check_after {
+                return Ok(());
             }
-            Ok(())
+            self.verify().await
         }
         .await;
         if let Err(e) = &res {
@@ -736,12 +940,15 @@ impl Lease {
             s.valid_until.saturating_duration_since(Instant::now())
         };
         if remaining < self.opts.ttl / 3 {
-            return self.renew_locked(self.opts.ttl).await.map_err(|e| match e {
-                VaultError::LeaseLost { .. } => e,
-                other => VaultError::LeaseUnavailable {
-                    detail: other.to_string(),
-                },
-            });
+            return self
+                .renew_locked(self.opts.ttl, true)
+                .await
+                .map_err(|e| match e {
+                    VaultError::LeaseLost { .. } => e,
+                    other => VaultError::LeaseUnavailable {
+                        detail: other.to_string(),
+                    },
+                });
         }
         // A lease broken by another writer is noticed here at the latest,
         // not only at the next renewal.
@@ -782,6 +989,9 @@ impl Lease {
                     self.store.delete(&key).await?;
                     info!(%key, "released the writer lease");
                 }
+                if self.handoff.borrow().is_some() {
+                    let _ = self.store.delete(&handoff::answer_key(epoch)).await;
+                }
                 Ok(())
             }
             Err(e) if e.kind == StoreErrorKind::NotFound => Ok(()),
@@ -803,6 +1013,10 @@ impl Lease {
             renewals: s.body.renewals,
             error,
         }
+    }
+
+    pub(crate) fn is_released(&self) -> bool {
+        lock(&self.state).phase == Phase::Released
     }
 
     pub(crate) fn is_lost(&self) -> bool {
@@ -827,7 +1041,7 @@ async fn renew_loop(weak: Weak<Lease>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(l) = weak.upgrade() else { return };
-        match l.renew_if_due().await {
+        match l.tick().await {
             Ok(true) => debug!(key = %l.key(), "renewed the writer lease"),
             Ok(false) => {}
             Err(VaultError::LeaseLost { .. }) => return,

@@ -29,6 +29,7 @@ pub mod error;
 pub mod fetch;
 pub mod follow;
 pub mod format;
+pub mod handoff;
 pub mod layout;
 pub mod lease;
 pub mod maint;

@@ -467,13 +467,37 @@ impl Vault {
         }
     }
 
+    /// The first handoff another device asked of this writer (waits for
+    /// one; never resolves without a lease). See [`crate::handoff`].
+    pub async fn handoff_requested(&self) -> crate::handoff::HandoffRequest {
+        match &self.lease {
+            Some(l) => l.handoff_requested().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Tell the device that asked for the lease what this writer is doing
+    /// to hand over (shown on its side).
+    pub async fn answer_handoff(
+        &self,
+        req: &crate::handoff::HandoffRequest,
+        state: &str,
+    ) -> VaultResult<()> {
+        match &self.lease {
+            Some(l) => l.answer(req, state).await,
+            None => Ok(()),
+        }
+    }
+
     /// Catch up with the store (a read-only vault following a writer
     /// elsewhere): one listing of `meta/`; newer logs are fetched, checked
     /// and applied, or the newer checkpoint that replaced them is loaded
-    /// (see [`follow`]). Refused for a writer and for a vault with
-    /// uncommitted changes of its own.
+    /// (see [`follow`]). Refused for a writer (until it has released its
+    /// lease, e.g. after a handoff) and for a vault with uncommitted
+    /// changes of its own.
     pub async fn refresh(&self) -> VaultResult<Refresh> {
-        if self.lease.is_some() || self.uncommitted_records() > 0 {
+        let writer = self.lease.as_ref().is_some_and(|l| !l.is_released());
+        if writer || self.uncommitted_records() > 0 {
             return Err(VaultError::Invalid(
                 "only a read-only vault with nothing of its own to commit follows the store".into(),
             ));

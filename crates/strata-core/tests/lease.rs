@@ -716,3 +716,176 @@ async fn an_idle_writer_renews_rarely_and_still_checks_before_committing() {
     assert!(b.stat_path("/late").is_err());
     b.release_lease().await.unwrap();
 }
+
+/// A writer that asks a live holder to hand over: short polls and waits.
+fn asker(label: &str, lines: Option<Arc<std::sync::Mutex<Vec<String>>>>) -> LeaseOptions {
+    LeaseOptions {
+        take_over: true,
+        poll: Duration::from_millis(300),
+        handoff_answer: Duration::from_secs(3),
+        handoff_drain: Duration::from_secs(10),
+        handoff_poll: Duration::from_millis(50),
+        on_wait: lines.map(|l| {
+            strata_core::lease::WaitReport::new(move |s| l.lock().unwrap().push(s.to_string()))
+        }),
+        ..lopts(label)
+    }
+}
+
+fn holder_opts(label: &str) -> LeaseOptions {
+    LeaseOptions {
+        poll: Duration::from_millis(300),
+        ..lopts(label)
+    }
+}
+
+#[tokio::test]
+async fn a_holder_hands_over_to_an_asker_what_it_committed_included() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        let a = e.open(Some(holder_opts("holder"))).await.unwrap();
+        put(&a, "/a.txt", b"from A").await;
+        a.commit().await.unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (store, o) = (e.store(), e.opts(Some(asker("asker", Some(lines.clone())))));
+        let b = tokio::spawn(async move { Vault::open(store, PW, o).await });
+        // the holder sees the request at its next look at the lease
+        let req = tokio::time::timeout(Duration::from_secs(5), a.handoff_requested())
+            .await
+            .unwrap_or_else(|_| panic!("{kind:?}: the holder never saw the request"));
+        assert!(
+            req.describe().starts_with("asker on "),
+            "{}",
+            req.describe()
+        );
+        a.answer_handoff(&req, "uploading 5 bytes").await.unwrap();
+        // the asker shows the answer while it waits
+        let t = std::time::Instant::now();
+        while !lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("handing over to us"))
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{kind:?}: answer not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        put(&a, "/late.txt", b"accepted before letting go").await;
+        a.commit().await.unwrap();
+        a.release_lease().await.unwrap();
+        let b = b.await.unwrap().unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        assert_eq!(read(&b, "/a.txt").await, b"from A");
+        assert_eq!(read(&b, "/late.txt").await, b"accepted before letting go");
+        let said = lines.lock().unwrap().join("\n");
+        assert!(said.contains("asked it to hand over"), "{kind:?}: {said}");
+        assert!(
+            said.contains("handing over to us: uploading 5 bytes"),
+            "{kind:?}: {said}"
+        );
+        // the new writer commits; the old one cannot, and follows instead
+        put(&b, "/b.txt", b"from B").await;
+        b.commit().await.unwrap();
+        put(&a, "/zombie", b"after letting go").await;
+        assert!(
+            a.commit().await.is_err(),
+            "{kind:?}: a released holder committed"
+        );
+        let a2 = e.open(None).await.unwrap();
+        assert_eq!(read(&a2, "/b.txt").await, b"from B");
+        b.release_lease().await.unwrap();
+        let left: Vec<String> = e.lease_objects().await;
+        assert!(left.is_empty(), "{kind:?}: leftovers {left:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_asker_gives_up_on_a_holder_that_never_answers() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        // a holder that does not hand over (a `strata put`, an old version)
+        let a = e.open(Some(holder_opts("silent holder"))).await.unwrap();
+        let t = std::time::Instant::now();
+        let text = locked_text(e.open(Some(asker("asker", None))).await);
+        assert!(
+            t.elapsed() >= Duration::from_secs(3),
+            "{kind:?}: gave up early"
+        );
+        assert!(text.contains("silent holder"), "{kind:?}: {text}");
+        assert!(
+            text.contains("did not answer a request to hand over"),
+            "{kind:?}: {text}"
+        );
+        assert!(text.contains("--break-lease"), "{kind:?}: {text}");
+        // its request is gone; the holder is still the writer
+        let objs = e.lease_objects().await;
+        assert!(
+            !objs.iter().any(|k| k.contains(".ask.")),
+            "{kind:?}: {objs:?}"
+        );
+        put(&a, "/still", b"mine").await;
+        a.commit().await.unwrap();
+        a.release_lease().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn of_two_askers_at_once_one_takes_the_lease() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        let a = e.open(Some(holder_opts("holder"))).await.unwrap();
+        let ask = |label: &'static str| {
+            let (store, o) = (e.store(), e.opts(Some(asker(label, None))));
+            tokio::spawn(async move { Vault::open(store, PW, o).await })
+        };
+        let (b, c) = (ask("B"), ask("C"));
+        let req = tokio::time::timeout(Duration::from_secs(5), a.handoff_requested())
+            .await
+            .unwrap();
+        a.answer_handoff(&req, "committing").await.unwrap();
+        a.release_lease().await.unwrap();
+        let (b, c) = (b.await.unwrap(), c.await.unwrap());
+        let (winner, loser) = match (b, c) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+            (Ok(_), Ok(_)) => panic!("{kind:?}: both askers took the lease"),
+            (Err(x), Err(y)) => panic!("{kind:?}: neither took it: {x} / {y}"),
+        };
+        assert!(
+            matches!(loser, VaultError::Locked { .. }),
+            "{kind:?}: {loser}"
+        );
+        assert!(winner.holds_lease());
+        put(&winner, "/w", b"winner").await;
+        winner.commit().await.unwrap();
+        winner.release_lease().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_idle_holder_makes_one_request_per_poll() {
+    let e = Env::new(Kind::Memory).await;
+    let (store, metrics) = open_url(&e.url).unwrap();
+    let o = LeaseOptions {
+        poll: Duration::from_secs(1),
+        ..lopts("idle holder")
+    };
+    let a = Vault::open(store, PW, e.opts(Some(o))).await.unwrap();
+    put(&a, "/first", b"active").await;
+    a.commit().await.unwrap();
+    // idle after one ttl (1.2 s)
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let base = metrics.snapshot();
+    tokio::time::sleep(Duration::from_millis(6000)).await;
+    let s = metrics.snapshot().since(&base);
+    // one request per poll (a renewal is a listing and a put, and skips
+    // the next poll); one more for where the window falls
+    assert!(
+        s.requests() <= 7,
+        "{} requests in 6 polls: {s:?}",
+        s.requests()
+    );
+    assert!(s.lists >= 3, "it must look for handoff requests: {s:?}");
+    a.release_lease().await.unwrap();
+}

@@ -436,7 +436,7 @@ impl Filesystem for StrataFs {
         );
         let truncate = writes && flags.0 & libc::O_TRUNC != 0;
         self.spawn(move |vfs| async move {
-            match vfs.open(ino.0, truncate).await {
+            match vfs.open(ino.0, truncate, writes).await {
                 // Single writer: the kernel's page cache of a file stays
                 // valid between opens (our own writes and truncates update it).
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),

@@ -54,6 +54,8 @@ pub struct MountOptions {
     pub break_lease: bool,
     /// Lifetime of the writer lease (renewed every third of it).
     pub lease_ttl: Duration,
+    /// How often an idle writer looks for handoff requests.
+    pub lease_poll: Duration,
     /// FUSE event-loop threads.
     pub threads: usize,
     /// How long unmount waits for uploads before giving up (what is left
@@ -89,6 +91,7 @@ impl MountOptions {
             accept_rollback: false,
             break_lease: false,
             lease_ttl: LeaseOptions::new("").ttl,
+            lease_poll: LeaseOptions::new("").poll,
             threads: 8,
             flush_timeout: Duration::from_secs(600),
             space_wait: Duration::from_secs(30),
@@ -115,6 +118,7 @@ impl MountOptions {
             accept_rollback: self.accept_rollback,
             break_lease: self.break_lease,
             lease_ttl: self.lease_ttl,
+            lease_poll: self.lease_poll,
             lease_owner: format!("mount at {}", mountpoint.display()),
             space_wait: self.space_wait,
             stall_timeout: self.stall_timeout,
@@ -367,8 +371,20 @@ pub fn run_mount(
     };
     info!(mountpoint = %mountpoint.display(), store = %store_name, "mounted");
     sess.start(&rt);
-    let follower = (opts.read_only && !opts.refresh.is_zero())
-        .then(|| rt.spawn(follow(vfs.clone(), session.notifier(), opts.refresh)));
+    // A read-only mount follows the writer; a writer hands the vault over
+    // when another device asks, and follows it from then on.
+    let follower = if opts.read_only {
+        (!opts.refresh.is_zero())
+            .then(|| rt.spawn(follow(vfs.clone(), session.notifier(), opts.refresh)))
+    } else {
+        let (vfs, notifier, every) = (vfs.clone(), session.notifier(), opts.refresh);
+        Some(rt.spawn(async move {
+            vfs.serve_handoff().await;
+            if !every.is_zero() {
+                follow(vfs, notifier, every).await
+            }
+        }))
+    };
 
     let mut guard = MountedGuard {
         mountpoint: mountpoint.clone(),

@@ -219,7 +219,7 @@ impl VfsDav {
         }
         if !o.write {
             let a = existing.ok_or(FsError::NotFound)?;
-            let fh = self.vfs.open(a.ino, false).await.map_err(fs_err)?;
+            let fh = self.vfs.open(a.ino, false, false).await.map_err(fs_err)?;
             return Ok(VfsFile::new(self, a.ino, fh, None, None));
         }
         if existing.is_none() && !(o.create || o.create_new) {
@@ -243,7 +243,10 @@ impl VfsDav {
             return Ok(VfsFile::new(self, a.ino, fh, Some(publish), o.size));
         }
         let (ino, fh) = match existing {
-            Some(a) => (a.ino, self.vfs.open(a.ino, false).await.map_err(fs_err)?),
+            Some(a) => (
+                a.ino,
+                self.vfs.open(a.ino, false, true).await.map_err(fs_err)?,
+            ),
             None => {
                 let (a, fh) = self.create_file(parent, &name)?;
                 (a.ino, fh)

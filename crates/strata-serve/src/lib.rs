@@ -191,12 +191,20 @@ pub fn run_serve(
     };
     sess.start(&rt);
     // a read-only server follows the writer (each request reads the tree
-    // afresh: nothing else to tell)
-    let follower = (read_only && !opts.refresh.is_zero()).then(|| {
+    // afresh: nothing else to tell); a writer hands the vault over when
+    // another device asks, and follows it from then on
+    let follower = {
         let vfs = sess.vfs.clone();
         let every = opts.refresh;
-        rt.spawn(async move { vfs.follow_every(every, |_| {}).await })
-    });
+        rt.spawn(async move {
+            if !read_only {
+                vfs.serve_handoff().await;
+            }
+            if !every.is_zero() {
+                vfs.follow_every(every, |_| {}).await
+            }
+        })
+    };
     let url = format!(
         "{}://{}/",
         if tls_on { "https" } else { "http" },
@@ -230,9 +238,7 @@ pub fn run_serve(
              stopping the server"
         );
     }
-    if let Some(f) = follower {
-        f.abort();
-    }
+    follower.abort();
     rt.block_on(server.stop(opts.grace));
     let flushed = sess.flush(&rt, opts.flush_timeout, &mut signals, by_signal);
     sess.finish(&rt);

@@ -52,7 +52,7 @@ impl Vfs {
     /// unreachable, rollback, damaged log) nothing changes and the error is
     /// kept for `status`.
     pub async fn follow(&self) -> Result<Changes, String> {
-        if !self.opts.read_only {
+        if !self.read_only() {
             return Err("only a read-only mount follows the store".into());
         }
         let r = self.vault.refresh().await;
@@ -128,6 +128,6 @@ impl Vfs {
 
     /// The follower's state (`None` for a read-write VFS).
     pub fn follow_status(&self) -> Option<FollowStatus> {
-        self.opts.read_only.then(|| self.follow.get())
+        self.read_only().then(|| self.follow.get())
     }
 }

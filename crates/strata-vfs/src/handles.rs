@@ -4,7 +4,8 @@
 //! file: its read-ahead ([`Prefetcher`]), so two programs reading one file
 //! in different places each get their own read-ahead. The table also counts
 //! open handles per inode (a file unlinked while open lives until the last
-//! one is released).
+//! one is released), and handles open for writing (a handoff waits until
+//! none is left, then shuts the gate on new ones).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,8 @@ use crate::lock;
 #[derive(Debug)]
 pub(crate) struct Handle {
     pub(crate) ino: u64,
+    /// Opened for writing.
+    pub(crate) write: bool,
     /// Sequential-read detection and read-ahead of this handle's reads.
     pub(crate) prefetcher: Mutex<Prefetcher>,
 }
@@ -29,20 +32,49 @@ pub(crate) struct Handles {
     /// Open handles per inode.
     per_ino: Mutex<HashMap<u64, u32>>,
     next: AtomicU64,
+    writers: Mutex<WriteGate>,
+}
+
+/// Handles open for writing, and whether new ones are refused.
+#[derive(Debug, Default)]
+struct WriteGate {
+    open: u64,
+    shut: bool,
 }
 
 impl Handles {
-    /// A new handle on `ino`; returns its number (never 0).
-    pub(crate) fn open(&self, ino: u64) -> u64 {
+    /// A new handle on `ino`; returns its number (never 0), or `None` for
+    /// a handle to write with once the gate is shut ([`Handles::shut_writes`]).
+    pub(crate) fn open(&self, ino: u64, write: bool) -> Option<u64> {
+        if write {
+            let mut g = lock(&self.writers);
+            if g.shut {
+                return None;
+            }
+            g.open += 1;
+        }
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let h = Arc::new(Handle {
             ino,
+            write,
             prefetcher: Mutex::new(Prefetcher::default()),
         });
         // count first: a handle found in the table is always counted
         *lock(&self.per_ino).entry(ino).or_default() += 1;
         lock(&self.by_fh).insert(fh, h);
-        fh
+        Some(fh)
+    }
+
+    /// Handles open for writing.
+    pub(crate) fn writers(&self) -> u64 {
+        lock(&self.writers).open
+    }
+
+    /// Refuse new handles to write with, if none is open now.
+    pub(crate) fn shut_writes(&self) -> bool {
+        let mut g = lock(&self.writers);
+        g.shut = g.open == 0;
+        g.shut
     }
 
     /// The handle `fh`, if it is open and on `ino`.
@@ -61,6 +93,10 @@ impl Handles {
                 _ => None,
             }
         };
+        if removed.as_ref().is_some_and(|h| h.write) {
+            let mut g = lock(&self.writers);
+            g.open = g.open.saturating_sub(1);
+        }
         let mut per = lock(&self.per_ino);
         let Some(c) = per.get_mut(&ino) else {
             return 0;
@@ -93,9 +129,9 @@ mod tests {
     #[test]
     fn handles_are_counted_per_inode_and_released_once() {
         let t = Handles::default();
-        let a = t.open(5);
-        let b = t.open(5);
-        let c = t.open(6);
+        let a = t.open(5, false).unwrap();
+        let b = t.open(5, true).unwrap();
+        let c = t.open(6, false).unwrap();
         assert!(a != b && a != 0);
         assert_eq!((t.open_count(5), t.open_count(6), t.total()), (2, 1, 3));
         assert!(t.get(5, a).is_some());
@@ -110,5 +146,20 @@ mod tests {
         assert_eq!(t.close(5, b), 0);
         assert_eq!(t.close(6, c), 0);
         assert_eq!(t.total(), 0);
+    }
+
+    #[test]
+    fn the_write_gate_shuts_only_when_no_writer_is_open() {
+        let t = Handles::default();
+        let w = t.open(5, true).unwrap();
+        assert_eq!(t.writers(), 1);
+        assert!(!t.shut_writes(), "a writer is open");
+        let w2 = t.open(6, true).expect("still open for writers");
+        t.close(6, w2);
+        t.close(5, w);
+        assert_eq!(t.writers(), 0);
+        assert!(t.shut_writes());
+        assert!(t.open(5, true).is_none(), "no new writer once shut");
+        assert!(t.open(5, false).is_some(), "readers still open");
     }
 }

@@ -150,7 +150,7 @@ impl Vfs {
     /// [`Vfs::wait_for_space`]) and is tried again; ENOSPC only once no
     /// space came back for a while.
     pub async fn write(&self, ino: u64, _fh: u64, offset: u64, data: &[u8]) -> VfsResult<u32> {
-        if self.opts.read_only {
+        if self.read_only() {
             return Err(Errno(libc::EROFS));
         }
         if data.is_empty() {
@@ -438,7 +438,7 @@ impl Vfs {
 
     /// Make the file's data and size durable on local disk (close semantics).
     pub async fn flush(&self, ino: u64) -> VfsResult<()> {
-        if self.opts.read_only {
+        if self.read_only() {
             return Ok(());
         }
         self.flush_attr(ino).await?;
@@ -471,7 +471,7 @@ impl Vfs {
     /// fsync: local durability, and in `Cloud` mode upload the file's dirty
     /// chunks and commit before returning.
     pub async fn fsync(&self, ino: u64) -> VfsResult<()> {
-        if self.opts.read_only {
+        if self.read_only() {
             return Ok(());
         }
         self.flush(ino).await?;

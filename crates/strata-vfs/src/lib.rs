@@ -19,6 +19,8 @@
 //! - **sealed cache files** (`sealed`): dirty chunk files in AES-GCM blocks;
 //! - **following** ([`follow`]): a read-only VFS catching up with a
 //!   writer elsewhere, and what the kernel must forget then;
+//! - **handoff** ([`handoff`]): a writer handing the vault over to
+//!   another device that asked, and becoming a follower;
 //! - **sessions** ([`session`]): opening a vault for a long-running front
 //!   end (cache lock, writer lease, uploader, the flush at the end).
 //!
@@ -27,6 +29,7 @@
 
 pub mod follow;
 mod handles;
+pub mod handoff;
 mod io;
 pub mod journal;
 mod lineage;
@@ -247,6 +250,8 @@ pub struct Status {
     pub cache_full: bool,
     /// Uploads stopped: the store refuses the chunks (and what to do).
     pub blocked: Option<String>,
+    /// A handoff to another device in progress, or done (see [`handoff`]).
+    pub handoff: Option<String>,
 }
 
 #[derive(Default)]
@@ -277,6 +282,11 @@ pub struct Vfs {
     pub(crate) blocked: Mutex<Option<String>>,
     /// Open file handles (per-handle read-ahead, unlink-while-open).
     pub(crate) handles: Handles,
+    /// Handed the vault over to another device: read-only from now on
+    /// (see [`handoff`]).
+    pub(crate) demoted: AtomicBool,
+    /// What a handoff in progress is doing (for `status`).
+    pub(crate) handoff: Mutex<Option<String>>,
     pub(crate) counters: Counters,
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) shutting_down: AtomicBool,
@@ -384,6 +394,8 @@ impl Vfs {
             blocked: Mutex::new(None),
             wb,
             handles: Handles::default(),
+            demoted: AtomicBool::new(false),
+            handoff: Mutex::new(None),
             counters: Counters::default(),
             last_error: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
@@ -398,9 +410,14 @@ impl Vfs {
         &self.vault
     }
 
+    /// Read-only: mounted so, or handed over to another device since.
+    pub fn read_only(&self) -> bool {
+        self.opts.read_only || self.demoted.load(Ordering::SeqCst)
+    }
+
     /// Apply a record and journal it (not synced yet).
     pub(crate) fn apply(&self, r: Record) -> VfsResult<u64> {
-        if self.opts.read_only {
+        if self.read_only() {
             return Err(Errno(libc::EROFS));
         }
         let mut j = lock(&self.journal);
@@ -500,10 +517,11 @@ impl Vfs {
             metadata_version: self.vault.version(),
             last_error: lock(&self.last_error).clone(),
             fsync_mode: self.opts.fsync,
-            read_only: self.opts.read_only,
+            read_only: self.read_only(),
             cache_free: self.space.free(),
             cache_full: self.space.is_low(),
             blocked: lock(&self.blocked).clone(),
+            handoff: lock(&self.handoff).clone(),
         }
     }
 }

@@ -305,16 +305,22 @@ impl Vfs {
         self.getattr(ino)
     }
 
-    /// Open a file: returns a handle number. Counts opens for unlink-while-open.
-    pub async fn open(&self, ino: u64, truncate: bool) -> VfsResult<u64> {
+    /// Open a file (`write`: for writing): returns a handle number. Counts
+    /// opens for unlink-while-open. EROFS for writing on a read-only VFS.
+    pub async fn open(&self, ino: u64, truncate: bool, write: bool) -> VfsResult<u64> {
         let n = self.node(ino)?;
+        if (write || truncate) && self.read_only() {
+            return Err(Errno(libc::EROFS));
+        }
         if truncate
             && n.kind == Kind::File
             && (n.size > 0 || self.wb.overlay_attr(ino).is_some_and(|a| a.0 > 0))
         {
             self.truncate(&n, 0, now()).await?;
         }
-        Ok(self.handles.open(ino))
+        self.handles
+            .open(ino, write || truncate)
+            .ok_or(Errno(libc::EROFS))
     }
 
     /// Create and open a regular file.
@@ -338,7 +344,9 @@ impl Vfs {
             gid,
             None,
         )?;
-        let fh = self.handles.open(a.ino);
+        // mknod refused it if writes are shut (a handoff): this cannot be
+        // refused unless one began just now
+        let fh = self.handles.open(a.ino, true).ok_or(Errno(libc::EROFS))?;
         Ok((a, fh))
     }
 
@@ -346,7 +354,7 @@ impl Vfs {
     /// file goes away when no handle is left.
     pub async fn release(&self, ino: u64, fh: u64) -> VfsResult<()> {
         let left = self.handles.close(ino, fh);
-        if left == 0 && !self.opts.read_only {
+        if left == 0 && !self.read_only() {
             if let Some(n) = self.vault.inode(ino) {
                 if n.nlink == 0 {
                     self.apply(Record::Forget { ino })?;

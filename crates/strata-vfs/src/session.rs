@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use strata_core::lease::WaitReport;
 use strata_core::{LeaseOptions, OpenOptions as VaultOpenOptions, ReadCacheOptions, Vault};
 use strata_store::Metrics;
 use tracing::warn;
@@ -207,6 +208,9 @@ pub struct SessionOptions {
     pub accept_rollback: bool,
     pub break_lease: bool,
     pub lease_ttl: Duration,
+    /// How often an idle writer looks at the lease (handoff requests);
+    /// askers wait a few of these for an answer.
+    pub lease_poll: Duration,
     /// Who holds the writer lease, as other writers are told
     /// (e.g. `mount at /mnt/x`).
     pub lease_owner: String,
@@ -234,6 +238,7 @@ impl SessionOptions {
             accept_rollback: false,
             break_lease: false,
             lease_ttl: LeaseOptions::new("").ttl,
+            lease_poll: LeaseOptions::new("").poll,
             lease_owner: String::new(),
             space_wait: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
@@ -281,9 +286,15 @@ impl Session {
         let lock = CacheLock::acquire(&cache_dir.join("lock"))?;
         // A read-write session is a writer: it holds the vault's writer
         // lease until it has flushed. A read-only one takes none.
+        // A writer that finds another one live asks it to hand over, and
+        // says so while it waits.
         let lease = (!opts.read_only).then(|| LeaseOptions {
             break_lease: opts.break_lease,
+            take_over: !opts.break_lease,
             ttl: opts.lease_ttl,
+            poll: opts.lease_poll,
+            handoff_answer: strata_core::handoff::default_answer_wait(opts.lease_poll),
+            on_wait: Some(WaitReport::new(|line| eprintln!("strata: {line}"))),
             ..LeaseOptions::new(opts.lease_owner.clone())
         });
         // A store on the local disk gets no read cache: measured, reading it

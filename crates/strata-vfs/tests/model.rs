@@ -84,7 +84,7 @@ fn vfs_create(v: &Vfs, parent: u64, name: &[u8]) -> Result<(Attr, u64), Errno> {
 
 /// Open a file: its handle.
 async fn vfs_open(v: &Vfs, ino: u64, truncate: bool) -> Result<u64, Errno> {
-    v.open(ino, truncate).await
+    v.open(ino, truncate, true).await
 }
 
 async fn vfs_read(v: &Vfs, ino: u64, fh: u64, off: u64, len: u32) -> Result<Vec<u8>, Errno> {

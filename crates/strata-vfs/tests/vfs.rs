@@ -171,7 +171,7 @@ async fn model_based_random_operations_across_remounts() {
                 6 if exists => {
                     // unlink while open: still readable until release
                     let ino = v.lookup(ROOT_INO, nm.as_bytes()).unwrap().ino;
-                    let fh = v.open(ino, false).await.unwrap();
+                    let fh = v.open(ino, false, true).await.unwrap();
                     v.unlink(ROOT_INO, nm.as_bytes()).unwrap();
                     let c = model.remove(nm).unwrap();
                     assert_eq!(read_all(&v, ino).await, c);

@@ -41,7 +41,8 @@ fn mount_options(g: &Global, a: &MountArgs, url: String) -> Result<MountOptions>
     o.state_dir = g.state_dir.clone();
     o.accept_rollback = g.accept_rollback;
     o.break_lease = a.lease.break_lease;
-    o.lease_ttl = crate::session::lease_options(String::new(), false).ttl;
+    let l = crate::session::lease_options(String::new(), false, true);
+    (o.lease_ttl, o.lease_poll) = (l.ttl, l.poll);
     Ok(o)
 }
 
@@ -243,6 +244,9 @@ pub fn status(a: &StatusArgs) -> Result<()> {
         if let Some(e) = f.get("refresh_error").and_then(|x| x.as_str()) {
             println!("refresh problem:   {e}");
         }
+    }
+    if let Some(h) = v.get("handoff").and_then(|x| x.as_str()) {
+        println!("handoff:           {h}");
     }
     if let Some(b) = v.get("blocked").and_then(|x| x.as_str()) {
         println!("uploads:           {b}");

@@ -31,7 +31,8 @@ fn serve_options(g: &Global, proto: Protocol, a: &ServeArgs, url: String) -> Res
     s.state_dir = g.state_dir.clone();
     s.accept_rollback = g.accept_rollback;
     s.break_lease = a.lease.break_lease;
-    s.lease_ttl = crate::session::lease_options(String::new(), false).ttl;
+    let l = crate::session::lease_options(String::new(), false, true);
+    (s.lease_ttl, s.lease_poll) = (l.ttl, l.poll);
     o.session = s;
     Ok(o)
 }

@@ -1,0 +1,84 @@
+//! Handing the vault over to another device (FORMAT §13.1): when another
+//! device's writer asks for the lease ([`strata_core::handoff`]), this
+//! writer waits until no file is open for writing here, then shuts the
+//! gate on new ones (EROFS from now on), uploads and commits everything it
+//! accepted, releases the lease, and carries on as a follower of the new
+//! writer. The asker is told each step through the answer object.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::{lock, Vfs};
+
+impl Vfs {
+    /// Wait for another device to ask for the vault and hand it over.
+    /// Returns once this VFS is read-only and the lease is released (the
+    /// front end then follows the store), or never for a read-only VFS.
+    pub async fn serve_handoff(&self) {
+        if self.read_only() {
+            return std::future::pending().await;
+        }
+        let req = self.vault.handoff_requested().await;
+        let to = req.describe();
+        info!(asker = %to, "handing the vault over");
+        let mut said = String::new();
+        let say = |state: String, said: &mut String| {
+            *lock(&self.handoff) = Some(format!("handing over to {to}: {state}"));
+            let changed = *said != state;
+            *said = state;
+            changed
+        };
+        // 1. no file open for writing, then no new one
+        loop {
+            let n = self.handles.writers();
+            if n == 0 && self.handles.shut_writes() {
+                break;
+            }
+            let state = format!(
+                "waiting for {n} file{} open for writing to be closed",
+                if n == 1 { "" } else { "s" }
+            );
+            if say(state.clone(), &mut said) {
+                self.answer(&req, &state).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.demoted.store(true, Ordering::SeqCst);
+        // 2. everything accepted goes to the store; tried again until it
+        // does (the lease stays ours meanwhile, the asker keeps waiting)
+        loop {
+            let (bytes, chunks, _) = self.wb.totals();
+            let state = if bytes == 0 {
+                "committing".to_string()
+            } else {
+                format!("uploading {bytes} bytes ({chunks} chunks) and committing")
+            };
+            say(state.clone(), &mut said);
+            self.answer(&req, &state).await;
+            match self.shutdown(Duration::from_secs(3600), |_, _| {}).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, "could not flush for the handoff; trying again");
+                    self.note_error(format!("handoff: {e}"));
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+        // 3. let go
+        if let Err(e) = self.vault.release_lease().await {
+            // it expires on its own; the asker waits for that or gives up
+            warn!(error = %e, "could not release the writer lease for the handoff");
+            self.note_error(format!("handoff: could not release the lease: {e}"));
+        }
+        *lock(&self.handoff) = Some(format!("handed over to {to}; following it"));
+        info!(asker = %to, "handed the vault over; following the new writer");
+    }
+
+    async fn answer(&self, req: &strata_core::handoff::HandoffRequest, state: &str) {
+        if let Err(e) = self.vault.answer_handoff(req, state).await {
+            warn!(error = %e, "could not answer the handoff request");
+        }
+    }
+}
