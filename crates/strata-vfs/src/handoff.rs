@@ -45,7 +45,11 @@ impl Vfs {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        self.demoted.store(true, Ordering::SeqCst);
+        {
+            // under the journal lock: see `Vfs::apply`
+            let _j = lock(&self.journal);
+            self.demoted.store(true, Ordering::SeqCst);
+        }
         // 2. everything accepted goes to the store; tried again until it
         // does (the lease stays ours meanwhile, the asker keeps waiting)
         loop {

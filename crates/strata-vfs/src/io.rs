@@ -388,7 +388,7 @@ impl Vfs {
         }
         let node = self.node(ino)?;
         if node.size != o.size || node.mtime != o.mtime {
-            self.apply(Record::SetAttr {
+            self.apply_internal(Record::SetAttr {
                 ino,
                 perm: None,
                 uid: None,

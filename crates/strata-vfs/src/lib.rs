@@ -415,12 +415,28 @@ impl Vfs {
         self.opts.read_only || self.demoted.load(Ordering::SeqCst)
     }
 
-    /// Apply a record and journal it (not synced yet).
+    /// Apply a record and journal it (not synced yet): a change asked by
+    /// an application, refused once the VFS is read-only.
     pub(crate) fn apply(&self, r: Record) -> VfsResult<u64> {
-        if self.read_only() {
+        self.apply_as(r, true)
+    }
+
+    /// [`Vfs::apply`] for what the write-back cache itself records (chunk
+    /// uploads, sizes of closed files), which a handoff still commits.
+    pub(crate) fn apply_internal(&self, r: Record) -> VfsResult<u64> {
+        self.apply_as(r, false)
+    }
+
+    fn apply_as(&self, r: Record, asked: bool) -> VfsResult<u64> {
+        if self.opts.read_only {
             return Err(Errno(libc::EROFS));
         }
         let mut j = lock(&self.journal);
+        // checked under the journal lock, where a handoff turns it on:
+        // no change slips in after the handoff's flush began
+        if asked && self.demoted.load(Ordering::SeqCst) {
+            return Err(Errno(libc::EROFS));
+        }
         let seq = self.vault.apply(r.clone())?;
         if let Err(e) = j.append(seq, &r) {
             // The change is in memory and will be committed; until then

@@ -449,7 +449,7 @@ impl Vfs {
             return Ok(());
         };
         let size = size.max(node.size);
-        let seq = self.apply(Record::SetChunks {
+        let seq = self.apply_internal(Record::SetChunks {
             ino,
             first: ci,
             chunks: vec![cref],

@@ -1,0 +1,198 @@
+//! The writer role moves between devices by handoff (needs root). Each
+//! "device" is a mount with its own mountpoint, cache and state directory.
+//! A second device's writer mount asks the first to hand over: the first
+//! waits for its file open for writing, uploads and commits, lets go, and
+//! follows the second from then on (writes there get EROFS).
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use strata_core::vault::OpenOptions;
+use strata_core::Vault;
+use strata_fuse::MountOptions;
+
+struct Device {
+    mnt: PathBuf,
+    cache: PathBuf,
+    state: PathBuf,
+}
+
+impl Device {
+    fn new(env: &Env, name: &str) -> Device {
+        let d = Device {
+            mnt: env.root.join(format!("{name}-mnt")),
+            cache: env.root.join(format!("{name}-cache")),
+            state: env.root.join(format!("{name}-state")),
+        };
+        fs::create_dir_all(&d.mnt).unwrap();
+        d
+    }
+
+    fn options(&self, env: &Env) -> MountOptions {
+        let mut o = env.options(&self.mnt);
+        o.cache_dir = Some(self.cache.clone());
+        o.state_dir = Some(self.state.clone());
+        o.refresh = Duration::from_secs(1);
+        o.lease_poll = Duration::from_secs(1);
+        o
+    }
+}
+
+fn status(mp: &Path, key: &str) -> String {
+    strata_fuse::control::status(mp)
+        .ok()
+        .and_then(|v| v.get(key).and_then(|x| x.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[track_caller]
+fn wait_for(what: &str, limit: Duration, ok: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn random(n: usize, seed: u8) -> Vec<u8> {
+    let mut x = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_device_takes_the_vault_over_by_handoff() {
+    let _g = serial();
+    can_mount();
+    let env = Env::new();
+    let (a, b) = (Device::new(&env, "a"), Device::new(&env, "b"));
+    let ma = Mounted::start(a.options(&env)).unwrap();
+    // closed on A (perhaps not uploaded yet), and one file still open for
+    // writing there
+    let big = random(3 << 20, 1);
+    fs::write(a.mnt.join("closed.bin"), &big).unwrap();
+    let mut open = fs::File::create(a.mnt.join("open.txt")).unwrap();
+    open.write_all(b"part one, ").unwrap();
+
+    // B asks; its mount is ready once it holds the lease
+    let asked = Instant::now();
+    let ob = b.options(&env);
+    let mb = std::thread::spawn(move || Mounted::start(ob));
+    wait_for(
+        "A showing that it waits for the open file",
+        Duration::from_secs(15),
+        || status(&ma.mp, "handoff").contains("waiting for 1 file open for writing"),
+    );
+    assert!(
+        !mb.is_finished(),
+        "B must wait while A has a file open for writing"
+    );
+    open.write_all(b"part two").unwrap();
+    drop(open);
+    let mb = mb.join().unwrap().expect("B's mount takes the vault over");
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "handoff took {:?}",
+        asked.elapsed()
+    );
+
+    // everything A accepted is on B
+    assert_eq!(fs::read(b.mnt.join("closed.bin")).unwrap(), big);
+    assert_eq!(
+        fs::read(b.mnt.join("open.txt")).unwrap(),
+        b"part one, part two"
+    );
+    // A is a follower now: it refuses writes and follows B
+    wait_for("A saying it handed over", Duration::from_secs(5), || {
+        status(&ma.mp, "handoff").contains("handed over to mount at")
+    });
+    let erofs = |r: std::io::Result<()>| match r {
+        Err(e) => e.raw_os_error() == Some(libc::EROFS),
+        Ok(()) => false,
+    };
+    assert!(
+        erofs(fs::write(a.mnt.join("new-on-a"), b"x")),
+        "create on A"
+    );
+    assert!(
+        erofs(
+            fs::OpenOptions::new()
+                .append(true)
+                .open(a.mnt.join("open.txt"))
+                .map(drop)
+        ),
+        "open for writing on A"
+    );
+    assert!(erofs(fs::create_dir(a.mnt.join("dir-on-a"))), "mkdir on A");
+    assert_eq!(
+        fs::read(a.mnt.join("closed.bin")).unwrap(),
+        big,
+        "A still reads"
+    );
+    let fresh = random(200_000, 2);
+    {
+        let mut f = fs::File::create(b.mnt.join("from-b.bin")).unwrap();
+        f.write_all(&fresh).unwrap();
+        f.sync_all().unwrap();
+    }
+    fs::rename(b.mnt.join("open.txt"), b.mnt.join("renamed.txt")).unwrap();
+    fs::File::open(b.mnt.join("renamed.txt"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    wait_for("A following B", Duration::from_secs(6), || {
+        fs::read(a.mnt.join("from-b.bin")).ok().as_deref() == Some(&fresh[..])
+            && !a.mnt.join("open.txt").exists()
+            && a.mnt.join("renamed.txt").exists()
+    });
+    mb.stop().unwrap();
+    ma.stop().unwrap();
+
+    // the store holds all of it, and every byte authenticates
+    let rt = runtime();
+    rt.block_on(async {
+        let (s, _) = strata_store::open_url(&env.store_url).unwrap();
+        let o = OpenOptions {
+            state_dir: Some(env.root.join("checker-state")),
+            ..OpenOptions::default()
+        };
+        let v = Vault::open(s, PASSWORD, o).await.unwrap();
+        let r = v.check(true, None).await.unwrap();
+        assert!(r.damaged.is_empty(), "{:?}", r.damaged);
+        assert!(v.stat_path("/renamed.txt").is_ok());
+        assert!(v.stat_path("/from-b.bin").is_ok());
+    });
+}
+
+#[test]
+fn the_first_device_writes_again_after_the_second_hands_back() {
+    let _g = serial();
+    can_mount();
+    let env = Env::new();
+    let (a, b) = (Device::new(&env, "a"), Device::new(&env, "b"));
+    let ma = Mounted::start(a.options(&env)).unwrap();
+    fs::write(a.mnt.join("one"), b"1").unwrap();
+    let mb = Mounted::start(b.options(&env)).unwrap();
+    fs::write(b.mnt.join("two"), b"2").unwrap();
+    // A unmounts (a follower: nothing to flush) and asks back
+    ma.stop().unwrap();
+    let ma = Mounted::start(a.options(&env)).unwrap();
+    assert_eq!(fs::read(a.mnt.join("two")).unwrap(), b"2");
+    fs::write(a.mnt.join("three"), b"3").unwrap();
+    wait_for("B following A", Duration::from_secs(6), || {
+        fs::read(b.mnt.join("three")).ok().as_deref() == Some(b"3")
+    });
+    ma.stop().unwrap();
+    mb.stop().unwrap();
+}
