@@ -194,9 +194,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub read_only: bool,
 
-    /// With --read-only: look for the writer's new changes every SECS
-    /// seconds (one listing of the store when nothing changed); 0 = show
-    /// the vault as of mounting
+    /// With --read-only, or after handing the vault over to another
+    /// device: look for the writer's new changes every SECS seconds (one
+    /// listing of the store when nothing changed); 0 = show the vault as
+    /// of mounting
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub refresh: u64,
 

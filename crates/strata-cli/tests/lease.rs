@@ -250,19 +250,6 @@ fn a_mount_holds_the_vault_against_cli_writers_and_second_mounts() {
     assert!(st.contains("writer lease:      held (lease/"), "{st}");
     assert!(ok(&e, &["info"]).contains(&format!("held by {holder} on ")));
 
-    // a second read-write mount (its own cache dir, as on another machine)
-    let mut second = Extra::start(&e, "mnt2", &[], &[]);
-    let (success, log) = second.wait_exit();
-    assert!(!success, "the second read-write mount must fail: {log}");
-    for want in [
-        &format!("vault is in use by {holder} on ") as &str,
-        "Mount with --read-only",
-        "--break-lease",
-    ] {
-        assert!(log.contains(want), "{want:?} missing: {log}");
-    }
-    assert!(!mounted(&e.p("mnt2")));
-
     // read-only works meanwhile and takes no lease
     let mut ro = Extra::start(&e, "mnt3", &["--read-only"], &[]);
     ro.wait_mounted();
@@ -276,10 +263,53 @@ fn a_mount_holds_the_vault_against_cli_writers_and_second_mounts() {
     assert!(success, "{log}");
     assert_eq!(lease_objects(&e).len(), 1);
 
-    // after a clean unmount the vault is free
+    // a second read-write mount (its own cache dir, as on another machine)
+    // asks the first to hand over, and gets the vault
+    let mut second = Extra::start(&e, "mnt2", &["--refresh", "1"], &[]);
+    second.wait_mounted();
+    let log = second.log();
+    assert!(
+        log.contains(&format!("the vault is in use by {holder} on "))
+            && log.contains("asked it to hand over"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read(second.mnt.join("hello.txt")).unwrap(),
+        b"hello from the mount"
+    );
+    let st = status(&e, &e.mnt());
+    let second_holder = format!("mount at {}", second.mnt.display());
+    assert!(
+        st.contains(&format!(
+            "handoff:           handed over to {second_holder} on "
+        )),
+        "{st}"
+    );
+    let err = std::fs::write(e.mnt().join("late.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    refused(&e, &["mkdir", "/x"], &second_holder);
+
+    // a CLI writer takes it with --take-over; the mount follows it
+    let out = run(&e, &["mkdir", "--take-over", "/x"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("asked it to hand over"), "{said}");
+    let t = Instant::now();
+    while !second.mnt.join("x").is_dir() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "mnt2 never showed /x"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(lease_objects(&e).is_empty(), "{:?}", lease_objects(&e));
+
+    ok(&e, &["unmount", second.mnt.to_str().unwrap()]);
+    let (success, log) = second.wait_exit();
+    assert!(success, "{log}");
     m.unmount();
     assert!(lease_objects(&e).is_empty());
-    ok(&e, &["mkdir", "/x"]);
+    ok(&e, &["mkdir", "/y"]);
     assert!(ok(&e, &["ls", "/"]).contains("hello.txt"));
     check_passes(&e);
 }

@@ -53,6 +53,8 @@ impl Env {
             .env("STRATA_STATE_DIR", self.p("state"))
             .env("STRATA_RUNTIME_DIR", self.p("run"))
             .env("STRATA_STORE", self.store())
+            // a mount looks for handoff requests every second
+            .env("STRATA_LEASE_POLL", "1")
             .stdin(Stdio::null());
         c
     }
