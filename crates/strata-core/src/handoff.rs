@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use crate::error::{VaultError, VaultResult};
 use crate::lease::{
-    lease_key, open_sealed, parse_lease_key, seal_sealed, unix_now, Holder, LeaseBody,
+    lease_key, open_lease, open_sealed, parse_lease_key, seal_sealed, unix_now, Holder, LeaseBody,
     LeaseOptions, LEASE_PREFIX,
 };
 
@@ -168,6 +168,10 @@ pub(crate) async fn ask(
         holder.describe()
     ));
     let start = Instant::now();
+    let margin = opts.clock_margin.as_secs();
+    // the holder's expiry as last read: a holder that dies while handing
+    // over is taken over once its lease runs out, as any stale lease
+    let mut expires = holder.lease.as_ref().map_or(u64::MAX, |l| l.expires);
     let mut answered: Option<Instant> = None;
     let mut last_state = String::new();
     let outcome = loop {
@@ -185,6 +189,19 @@ pub(crate) async fn ask(
         let top = list.iter().filter_map(|o| parse_lease_key(&o.key)).max();
         if top != Some(epoch) {
             break Asked::Released;
+        }
+        if unix_now() > expires.saturating_add(margin) {
+            match store.get(&lease_key(epoch)).await {
+                Ok(b) => match open_lease(keys, vault_id, epoch, &b) {
+                    Some(l) if unix_now() > l.expires.saturating_add(margin) => {
+                        break Asked::Released
+                    }
+                    Some(l) => expires = l.expires,
+                    None => {}
+                },
+                Err(e) if e.kind == StoreErrorKind::NotFound => break Asked::Released,
+                Err(e) => debug!(error = %e, "could not read the holder's lease"),
+            }
         }
         if list.iter().any(|o| o.key == answer_key(epoch)) {
             match store.get(&answer_key(epoch)).await {

@@ -889,3 +889,38 @@ async fn an_idle_holder_makes_one_request_per_poll() {
     assert!(s.lists >= 3, "it must look for handoff requests: {s:?}");
     a.release_lease().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_holder_that_dies_while_handing_over_is_taken_over_when_its_lease_runs_out() {
+    for kind in KINDS {
+        let e = Env::new(kind).await;
+        let a = e.open(Some(holder_opts("dying holder"))).await.unwrap();
+        put(&a, "/committed", b"safe").await;
+        a.commit().await.unwrap();
+        let o = LeaseOptions {
+            // another machine: its pid says nothing about the holder
+            local_liveness: false,
+            ..asker("asker", None)
+        };
+        let (store, o) = (e.store(), e.opts(Some(o)));
+        let b = tokio::spawn(async move { Vault::open(store, PW, o).await });
+        let req = tokio::time::timeout(Duration::from_secs(5), a.handoff_requested())
+            .await
+            .unwrap();
+        a.answer_handoff(&req, "uploading").await.unwrap();
+        put(&a, "/never-committed", b"lost with the crash").await;
+        drop(a); // killed: no release, no more renewals
+        let t = std::time::Instant::now();
+        let b = b.await.unwrap().unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "{kind:?}: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(read(&b, "/committed").await, b"safe");
+        assert!(b.stat_path("/never-committed").is_err());
+        put(&b, "/next", b"new writer").await;
+        b.commit().await.unwrap();
+        b.release_lease().await.unwrap();
+    }
+}
