@@ -2,7 +2,8 @@
 //! "device" is a mount with its own mountpoint, cache and state directory.
 //! A second device's writer mount asks the first to hand over: the first
 //! waits for its file open for writing, uploads and commits, lets go, and
-//! follows the second from then on (writes there get EROFS).
+//! follows the second from then on (writes there get EROFS). On file://,
+//! on the bundled server and on S3 (SeaweedFS).
 
 mod common;
 
@@ -20,14 +21,16 @@ struct Device {
     mnt: PathBuf,
     cache: PathBuf,
     state: PathBuf,
+    url: String,
 }
 
 impl Device {
-    fn new(env: &Env, name: &str) -> Device {
+    fn new(env: &Env, name: &str, url: &str) -> Device {
         let d = Device {
             mnt: env.root.join(format!("{name}-mnt")),
             cache: env.root.join(format!("{name}-cache")),
             state: env.root.join(format!("{name}-state")),
+            url: url.to_string(),
         };
         fs::create_dir_all(&d.mnt).unwrap();
         d
@@ -35,6 +38,7 @@ impl Device {
 
     fn options(&self, env: &Env) -> MountOptions {
         let mut o = env.options(&self.mnt);
+        o.store_url = self.url.clone();
         o.cache_dir = Some(self.cache.clone());
         o.state_dir = Some(self.state.clone());
         o.refresh = Duration::from_secs(1);
@@ -76,8 +80,55 @@ fn a_second_device_takes_the_vault_over_by_handoff() {
     let _g = serial();
     can_mount();
     let env = Env::new();
-    let (a, b) = (Device::new(&env, "a"), Device::new(&env, "b"));
-    let ma = Mounted::start(a.options(&env)).unwrap();
+    let url = env.store_url.clone();
+    take_over(&env, &url);
+}
+
+#[test]
+fn a_handoff_over_the_bundled_server() {
+    let _g = serial();
+    can_mount();
+    let env = Env::new();
+    let rt = runtime();
+    let cloud = Cloud::start(&rt, &env, |_| {});
+    let url = cloud.url("");
+    create_vault(&rt, &url, &env.root.join("creator-state"));
+    take_over(&env, &url);
+    cloud.stop(&rt);
+}
+
+#[test]
+fn a_handoff_over_s3() {
+    let _g = serial();
+    can_mount();
+    let env = Env::new();
+    let server = strata_testkit::S3Server::start().unwrap();
+    let creds = env.root.join("aws-credentials");
+    fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            server.access_key, server.secret_key
+        ),
+    )
+    .unwrap();
+    let url = format!(
+        "s3://{}/vault?endpoint={}&region={}&credentials-file={}",
+        server.bucket,
+        server.endpoint,
+        server.region,
+        creds.display()
+    );
+    let rt = runtime();
+    create_vault(&rt, &url, &env.root.join("creator-state"));
+    take_over(&env, &url);
+}
+
+/// Device A mounts `url`, closes a file and keeps one open for writing;
+/// device B's writer mount asks and gets the vault; A follows B.
+fn take_over(env: &Env, url: &str) {
+    let (a, b) = (Device::new(env, "a", url), Device::new(env, "b", url));
+    let ma = Mounted::start(a.options(env)).unwrap();
     // closed on A (perhaps not uploaded yet), and one file still open for
     // writing there
     let big = random(3 << 20, 1);
@@ -87,7 +138,7 @@ fn a_second_device_takes_the_vault_over_by_handoff() {
 
     // B asks; its mount is ready once it holds the lease
     let asked = Instant::now();
-    let ob = b.options(&env);
+    let ob = b.options(env);
     let mb = std::thread::spawn(move || Mounted::start(ob));
     wait_for(
         "A showing that it waits for the open file",
@@ -162,7 +213,7 @@ fn a_second_device_takes_the_vault_over_by_handoff() {
     // the store holds all of it, and every byte authenticates
     let rt = runtime();
     rt.block_on(async {
-        let (s, _) = strata_store::open_url(&env.store_url).unwrap();
+        let (s, _) = strata_store::open_url(url).unwrap();
         let o = OpenOptions {
             state_dir: Some(env.root.join("checker-state")),
             ..OpenOptions::default()
@@ -180,7 +231,8 @@ fn the_first_device_writes_again_after_the_second_hands_back() {
     let _g = serial();
     can_mount();
     let env = Env::new();
-    let (a, b) = (Device::new(&env, "a"), Device::new(&env, "b"));
+    let url = env.store_url.clone();
+    let (a, b) = (Device::new(&env, "a", &url), Device::new(&env, "b", &url));
     let ma = Mounted::start(a.options(&env)).unwrap();
     fs::write(a.mnt.join("one"), b"1").unwrap();
     let mb = Mounted::start(b.options(&env)).unwrap();
