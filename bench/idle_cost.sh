@@ -31,19 +31,24 @@ echo "idle writer mount:                    $((w1-w0)) store requests in 180 s"
 echo "idle follower (--refresh 60):         $((f1-f0)) store requests in 180 s"
 $B unmount $T/f >/dev/null; $B unmount $T/w >/dev/null
 
-handoff() { # $1: label, env for both mounts follows
-    local label=$1; shift
-    env "$@" $B mount --cache-dir $T/ca-$label $T/a >/dev/null 2>&1 &
+handoff() { # $1: label; $2: seconds idle before asking; env for both mounts follows
+    local label=$1 idle=$2; shift 2
+    local n=$((++runs))
+    env "$@" $B mount --cache-dir $T/ca$n $T/a >/dev/null 2>&1 &
     wait_mounted $T/a
-    sleep 3 # idle: the lease poll decides when the request is seen
-    head -c 20000000 /dev/urandom > $T/a/big-$label # closed, not uploaded yet
+    head -c 20000000 /dev/urandom > $T/big$n # closed on A, maybe not uploaded yet
+    cp $T/big$n $T/a/big$n
+    sleep "$idle"
     local t0=$(date +%s.%N)
-    env "$@" $B mount --cache-dir $T/cb-$label $T/b >/dev/null 2>$T/b.log &
-    wait_mounted $T/b
+    env "$@" $B mount --cache-dir $T/cb$n $T/b >/dev/null 2>$T/b.log &
+    wait_mounted $T/b || { echo "handoff ($label): the second mount did not come up"; cat $T/b.log; return; }
     local t1=$(date +%s.%N)
-    cmp -s <(cat $T/a/big-$label) $T/b/big-$label && ok=identical || ok=DIFFERENT
-    echo "handoff ($label):  second mount ready after $(python3 -c "print(f'{$t1-$t0:.1f}')") s; the file closed on the first reads $ok on the second"
+    cmp -s $T/big$n $T/b/big$n && ok=identical || ok=DIFFERENT
+    echo "handoff ($label): second mount ready after $(python3 -c "print(f'{$t1-$t0:.1f}')") s; the file closed on the first reads $ok on the second"
     $B unmount $T/b >/dev/null; $B unmount $T/a >/dev/null
 }
-handoff "lease poll 60 s (default)"
-handoff "lease poll 5 s" STRATA_LEASE_POLL=5
+runs=0
+wait_mounted() { for _ in $(seq 3000); do mountpoint -q "$1" && return 0; sleep 0.05; done; return 1; }
+handoff "holder just wrote, default lease poll 60 s" 0
+handoff "holder idle for 90 s, default lease poll 60 s" 90
+handoff "holder idle for 90 s, lease poll 10 s" 90 STRATA_LEASE_POLL=10

@@ -201,6 +201,13 @@ pub struct MountArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub refresh: u64,
 
+    /// While idle, look every SECS seconds whether another device asks for
+    /// the vault (one request each time; also how soon it notices a
+    /// `--break-lease`). Another device's mount waits up to this long, plus
+    /// the upload of what is pending here, for the handoff
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_poll: u64,
+
     #[command(flatten)]
     pub lease: LeaseArgs,
 
@@ -277,6 +284,13 @@ pub struct ServeArgs {
     /// vault as of the start
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub refresh: u64,
+
+    /// While idle, look every SECS seconds whether another device asks for
+    /// the vault (one request each time; also how soon it notices a
+    /// `--break-lease`). Another device's mount waits up to this long, plus
+    /// the upload of what is pending here, for the handoff
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_poll: u64,
 
     /// Journal, dirty chunks and read cache [default: ~/.cache/strata/<vault id>,
     /// or <vault id>-ro when read-only, so it runs beside a mount]

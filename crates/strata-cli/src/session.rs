@@ -51,7 +51,7 @@ pub fn print_store_stats() {
 /// The lease of a writer labelled `label` ("strata put", "mount at /x");
 /// `take_over`: ask a live holder to hand over (progress on stderr).
 /// `STRATA_LEASE_TTL` and `STRATA_LEASE_POLL` (seconds) shorten the lease
-/// and the idle holder's poll for tests.
+/// and the idle holder's poll for tests (the latter over `--lease-poll`).
 pub fn lease_options(label: String, break_lease: bool, take_over: bool) -> LeaseOptions {
     let mut o = LeaseOptions::new(label);
     o.break_lease = break_lease;

@@ -158,8 +158,9 @@ pub enum Refresh {
     /// These records (of the logs after ours, in order) were applied.
     Applied(Vec<Record>),
     /// The logs after ours are gone (the writer checkpointed): the whole
-    /// tree was loaded again from the new checkpoint.
-    Reloaded,
+    /// tree was loaded again from the new checkpoint. Holds the tree it
+    /// replaced (so a front end can forget names that are gone).
+    Reloaded(Box<crate::Tree>),
 }
 
 /// What `list meta/` found.

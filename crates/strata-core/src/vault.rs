@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use strata_crypto::{BlobId, KdfParams, Keys};
 use strata_store::{Bytes, Capabilities, DynStore, StoreErrorKind};
@@ -70,6 +71,11 @@ pub struct OpenOptions {
     /// A read cache for file data (mounts keep one; see
     /// [`crate::readcache`]).
     pub read_cache: Option<ReadCacheOptions>,
+    /// Blobs a commit freed are deleted no sooner than this after the
+    /// change that freed them, so a follower elsewhere can go on reading a
+    /// file deleted here that it has open; what is left at the end goes
+    /// with [`Vault::delete_freed_now`] (or `gc`). Mounts: 10 min.
+    pub free_grace: Duration,
 }
 
 impl Default for OpenOptions {
@@ -81,6 +87,7 @@ impl Default for OpenOptions {
             parallelism: 8,
             lease: None,
             read_cache: None,
+            free_grace: Duration::ZERO,
         }
     }
 }
@@ -95,7 +102,8 @@ pub(crate) struct Inner {
     pending_first_seq: u64,
     /// Sequence number of the newest committed record.
     writer_seq: u64,
-    freed: Vec<BlobId>,
+    /// Blobs whose last reference went, and when.
+    freed: Vec<(Instant, BlobId)>,
     pub(crate) version: u64,
     head: [u8; 32],
     checkpoint_version: u64,
@@ -533,9 +541,9 @@ impl Vault {
                     Refresh::Applied(applied)
                 }
                 Update::Reload(l) => {
-                    g.tree = l.tree;
+                    let old = std::mem::replace(&mut g.tree, l.tree);
                     g.set_position(l.version, l.head, l.writer_seq);
-                    Refresh::Reloaded
+                    Refresh::Reloaded(Box::new(old))
                 }
             }
         };
@@ -623,7 +631,8 @@ impl Vault {
         for r in records {
             match g.tree.apply(&r) {
                 Ok(freed) => {
-                    g.freed.extend(freed);
+                    let now = Instant::now();
+                    g.freed.extend(freed.into_iter().map(|id| (now, id)));
                     g.pending.push(r);
                 }
                 Err(e) => {
@@ -857,9 +866,20 @@ impl Vault {
         g.pending.len() as u64 + g.staged.iter().map(|s| s.records).sum::<u64>()
     }
 
-    /// Delete blobs whose last reference is gone (committed), unless a writer
-    /// is busy (then they wait for the next commit or `gc`).
+    /// Delete blobs whose last reference is gone (committed) at least
+    /// [`OpenOptions::free_grace`] ago, unless a writer is busy (then they
+    /// wait for the next commit or `gc`).
     async fn delete_freed(&self) -> VaultResult<()> {
+        self.delete_freed_after(self.opts.free_grace).await
+    }
+
+    /// Delete every blob whose last reference is gone (committed), grace
+    /// or not: at the end of a session that kept them for followers.
+    pub async fn delete_freed_now(&self) -> VaultResult<()> {
+        self.delete_freed_after(Duration::ZERO).await
+    }
+
+    async fn delete_freed_after(&self, grace: Duration) -> VaultResult<()> {
         let Ok(_w) = self.data_lock.try_write() else {
             return Ok(());
         };
@@ -868,8 +888,11 @@ impl Vault {
             if !g.pending.is_empty() || !g.staged.is_empty() {
                 return Ok(()); // uncommitted records might reference them again
             }
-            let freed = std::mem::take(&mut g.freed);
-            let set: HashSet<BlobId> = freed.into_iter().collect();
+            let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut g.freed)
+                .into_iter()
+                .partition(|(t, _)| t.elapsed() >= grace);
+            g.freed = keep;
+            let set: HashSet<BlobId> = due.into_iter().map(|(_, id)| id).collect();
             set.into_iter()
                 .filter(|id| g.tree.blob_refs(id) == 0)
                 .collect()

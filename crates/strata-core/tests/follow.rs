@@ -134,7 +134,7 @@ async fn a_reader_follows_the_writer_across_logs_and_checkpoints() {
         "the writer kept the logs: no checkpoint in {logs:?}"
     );
     let outcome = r.refresh().await.unwrap();
-    assert!(matches!(outcome, Refresh::Reloaded), "{outcome:?}");
+    assert!(matches!(outcome, Refresh::Reloaded(_)), "{outcome:?}");
     assert_eq!(r.version(), w.version());
     assert!(r.stat_path("/a.txt").is_err());
     for i in 0..20 {
@@ -171,5 +171,32 @@ async fn a_rollback_of_the_store_is_refused_while_following() {
     }
     // what the reader shows stays as it was
     assert_eq!(read(&r, "/y").await, b"y");
+    w.release_lease().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_writer_keeps_freed_blobs_for_followers_until_the_grace_is_over() {
+    let e = Env::new().await;
+    let (s, _) = open_url(&e.url).unwrap();
+    let o = OpenOptions {
+        free_grace: Duration::from_secs(600),
+        ..e.writer_opts()
+    };
+    let w = Vault::open(s, PW, o).await.unwrap();
+    put(&w, "/movie.bin", &vec![7u8; 200_000]).await;
+    w.commit().await.unwrap();
+    let r = e.reader().await;
+    let ghost = r.stat_path("/movie.bin").unwrap(); // a follower has it open
+    w.remove("/movie.bin", false).unwrap();
+    w.commit().await.unwrap();
+    let mut out = Vec::new();
+    r.export(&ghost, &mut out, None).await.unwrap();
+    assert_eq!(out, vec![7u8; 200_000], "still readable within the grace");
+    // at the end of the session they go
+    w.delete_freed_now().await.unwrap();
+    let mut out = Vec::new();
+    assert!(r.export(&ghost, &mut out, None).await.is_err());
+    let report = w.check(false, None).await.unwrap();
+    assert_eq!(report.unreferenced, 0, "nothing left for gc");
     w.release_lease().await.unwrap();
 }

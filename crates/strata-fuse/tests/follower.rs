@@ -31,12 +31,13 @@ async fn put(v: &Vault, path: &str, data: &[u8]) {
 }
 
 /// The vault at `url` opened as a writer holding the lease, as another
-/// device would.
+/// device's mount would (it keeps freed blobs for followers a while).
 async fn writer(url: &str, state: &Path) -> Vault {
     let (s, _) = strata_store::open_url(url).unwrap();
     let o = OpenOptions {
         state_dir: Some(state.to_path_buf()),
         lease: Some(LeaseOptions::new("writer on another device")),
+        free_grace: Duration::from_secs(600),
         ..OpenOptions::default()
     };
     Vault::open(s, PASSWORD, o).await.unwrap()
@@ -184,4 +185,57 @@ fn a_follower_of_a_remote_store_sees_rewrites_through_its_read_cache() {
     m.stop().unwrap();
     rt.block_on(w.release_lease()).unwrap();
     cloud.stop(&rt);
+}
+
+#[test]
+fn a_file_deleted_on_the_writer_stays_readable_where_it_is_open() {
+    let _g = serial();
+    can_mount();
+    let env = Env::new();
+    let rt = runtime();
+    let writer_state = tempfile::tempdir().unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let w = rt.block_on(async {
+        let w = writer(&env.store_url, writer_state.path()).await;
+        put(&w, "/doomed.bin", &body).await;
+        put(&w, "/keep.txt", b"kept").await;
+        w.commit().await.unwrap();
+        w
+    });
+    let m = env.mount_with(&env.mnt, |o| {
+        o.read_only = true;
+        o.refresh = Duration::from_secs(1);
+    });
+    let p = env.mnt.join("doomed.bin");
+    let mut f = fs::File::open(&p).unwrap();
+    let mut head = vec![0u8; 1000];
+    std::io::Read::read_exact(&mut f, &mut head).unwrap();
+    assert_eq!(head, body[..1000]);
+    rt.block_on(async {
+        w.remove("/doomed.bin", false).unwrap();
+        w.commit().await.unwrap();
+    });
+    within_refresh("the delete", || !p.exists());
+    // the open handle still reads the whole file, and stat works on it
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut rest).unwrap();
+    assert_eq!(rest, body[1000..], "the open file must stay readable");
+    assert_eq!(f.metadata().unwrap().len(), body.len() as u64);
+    drop(f);
+    assert!(fs::File::open(&p).is_err(), "gone for new opens");
+    // a checkpoint replaces the logs: names deleted before it are gone
+    // from the kernel's cache too, at once, not after its 60 s TTL
+    let k = env.mnt.join("keep.txt");
+    assert_eq!(content(&k).unwrap(), b"kept");
+    rt.block_on(async {
+        w.remove("/keep.txt", false).unwrap();
+        put(&w, "/new.txt", b"new").await;
+        w.commit().await.unwrap();
+        w.checkpoint().await.unwrap();
+    });
+    within_refresh("the delete across a checkpoint", || {
+        !k.exists() && content(&env.mnt.join("new.txt")).as_deref() == Some(&b"new"[..])
+    });
+    m.stop().unwrap();
+    rt.block_on(w.release_lease()).unwrap();
 }

@@ -2,14 +2,17 @@
 //! the vault up with the store ([`strata_core::Vault::refresh`]) and says
 //! what the front end must tell the kernel to forget (cached attributes,
 //! page cache, directory entries), so a file rewritten on the writer reads
-//! back new on the follower.
+//! back new on the follower. A file deleted on the writer while it is open
+//! here stays readable through its open handles (a *ghost*: the inode as
+//! it was, until the last handle is released), as after a local unlink.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use strata_core::follow::Refresh;
-use strata_core::Kind;
+use strata_core::{Inode, Kind, Tree};
 use tracing::{debug, warn};
 
 use crate::{lock, Vfs};
@@ -39,11 +42,25 @@ pub struct FollowStatus {
 }
 
 #[derive(Default)]
-pub(crate) struct FollowState(Mutex<FollowStatus>);
+pub(crate) struct FollowState {
+    status: Mutex<FollowStatus>,
+    /// Inodes deleted by the writer while open here.
+    ghosts: Mutex<HashMap<u64, Inode>>,
+}
 
 impl FollowState {
     pub(crate) fn get(&self) -> FollowStatus {
-        lock(&self.0).clone()
+        lock(&self.status).clone()
+    }
+
+    /// `f` of the ghost `ino`, if there is one.
+    pub(crate) fn with_ghost<R>(&self, ino: u64, f: impl FnOnce(&Inode) -> R) -> Option<R> {
+        lock(&self.ghosts).get(&ino).map(f)
+    }
+
+    /// The last handle on `ino` was released.
+    pub(crate) fn released(&self, ino: u64) {
+        lock(&self.ghosts).remove(&ino);
     }
 }
 
@@ -55,8 +72,23 @@ impl Vfs {
         if !self.read_only() {
             return Err("only a read-only mount follows the store".into());
         }
+        // open files as they are now: those the writer deleted become ghosts
+        let open: Vec<Inode> = self
+            .handles
+            .open_inodes()
+            .into_iter()
+            .filter_map(|ino| self.vault.inode(ino))
+            .collect();
         let r = self.vault.refresh().await;
-        let mut st = lock(&self.follow.0);
+        if r.is_ok() {
+            let mut ghosts = lock(&self.follow.ghosts);
+            for n in open {
+                if self.vault.inode(n.ino).is_none() && self.open_count(n.ino) > 0 {
+                    ghosts.insert(n.ino, n);
+                }
+            }
+        }
+        let mut st = lock(&self.follow.status);
         let r = match r {
             Ok(r) => r,
             Err(e) => {
@@ -85,16 +117,26 @@ impl Vfs {
                 c.entries.sort();
                 c.entries.dedup();
             }
-            // the tree was loaded anew: everything may have changed
-            Refresh::Reloaded => self.vault.with_tree(|t| {
-                for n in t.inodes() {
-                    c.inodes.push(n.ino);
-                    if n.kind == Kind::Dir {
-                        c.entries
-                            .extend(n.entries.keys().map(|name| (n.ino, name.clone())));
+            // the tree was loaded anew: everything may have changed, in
+            // the tree it replaced (names now gone) and in the new one
+            Refresh::Reloaded(old) => {
+                let mut all = |t: &Tree| {
+                    for n in t.inodes() {
+                        c.inodes.push(n.ino);
+                        if n.kind == Kind::Dir {
+                            c.entries
+                                .extend(n.entries.keys().map(|name| (n.ino, name.clone())));
+                        }
                     }
-                }
-            }),
+                };
+                all(&old);
+                drop(old);
+                self.vault.with_tree(all);
+                c.inodes.sort_unstable();
+                c.inodes.dedup();
+                c.entries.sort();
+                c.entries.dedup();
+            }
         }
         Ok(c)
     }

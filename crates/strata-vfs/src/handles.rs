@@ -116,6 +116,11 @@ impl Handles {
         lock(&self.per_ino).get(&ino).copied().unwrap_or(0)
     }
 
+    /// Inodes with open handles.
+    pub(crate) fn open_inodes(&self) -> Vec<u64> {
+        lock(&self.per_ino).keys().copied().collect()
+    }
+
     /// Open handles in all.
     pub(crate) fn total(&self) -> u64 {
         lock(&self.per_ino).values().map(|v| u64::from(*v)).sum()

@@ -70,7 +70,11 @@ impl Vfs {
                 }
             }
         }
-        // 3. let go
+        // 3. let go (what was kept for followers goes first: the next
+        // writer does not know it)
+        if let Err(e) = self.vault.delete_freed_now().await {
+            warn!(error = %e, "could not delete freed blobs; `strata gc` removes them");
+        }
         if let Err(e) = self.vault.release_lease().await {
             // it expires on its own; the asker waits for that or gives up
             warn!(error = %e, "could not release the writer lease for the handoff");

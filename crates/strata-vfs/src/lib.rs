@@ -488,16 +488,24 @@ impl Vfs {
         *lock(&self.last_error) = Some(msg);
     }
 
+    /// Inode `ino` (or, on a follower, the ghost of a file deleted by the
+    /// writer while open here).
     pub(crate) fn node(&self, ino: u64) -> VfsResult<Inode> {
-        self.vault.inode(ino).ok_or(Errno(libc::ENOENT))
+        self.with_node(ino, Inode::clone)
     }
 
     /// `f` of inode `ino`, inside the tree lock: no copy of the inode (a
     /// directory's entries can be many). ENOENT if it is gone.
     pub(crate) fn with_node<R>(&self, ino: u64, f: impl FnOnce(&Inode) -> R) -> VfsResult<R> {
-        self.vault
-            .with_tree(|t| t.get(ino).map(f))
-            .ok_or(Errno(libc::ENOENT))
+        let mut f = Some(f);
+        let found = self
+            .vault
+            .with_tree(|t| t.get(ino).and_then(|n| f.take().map(|f| f(n))));
+        match (found, f) {
+            (Some(r), _) => Ok(r),
+            (None, Some(f)) => self.follow.with_ghost(ino, f).ok_or(Errno(libc::ENOENT)),
+            (None, None) => Err(Errno(libc::ENOENT)),
+        }
     }
 
     /// Attributes of an inode, with the write-back overlay (size, mtime of

@@ -354,6 +354,9 @@ impl Vfs {
     /// file goes away when no handle is left.
     pub async fn release(&self, ino: u64, fh: u64) -> VfsResult<()> {
         let left = self.handles.close(ino, fh);
+        if left == 0 {
+            self.follow.released(ino);
+        }
         if left == 0 && !self.read_only() {
             if let Some(n) = self.vault.inode(ino) {
                 if n.nlink == 0 {

@@ -311,6 +311,8 @@ impl Session {
             accept_rollback: opts.accept_rollback,
             lease,
             read_cache,
+            // a follower may be reading a file this writer deletes
+            free_grace: Duration::from_secs(600),
             checkpoint_records: opts
                 .checkpoint_records
                 .unwrap_or(defaults.checkpoint_records),
@@ -415,11 +417,13 @@ impl Session {
         r
     }
 
-    /// Stop the uploader, give the lease back, unlock the cache directory.
+    /// Stop the uploader, delete the blobs kept for followers, give the
+    /// lease back, unlock the cache directory.
     pub fn finish(mut self, rt: &tokio::runtime::Runtime) {
         if let Some(u) = self.uploader.take() {
             u.abort();
         }
+        delete_freed(rt, &self.vault);
         release_lease(rt, &self.vault);
         self.lock.take();
     }
@@ -442,6 +446,16 @@ pub async fn lease_lost(vault: &Vault) -> String {
 
 /// Give the writer lease back (a failure only delays the next writer until
 /// the lease expires).
+/// Delete what the session's commits freed and kept for followers (a
+/// writer that still holds its lease; a failure leaves them to `gc`).
+fn delete_freed(rt: &tokio::runtime::Runtime, vault: &Vault) {
+    if vault.lease_status().is_some_and(|l| l.state == "held") {
+        if let Err(e) = rt.block_on(vault.delete_freed_now()) {
+            warn!(error = %e, "could not delete freed blobs; `strata gc` removes them");
+        }
+    }
+}
+
 pub fn release_lease(rt: &tokio::runtime::Runtime, vault: &Vault) {
     if let Err(e) = rt.block_on(vault.release_lease()) {
         warn!(error = %e, "could not release the writer lease; it expires by itself");

@@ -42,7 +42,12 @@ fn mount_options(g: &Global, a: &MountArgs, url: String) -> Result<MountOptions>
     o.accept_rollback = g.accept_rollback;
     o.break_lease = a.lease.break_lease;
     let l = crate::session::lease_options(String::new(), false, true);
-    (o.lease_ttl, o.lease_poll) = (l.ttl, l.poll);
+    let poll = if std::env::var_os("STRATA_LEASE_POLL").is_some() {
+        l.poll
+    } else {
+        Duration::from_secs(a.lease_poll)
+    };
+    (o.lease_ttl, o.lease_poll) = (l.ttl, poll);
     Ok(o)
 }
 
@@ -463,6 +468,7 @@ pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
         cache_size: "2GiB".into(),
         read_only: false,
         refresh: 60,
+        lease_poll: 60,
         lease: Default::default(),
         allow_other: false,
         fsync: FsyncArg::Cloud,
