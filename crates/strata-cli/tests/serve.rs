@@ -537,18 +537,34 @@ fn an_interrupted_upload_never_becomes_visible() {
 #[test]
 fn a_read_write_server_holds_the_writer_lease() {
     let env = Env::new();
+    let first = start(&env, &["webdav", "--listen", "127.0.0.1:0"], "cache0");
+    let f = env.p("work/before.txt");
+    std::fs::write(&f, b"accepted by the first server").unwrap();
+    assert_eq!(
+        status(&[
+            "-T",
+            f.to_str().unwrap(),
+            &format!("{}before.txt", first.url)
+        ]),
+        201
+    );
+    // another writer with its own cache (another device) asks the first to
+    // hand over, and gets the vault; the first serves read-only from then on
     let s = start(&env, &["webdav", "--listen", "127.0.0.1:0"], "cache");
-    // another writer with its own cache: refused by the lease
-    let o = env
-        .cmd()
-        .args(["serve", "webdav", "--listen", "127.0.0.1:0", "--cache-dir"])
-        .arg(env.p("cache2"))
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "second writer started: {}", text(&o));
-    assert!(text(&o).contains("strata serve webdav"), "{}", text(&o));
+    assert_eq!(
+        curl(&[&format!("{}before.txt", s.url)]).stdout,
+        b"accepted by the first server"
+    );
+    let put = status(&["-T", "/etc/hostname", &format!("{}late.txt", first.url)]);
+    assert!(
+        put >= 400,
+        "the first server accepted a PUT after the handoff: {put}"
+    );
+    first.stop();
+    // a CLI writer without --take-over is refused, naming the server
     let o = env.cmd().args(["mkdir", "/x"]).output().unwrap();
     assert!(!o.status.success(), "CLI writer allowed: {}", text(&o));
+    assert!(text(&o).contains("strata serve webdav"), "{}", text(&o));
     // the same cache directory: refused by its lock
     let o = env
         .cmd()
