@@ -277,14 +277,21 @@ fn a_mount_holds_the_vault_against_cli_writers_and_second_mounts() {
         std::fs::read(second.mnt.join("hello.txt")).unwrap(),
         b"hello from the mount"
     );
-    let st = status(&e, &e.mnt());
     let second_holder = format!("mount at {}", second.mnt.display());
-    assert!(
-        st.contains(&format!(
-            "handoff:           handed over to {second_holder} on "
-        )),
-        "{st}"
-    );
+    let want = format!("handoff:           handed over to {second_holder} on ");
+    let t = Instant::now();
+    loop {
+        // the status file is rewritten every second
+        let st = status(&e, &e.mnt());
+        if st.contains(&want) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{want:?} missing: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let err = std::fs::write(e.mnt().join("late.txt"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     refused(&e, &["mkdir", "/x"], &second_holder);

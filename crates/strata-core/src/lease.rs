@@ -801,6 +801,12 @@ impl Lease {
         }
     }
 
+    /// Forget the handoff asked (its asker stopped waiting): the next
+    /// request starts a new one.
+    pub(crate) fn clear_handoff(&self) {
+        self.handoff.send_replace(None);
+    }
+
     /// Tell the asker what this holder is doing to hand over.
     pub(crate) async fn answer(&self, req: &HandoffRequest, state: &str) -> VaultResult<()> {
         let epoch = lock(&self.state).epoch;

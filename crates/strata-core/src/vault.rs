@@ -484,6 +484,14 @@ impl Vault {
         }
     }
 
+    /// Give up a handoff whose asker stopped waiting; this writer carries
+    /// on and waits for the next request.
+    pub fn abandon_handoff(&self) {
+        if let Some(l) = &self.lease {
+            l.clear_handoff();
+        }
+    }
+
     /// Tell the device that asked for the lease what this writer is doing
     /// to hand over (shown on its side).
     pub async fn answer_handoff(

@@ -198,6 +198,7 @@ fn take_over(env: &Env, url: &str) {
         f.sync_all().unwrap();
     }
     fs::rename(b.mnt.join("open.txt"), b.mnt.join("renamed.txt")).unwrap();
+    fs::hard_link(b.mnt.join("from-b.bin"), b.mnt.join("linked.bin")).unwrap();
     fs::File::open(b.mnt.join("renamed.txt"))
         .unwrap()
         .sync_all()
@@ -206,7 +207,14 @@ fn take_over(env: &Env, url: &str) {
         fs::read(a.mnt.join("from-b.bin")).ok().as_deref() == Some(&fresh[..])
             && !a.mnt.join("open.txt").exists()
             && a.mnt.join("renamed.txt").exists()
+            && fs::read(a.mnt.join("linked.bin")).ok().as_deref() == Some(&fresh[..])
     });
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(a.mnt.join("linked.bin")).unwrap();
+        let n = fs::metadata(a.mnt.join("from-b.bin")).unwrap();
+        assert_eq!((m.ino(), m.nlink()), (n.ino(), 2), "one inode, two links");
+    }
     mb.stop().unwrap();
     ma.stop().unwrap();
 
@@ -246,5 +254,54 @@ fn the_first_device_writes_again_after_the_second_hands_back() {
         fs::read(b.mnt.join("three")).ok().as_deref() == Some(b"3")
     });
     ma.stop().unwrap();
+    mb.stop().unwrap();
+}
+
+#[test]
+fn a_holder_stays_the_writer_when_the_asker_stops_waiting() {
+    let _g = serial();
+    can_mount();
+    let env = Env::new();
+    let url = env.store_url.clone();
+    let a = Device::new(&env, "a", &url);
+    let ma = Mounted::start(a.options(&env)).unwrap();
+    let mut open = fs::File::create(a.mnt.join("long.log")).unwrap();
+    open.write_all(b"still writing").unwrap();
+    // an impatient asker on another device
+    let rt = runtime();
+    let err = rt.block_on(async {
+        let (s, _) = strata_store::open_url(&url).unwrap();
+        let o = OpenOptions {
+            state_dir: Some(env.root.join("asker-state")),
+            lease: Some(strata_core::LeaseOptions {
+                take_over: true,
+                local_liveness: false,
+                handoff_answer: Duration::from_secs(5),
+                handoff_drain: Duration::from_secs(2),
+                handoff_poll: Duration::from_millis(100),
+                ..strata_core::LeaseOptions::new("impatient asker")
+            }),
+            ..OpenOptions::default()
+        };
+        match Vault::open(s, PASSWORD, o).await {
+            Ok(_) => panic!("the asker got the vault while a file was open for writing"),
+            Err(e) => e.to_string(),
+        }
+    });
+    assert!(err.contains("did not finish handing over"), "{err}");
+    // the holder notices the asker is gone and carries on as the writer
+    wait_for("A giving the handoff up", Duration::from_secs(15), || {
+        status(&ma.mp, "handoff").is_empty()
+    });
+    open.write_all(b", and more").unwrap();
+    drop(open);
+    fs::write(a.mnt.join("after.txt"), b"A still writes").unwrap();
+    ma.stop().unwrap();
+    let mb = Mounted::start(Device::new(&env, "b", &url).options(&env)).unwrap();
+    assert_eq!(
+        fs::read(mb.mp.join("long.log")).unwrap(),
+        b"still writing, and more"
+    );
+    assert_eq!(fs::read(mb.mp.join("after.txt")).unwrap(), b"A still writes");
     mb.stop().unwrap();
 }

@@ -8,6 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use strata_core::handoff::HandoffRequest;
+use strata_core::lease::unix_now;
 use tracing::{info, warn};
 
 use crate::{lock, Vfs};
@@ -20,7 +22,17 @@ impl Vfs {
         if self.read_only() {
             return std::future::pending().await;
         }
-        let req = self.vault.handoff_requested().await;
+        loop {
+            let req = self.vault.handoff_requested().await;
+            if self.hand_over(&req).await {
+                return;
+            }
+        }
+    }
+
+    /// Hand over to `req`; `false` if its asker stopped waiting before the
+    /// files open for writing here were closed (this VFS stays the writer).
+    async fn hand_over(&self, req: &HandoffRequest) -> bool {
         let to = req.describe();
         info!(asker = %to, "handing the vault over");
         let mut said = String::new();
@@ -36,12 +48,18 @@ impl Vfs {
             if n == 0 && self.handles.shut_writes() {
                 break;
             }
+            if unix_now() > req.asker.expires {
+                info!(asker = %to, "the device that asked stopped waiting; still the writer");
+                *lock(&self.handoff) = None;
+                self.vault.abandon_handoff();
+                return false;
+            }
             let state = format!(
                 "waiting for {n} file{} open for writing to be closed",
                 if n == 1 { "" } else { "s" }
             );
             if say(state.clone(), &mut said) {
-                self.answer(&req, &state).await;
+                self.answer(req, &state).await;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -53,14 +71,17 @@ impl Vfs {
         // 2. everything accepted goes to the store; tried again until it
         // does (the lease stays ours meanwhile, the asker keeps waiting)
         loop {
-            let (bytes, chunks, _) = self.wb.totals();
+            let (bytes, _, files) = self.wb.totals();
             let state = if bytes == 0 {
                 "committing".to_string()
             } else {
-                format!("uploading {bytes} bytes ({chunks} chunks) and committing")
+                format!(
+                    "uploading {bytes} bytes of {files} file{} and committing",
+                    if files == 1 { "" } else { "s" }
+                )
             };
             say(state.clone(), &mut said);
-            self.answer(&req, &state).await;
+            self.answer(req, &state).await;
             match self.shutdown(Duration::from_secs(3600), |_, _| {}).await {
                 Ok(()) => break,
                 Err(e) => {
@@ -82,9 +103,10 @@ impl Vfs {
         }
         *lock(&self.handoff) = Some(format!("handed over to {to}; following it"));
         info!(asker = %to, "handed the vault over; following the new writer");
+        true
     }
 
-    async fn answer(&self, req: &strata_core::handoff::HandoffRequest, state: &str) {
+    async fn answer(&self, req: &HandoffRequest, state: &str) {
         if let Err(e) = self.vault.answer_handoff(req, state).await {
             warn!(error = %e, "could not answer the handoff request");
         }
