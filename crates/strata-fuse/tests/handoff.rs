@@ -302,6 +302,9 @@ fn a_holder_stays_the_writer_when_the_asker_stops_waiting() {
         fs::read(mb.mp.join("long.log")).unwrap(),
         b"still writing, and more"
     );
-    assert_eq!(fs::read(mb.mp.join("after.txt")).unwrap(), b"A still writes");
+    assert_eq!(
+        fs::read(mb.mp.join("after.txt")).unwrap(),
+        b"A still writes"
+    );
     mb.stop().unwrap();
 }
