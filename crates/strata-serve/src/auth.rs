@@ -115,9 +115,9 @@ impl Htpasswd {
 
 /// A random key (from the OS) for the verified-credentials hashes.
 fn rand_key(key: &mut [u8; 32]) {
-    // SAFETY: getrandom fills the buffer it is given.
-    let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
-    if n != key.len() as isize {
+    let n =
+        rustix::rand::getrandom(&mut key[..], rustix::rand::GetRandomFlags::empty()).unwrap_or(0);
+    if n != key.len() {
         // fall back to something unpredictable enough for a cache key
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -121,8 +121,10 @@ pub struct VfsDav {
 
 impl VfsDav {
     pub fn new(vfs: Arc<Vfs>) -> Self {
-        // SAFETY: getters without side effects.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let (uid, gid) = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
         VfsDav {
             vfs,
             uid,

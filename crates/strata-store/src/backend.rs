@@ -694,12 +694,8 @@ fn fs_put(
 /// Flush the whole filesystem holding `root` (file data, and the renames and
 /// directory entries of deferred puts) with one `syncfs(2)`.
 fn syncfs(root: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let f = std::fs::File::open(root)?;
-    // SAFETY: syncfs takes a valid open file descriptor; `f` outlives the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::fs::syncfs(&f)?;
     Ok(())
 }
 

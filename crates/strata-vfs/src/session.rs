@@ -7,7 +7,6 @@
 use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,10 +53,10 @@ impl CacheLock {
             .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-        // SAFETY: flock on a descriptor this function owns.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) =
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        {
+            let e = io::Error::from(e);
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut s = String::new();
                 let _ = file.read_to_string(&mut s);
@@ -81,10 +80,7 @@ impl CacheLock {
 impl Drop for CacheLock {
     fn drop(&mut self) {
         let _ = self.file.set_len(0);
-        // SAFETY: unlocking our own descriptor.
-        unsafe {
-            libc::flock(self.file.as_raw_fd(), libc::LOCK_UN);
-        }
+        let _ = rustix::fs::flock(&self.file, rustix::fs::FlockOperation::Unlock);
     }
 }
 
