@@ -80,6 +80,8 @@ pub struct GcReport {
     /// Packs rewritten without their dead items, and the packs written.
     pub packs_repacked: u64,
     pub packs_written: u64,
+    /// Of `bytes_freed`: the bytes of deleted packs (unreferenced or repacked).
+    pub pack_bytes_freed: u64,
 }
 
 /// One problem found by `check`.
@@ -190,6 +192,7 @@ impl Vault {
                 self.store.delete(&ob.key).await?;
                 r.packs_deleted += 1;
                 r.bytes_freed = r.bytes_freed.saturating_add(ob.size);
+                r.pack_bytes_freed = r.pack_bytes_freed.saturating_add(ob.size);
             }
         }
         if o.repack_below > 0.0 {
@@ -333,9 +336,9 @@ impl Vault {
             match self.store.delete(&key).await {
                 Ok(()) => {
                     r.packs_repacked += 1;
-                    r.bytes_freed = r
-                        .bytes_freed
-                        .saturating_add(sizes.get(p).copied().unwrap_or(0));
+                    let n = sizes.get(p).copied().unwrap_or(0);
+                    r.bytes_freed = r.bytes_freed.saturating_add(n);
+                    r.pack_bytes_freed = r.pack_bytes_freed.saturating_add(n);
                 }
                 Err(e) => {
                     warn!(pack = %key, error = %e, "could not delete a repacked pack; the next gc will")
