@@ -230,6 +230,14 @@ impl Vault {
         self.upload_chunk_with(data, true, false).await
     }
 
+    /// [`Vault::upload_chunk_always`] for a mount's recovered chunks, packing
+    /// like [`Vault::upload_chunk_packed`]: a small chunk gets a new item
+    /// (and so a new location) even if a replayed record placed it in a
+    /// pack that the crash kept from being sent.
+    pub async fn upload_chunk_always_packed(&self, data: Vec<u8>) -> VaultResult<Option<ChunkRef>> {
+        self.upload_chunk_with(data, true, true).await
+    }
+
     async fn upload_chunk_with(
         &self,
         data: Vec<u8>,

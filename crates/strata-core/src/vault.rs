@@ -606,8 +606,24 @@ impl Vault {
     /// number of the last one. Records are checked one after another; if one
     /// is rejected, the earlier ones of the unit stay applied (callers check
     /// preconditions first so this does not happen in practice).
-    pub fn apply_all(&self, mut records: Vec<Record>) -> Result<u64, ApplyError> {
+    pub fn apply_all(&self, records: Vec<Record>) -> Result<u64, ApplyError> {
+        self.apply_unit(records)
+            .map(|v| v.last().map(|(s, _)| *s).unwrap_or(0))
+    }
+
+    /// [`Vault::apply_all`], returning every record of the unit as applied
+    /// with its sequence number: the given ones plus the `Pack` records
+    /// that place the packed items they reference (a journal must keep
+    /// those too, so a replay reads the items from their pack).
+    pub fn apply_unit(&self, mut records: Vec<Record>) -> Result<Vec<(u64, Record)>, ApplyError> {
         self.add_pack_records(&mut records);
+        let copy = records.clone();
+        let last = self.apply_records(records)?;
+        let first = last + 1 - copy.len() as u64;
+        Ok((first..=last).zip(copy).collect())
+    }
+
+    fn apply_records(&self, records: Vec<Record>) -> Result<u64, ApplyError> {
         let limit = meta::max_body(self.caps.max_object_size) as usize;
         let size: usize = records
             .iter()
@@ -916,6 +932,13 @@ impl Vault {
             Some(&key),
             "another writer committed this metadata version first; reopen the vault",
         )))
+    }
+
+    /// Send the pack being filled and every pack not yet sent (a mount does
+    /// before it drops local copies of chunks whose records are only
+    /// journaled).
+    pub async fn flush_packs(&self) -> VaultResult<()> {
+        self.chunks.flush_packs().await
     }
 
     /// Hold this while uploading chunks with [`Vault::upload_chunk`] until the
