@@ -515,11 +515,16 @@ pub struct PasswdArgs {
     pub lease: LeaseArgs,
 }
 
-/// Delete stored objects nothing references (leftovers of interrupted runs).
+/// Delete stored objects nothing references (leftovers of interrupted runs),
+/// and repack packs of small files that deletions left mostly empty.
 #[derive(Debug, Args)]
 pub struct GcArgs {
     #[command(flatten)]
     pub lease: LeaseArgs,
+    /// Repack a pack when its live items fill less than this percentage of
+    /// it (0 = never repack)
+    #[arg(long, value_name = "PERCENT", default_value_t = 70, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub repack_below: u8,
 }
 
 /// Verify the vault: every referenced blob exists with the right size.

@@ -12,9 +12,10 @@
 //! decrypted here. Cached bytes that fail authentication drop the blob from
 //! the cache and are fetched once more from the store.
 
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use strata_crypto::{BlobId, Keys};
@@ -26,13 +27,31 @@ use crate::error::{VaultError, VaultResult};
 use crate::fetch::Fetcher;
 use crate::format::blob::{self, segment_range};
 use crate::format::blob_key;
+use crate::format::pack::{
+    self, item_len, item_range, pack_key, PackBuilder, PackId, DEFAULT_PACK_SIZE,
+};
 use crate::layout::{chunk_pieces, ChunkPiece, SegmentSpan};
 use crate::readcache::ReadCache;
 use crate::record::ChunkRef;
-use crate::tree::Inode;
+use crate::tree::{Inode, PackLoc};
 
 /// Decrypting more than this many bytes moves off the async threads.
 const INLINE_DECRYPT: usize = 256 * 1024;
+/// Whole packs kept in memory on stores without range reads.
+const PACK_CACHE_PACKS: usize = 4;
+
+/// Where a blob is, if it is in a pack (the vault's pack table).
+pub type Locator = Box<dyn Fn(&BlobId) -> Option<PackLoc> + Send + Sync>;
+
+/// Packs being written: the one being filled, the ones closed but not yet
+/// confirmed by the store (both readable from memory), and the items packed
+/// whose location no applied record holds yet.
+#[derive(Default)]
+struct Packer {
+    open: Option<PackBuilder>,
+    sealed: Vec<(PackId, Bytes)>,
+    unrecorded: HashMap<BlobId, PackLoc>,
+}
 
 /// Where a vault keeps the ciphertext it reads (see [`ReadCache`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +69,18 @@ pub struct Chunks {
     caps: Capabilities,
     fetcher: Arc<Fetcher>,
     cache: Option<Arc<ReadCache>>,
+    /// The pack table lookup (set once by the vault).
+    locate: OnceLock<Locator>,
+    /// Size of new packs (≤ the store's max object size).
+    pack_size: u64,
+    packer: Mutex<Packer>,
+    /// One pack upload round at a time (so a commit waits for packs other
+    /// writers are sending).
+    pack_upload: tokio::sync::Mutex<()>,
+    /// Whole packs fetched on a store without range reads (newest last),
+    /// and one such fetch at a time.
+    pack_cache: Mutex<VecDeque<(PackId, Bytes)>>,
+    pack_fetch: tokio::sync::Mutex<()>,
 }
 
 impl Chunks {
@@ -67,13 +98,42 @@ impl Chunks {
             },
             None => Some(Arc::new(ReadCache::in_memory(o.cap))),
         });
+        let caps = store.capabilities();
         Chunks {
-            caps: store.capabilities(),
+            pack_size: pack::pack_size_for(DEFAULT_PACK_SIZE, caps.max_object_size),
+            caps,
             fetcher: Arc::new(Fetcher::new(store.clone())),
             store,
             keys,
             cache,
+            locate: OnceLock::new(),
+            packer: Mutex::new(Packer::default()),
+            pack_upload: tokio::sync::Mutex::new(()),
+            pack_cache: Mutex::new(VecDeque::new()),
+            pack_fetch: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Install the pack table lookup (the vault does, once).
+    pub(crate) fn set_locator(&self, f: Locator) {
+        let _ = self.locate.set(f);
+    }
+
+    /// Where blob `id` is stored, if in a pack.
+    pub fn locate(&self, id: &BlobId) -> Option<PackLoc> {
+        self.locate.get().and_then(|f| f(id))
+    }
+
+    /// Size of new packs.
+    pub fn pack_size(&self) -> u64 {
+        self.pack_size
+    }
+
+    /// Use packs of `size` bytes from now on (capped by the store; tests
+    /// use small packs to cross pack boundaries).
+    pub fn set_pack_size(&mut self, size: u64) {
+        self.pack_size =
+            pack::pack_size_for(size.max(pack::FIRST_ITEM + 1), self.caps.max_object_size);
     }
 
     /// The read cache, if there is one.
@@ -98,6 +158,9 @@ impl Chunks {
 
     /// Plaintext bytes `[a, b)` of the blob of `c` (`a < b ≤ blob_len`).
     pub async fn read_blob(&self, c: &ChunkRef, a: u64, b: u64) -> VaultResult<Vec<u8>> {
+        if let Some(loc) = self.locate(&c.id) {
+            return self.read_packed(c, loc, a, b).await;
+        }
         let key = blob_key(&c.id);
         let blob_len = u64::from(c.blob_len);
         if a >= b || b > blob_len {
@@ -138,6 +201,105 @@ impl Chunks {
                 }
             }
         }
+    }
+
+    /// Plaintext bytes `[a, b)` of the packed blob of `c`, stored at `loc`:
+    /// one range read of the segments needed (from memory while the pack
+    /// is not uploaded yet); without range reads, the whole pack once,
+    /// kept in a small in-memory cache for the pack's other items.
+    async fn read_packed(
+        &self,
+        c: &ChunkRef,
+        loc: PackLoc,
+        a: u64,
+        b: u64,
+    ) -> VaultResult<Vec<u8>> {
+        let key = pack_key(&loc.pack);
+        let blob_len = u64::from(c.blob_len);
+        if a >= b || b > blob_len {
+            return Err(VaultError::corrupt(
+                &key,
+                format!("the metadata asks for bytes {a}..{b} of an item of {blob_len}"),
+            ));
+        }
+        let span = SegmentSpan::of(a, b);
+        let r = item_range(u64::from(loc.offset), blob_len, span.first, span.last);
+        let bytes = match self.unsent_pack_bytes(&loc.pack, r.clone()) {
+            Some(b) => b,
+            None if self.caps.range_reads => self.fetcher.get(&key, r.clone(), false).await?,
+            None => {
+                let whole = self.whole_pack(&loc.pack, &key).await?;
+                if (whole.len() as u64) < r.end {
+                    return Err(VaultError::Corrupt {
+                        object: key,
+                        range: Some(r),
+                        file: None,
+                        detail: format!("object is truncated ({} bytes)", whole.len()),
+                    });
+                }
+                whole.slice(r.start as usize..r.end as usize)
+            }
+        };
+        self.open(c.id, blob_len, span, bytes, &key)
+            .await
+            .map_err(|e| match e {
+                // name the bytes of the pack, not of the item
+                VaultError::Corrupt {
+                    object,
+                    file,
+                    detail,
+                    ..
+                } => VaultError::Corrupt {
+                    object,
+                    range: Some(r.clone()),
+                    file,
+                    detail,
+                },
+                other => other,
+            })
+    }
+
+    /// Bytes `r` of a pack still in memory (being filled or being sent).
+    fn unsent_pack_bytes(&self, id: &PackId, r: Range<u64>) -> Option<Bytes> {
+        let p = self.packer.lock().unwrap_or_else(|e| e.into_inner());
+        let cut = |b: &[u8]| {
+            b.get(r.start as usize..r.end as usize)
+                .map(Bytes::copy_from_slice)
+        };
+        if let Some(open) = p.open.as_ref().filter(|o| &o.id == id) {
+            return cut(open.bytes());
+        }
+        p.sealed
+            .iter()
+            .find(|(pid, _)| pid == id)
+            .and_then(|(_, b)| cut(b))
+    }
+
+    /// A whole pack (stores without range reads), from the pack cache or
+    /// fetched once.
+    async fn whole_pack(&self, id: &PackId, key: &str) -> VaultResult<Bytes> {
+        let cached = |s: &Self| {
+            let c = s.pack_cache.lock().unwrap_or_else(|e| e.into_inner());
+            c.iter().find(|(p, _)| p == id).map(|(_, b)| b.clone())
+        };
+        if let Some(b) = cached(self) {
+            return Ok(b);
+        }
+        let _one = self.pack_fetch.lock().await;
+        if let Some(b) = cached(self) {
+            return Ok(b);
+        }
+        let whole = self
+            .store
+            .get(key)
+            .await
+            .map_err(|e| VaultError::from_get(e, key, crate::fetch::HINT))?;
+        let mut c = self.pack_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= PACK_CACHE_PACKS {
+            c.pop_front();
+        }
+        c.push_back((*id, whole.clone()));
+        Ok(whole)
     }
 
     /// Authenticate and decrypt the segments of `span` (`bytes` is their
@@ -218,6 +380,9 @@ impl Chunks {
             let Some(c) = node.chunk(p.index) else {
                 continue;
             };
+            if self.locate(&c.id).is_some() {
+                continue; // packed: small, read with one request when asked
+            }
             let valid = u64::from(c.len.min(c.blob_len));
             let b = p.b.min(valid);
             if p.a < b {
@@ -255,6 +420,135 @@ impl Chunks {
                 .map_err(|e| VaultError::Invalid(format!("encryption task failed: {e}")))??;
         self.store
             .put_deferred(&blob_key(&id), Bytes::from(sealed))
+            .await?;
+        Ok(())
+    }
+
+    /// Seal `data` (whose id is `id`) as an item of the pack being filled,
+    /// starting a new pack when it does not fit; a pack that is full is
+    /// sent to the store here (`put_deferred`, durable at the next sync).
+    /// The item is readable at once (from memory until its pack is sent).
+    /// Its location is kept as *unrecorded* until the vault records it
+    /// ([`Chunks::take_unrecorded`]).
+    pub async fn put_packed(&self, id: BlobId, data: Vec<u8>) -> VaultResult<PackLoc> {
+        let keys = self.keys.clone();
+        let item = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(item_len(data.len() as u64) as usize);
+            blob::seal_segments_into(&keys, &id, &data, &mut out).map(|()| (out, data.len()))
+        })
+        .await
+        .map_err(|e| VaultError::Invalid(format!("encryption task failed: {e}")))??;
+        let (item, len) = item;
+        let blob_len =
+            u32::try_from(len).map_err(|_| VaultError::Invalid("item too large".into()))?;
+        let (loc, closed) = {
+            let mut p = self.packer.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(l) = p.unrecorded.get(&id) {
+                return Ok(*l); // packed a moment ago by another writer
+            }
+            let mut closed = false;
+            if !p.open.as_ref().is_some_and(|o| o.fits(item.len() as u64)) {
+                if let Some(full) = p.open.take() {
+                    let (pid, bytes) = full.finish(self.caps.max_object_size);
+                    p.sealed.push((pid, Bytes::from(bytes)));
+                    closed = true;
+                }
+                p.open = Some(PackBuilder::new(pack::new_pack_id()?, self.pack_size));
+            }
+            let open = p.open.as_mut().expect("a pack is open");
+            let offset = open.push(&item);
+            let loc = PackLoc {
+                pack: open.id,
+                offset: u32::try_from(offset)
+                    .map_err(|_| VaultError::Invalid("pack too large".into()))?,
+                blob_len,
+            };
+            p.unrecorded.insert(id, loc);
+            (loc, closed)
+        };
+        if closed {
+            self.send_sealed_packs().await?;
+        }
+        Ok(loc)
+    }
+
+    /// Where an item packed but not yet recorded is.
+    pub fn unrecorded(&self, id: &BlobId) -> Option<PackLoc> {
+        self.packer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unrecorded
+            .get(id)
+            .copied()
+    }
+
+    /// The unrecorded locations of those of `ids` that have one (they are
+    /// about to be recorded, and are forgotten here).
+    pub fn take_unrecorded(&self, ids: &[BlobId]) -> Vec<(BlobId, PackLoc)> {
+        let mut p = self.packer.lock().unwrap_or_else(|e| e.into_inner());
+        if p.unrecorded.is_empty() {
+            return Vec::new();
+        }
+        ids.iter()
+            .filter_map(|id| p.unrecorded.remove(id).map(|l| (*id, l)))
+            .collect()
+    }
+
+    /// Forget every unrecorded item: items no record will reference (the
+    /// caller holds the data lock exclusively, so no writer is between
+    /// packing an item and recording it). Their bytes become dead space.
+    pub(crate) fn forget_unrecorded(&self) {
+        self.packer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unrecorded
+            .clear();
+    }
+
+    /// Whether pack `id` is still in memory (being filled or sent).
+    pub fn pack_unsent(&self, id: &PackId) -> bool {
+        let p = self.packer.lock().unwrap_or_else(|e| e.into_inner());
+        p.open.as_ref().is_some_and(|o| &o.id == id) || p.sealed.iter().any(|(s, _)| s == id)
+    }
+
+    /// Close the pack being filled and send every pack not yet in the
+    /// store (the vault does before a commit writes logs that reference
+    /// them). On error the packs stay in memory and are sent next time.
+    pub async fn flush_packs(&self) -> VaultResult<()> {
+        {
+            let mut p = self.packer.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(open) = p.open.take() {
+                if open.is_empty() {
+                    p.open = Some(open);
+                } else {
+                    let (pid, bytes) = open.finish(self.caps.max_object_size);
+                    p.sealed.push((pid, Bytes::from(bytes)));
+                }
+            }
+        }
+        self.send_sealed_packs().await
+    }
+
+    async fn send_sealed_packs(&self) -> VaultResult<()> {
+        let _one = self.pack_upload.lock().await;
+        loop {
+            let next = {
+                let p = self.packer.lock().unwrap_or_else(|e| e.into_inner());
+                p.sealed.first().cloned()
+            };
+            let Some((pid, bytes)) = next else {
+                return Ok(());
+            };
+            self.store.put_deferred(&pack_key(&pid), bytes).await?;
+            let mut p = self.packer.lock().unwrap_or_else(|e| e.into_inner());
+            p.sealed.retain(|(s, _)| s != &pid);
+        }
+    }
+
+    /// Put a whole pack (gc's repack), durable at the next sync.
+    pub(crate) async fn put_pack(&self, id: &PackId, bytes: Vec<u8>) -> VaultResult<()> {
+        self.store
+            .put_deferred(&pack_key(id), Bytes::from(bytes))
             .await?;
         Ok(())
     }

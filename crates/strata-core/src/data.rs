@@ -17,6 +17,7 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{VaultError, VaultResult};
+use crate::format::pack::packable;
 use crate::layout::chunk_pieces;
 use crate::paths::apply_error;
 use crate::record::{now, ChunkRef, Kind, Record, Ts};
@@ -185,7 +186,7 @@ impl Vault {
                     let data =
                         r.map_err(|e| VaultError::io(format!("reading the source of {path}"), e))?;
                     let n = data.len() as u64;
-                    let c = self.upload_chunk(data).await?;
+                    let c = self.upload_chunk_with(data, false, true).await?;
                     if let Some(p) = &progress {
                         p(n);
                     }
@@ -207,7 +208,16 @@ impl Vault {
     /// Seal and upload one chunk (unless an identical one is already stored);
     /// all-zero chunks become holes (`None`). Caller holds `data_lock` shared.
     pub async fn upload_chunk(&self, data: Vec<u8>) -> VaultResult<Option<ChunkRef>> {
-        self.upload_chunk_with(data, false).await
+        self.upload_chunk_with(data, false, false).await
+    }
+
+    /// [`Vault::upload_chunk`] that puts a partial chunk (a small file, or
+    /// the tail of a large one) into a pack (FORMAT §5.6) instead of a blob
+    /// object of its own. The records that reference it get the pack's
+    /// location added when they are applied, and the pack is sent to the
+    /// store at the latest by the commit that makes them durable.
+    pub async fn upload_chunk_packed(&self, data: Vec<u8>) -> VaultResult<Option<ChunkRef>> {
+        self.upload_chunk_with(data, false, true).await
     }
 
     /// [`Vault::upload_chunk`] that puts the blob even when the tree already
@@ -217,13 +227,22 @@ impl Vault {
     /// trusting the reference would commit a dangling one. Puts are
     /// idempotent (same content, same bytes), so this costs one upload.
     pub async fn upload_chunk_always(&self, data: Vec<u8>) -> VaultResult<Option<ChunkRef>> {
-        self.upload_chunk_with(data, true).await
+        self.upload_chunk_with(data, true, false).await
+    }
+
+    /// [`Vault::upload_chunk_always`] for a mount's recovered chunks, packing
+    /// like [`Vault::upload_chunk_packed`]: a small chunk gets a new item
+    /// (and so a new location) even if a replayed record placed it in a
+    /// pack that the crash kept from being sent.
+    pub async fn upload_chunk_always_packed(&self, data: Vec<u8>) -> VaultResult<Option<ChunkRef>> {
+        self.upload_chunk_with(data, true, true).await
     }
 
     async fn upload_chunk_with(
         &self,
         data: Vec<u8>,
         always: bool,
+        pack: bool,
     ) -> VaultResult<Option<ChunkRef>> {
         if data.iter().all(|&b| b == 0) {
             return Ok(None);
@@ -237,6 +256,13 @@ impl Vault {
         };
         if !always && self.with_tree(|t| t.blob_refs(&id)) > 0 {
             return Ok(Some(cref)); // dedup: already stored and referenced
+        }
+        let chunk_size = u64::from(self.chunk_size);
+        if pack && packable(u64::from(len), chunk_size, self.chunks.pack_size()) {
+            if always || self.chunks.unrecorded(&id).is_none() {
+                self.chunks.put_packed(id, data).await?;
+            }
+            return Ok(Some(cref));
         }
         self.chunks.put(id, data).await?;
         Ok(Some(cref))

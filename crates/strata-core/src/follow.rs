@@ -218,7 +218,7 @@ pub(crate) enum Update {
     Logs(Vec<(u64, [u8; 32], u64, Vec<Record>)>),
     /// Our next log is gone (the writer checkpointed past it): the state
     /// loaded anew.
-    Reload(Loaded),
+    Reload(Box<Loaded>),
 }
 
 /// One listing of `meta/`, and what a follower at `(version, head)` must
@@ -265,5 +265,5 @@ pub(crate) async fn update_since(
         accept_rollback,
     )
     .await?;
-    Ok(Update::Reload(l))
+    Ok(Update::Reload(Box::new(l)))
 }

@@ -44,6 +44,15 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+/// One item of a pack: the blob `id` (of `blob_len` plaintext bytes) is
+/// stored at byte `offset` of the pack (format version 2, FORMAT §5.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackItem {
+    pub id: BlobId,
+    pub offset: u32,
+    pub blob_len: u32,
+}
+
 /// Attributes of a new inode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewInode {
@@ -134,6 +143,13 @@ pub enum Record {
     Forget {
         ino: u64,
     },
+    /// The blobs of `items` are stored in pack `pack` (format version 2):
+    /// each referenced one is read from there from now on (a new pack, or a
+    /// repack moving it). Items no chunk references are ignored.
+    Pack {
+        pack: BlobId,
+        items: Vec<PackItem>,
+    },
 }
 impl Record {
     /// What a record changes, for a follower telling the kernel what to
@@ -164,6 +180,8 @@ impl Record {
             | Record::SetXattr { ino, .. }
             | Record::RemoveXattr { ino, .. }
             | Record::Forget { ino } => (vec![*ino], Vec::new()),
+            // where bytes are stored changes no file's attributes or data
+            Record::Pack { .. } => (Vec::new(), Vec::new()),
         }
     }
 }

@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use strata_crypto::BlobId;
 
-use crate::record::{ChunkRef, Kind, NewInode, Record, Ts, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use crate::format::pack::{item_len, FIRST_ITEM};
+use crate::record::{
+    ChunkRef, Kind, NewInode, PackItem, Record, Ts, RENAME_EXCHANGE, RENAME_NOREPLACE,
+};
 
 pub const ROOT_INO: u64 = 1;
 /// Longest name accepted in a directory (bytes), like most Linux filesystems.
@@ -78,6 +81,22 @@ impl std::fmt::Display for ApplyError {
     }
 }
 
+/// Where a packed blob is stored (FORMAT §5.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackLoc {
+    pub pack: BlobId,
+    pub offset: u32,
+    pub blob_len: u32,
+}
+
+/// The live (referenced) items of one pack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackUse {
+    pub items: u64,
+    /// Stored bytes of those items.
+    pub bytes: u64,
+}
+
 /// The whole metadata tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tree {
@@ -85,13 +104,43 @@ pub struct Tree {
     next_ino: u64,
     /// Blob id → number of chunk slots referencing it.
     refs: HashMap<BlobId, u64>,
+    /// The pack table: referenced blobs stored in packs (the others are
+    /// blob objects of their own). Only referenced blobs have an entry.
+    packed: HashMap<BlobId, PackLoc>,
+    /// Pack → its live items.
+    packs: HashMap<BlobId, PackUse>,
 }
 
-/// Serialized form of a tree (checkpoint body).
+/// What applying a record made deletable (once the record is durable).
+#[derive(Debug, Default)]
+pub struct Freed {
+    /// Blob objects no chunk references any more.
+    pub blobs: Vec<BlobId>,
+    /// Packs whose last live item went.
+    pub packs: Vec<BlobId>,
+}
+
+/// Serialized form of a tree (checkpoint body). The pack table is not part
+/// of the postcard struct: `format::meta` writes it after the checkpoint
+/// body (format version 2), so version-1 checkpoints decode unchanged.
 #[derive(Serialize, Deserialize)]
 pub struct TreeImage {
     pub next_ino: u64,
     pub inodes: Vec<Inode>,
+    #[serde(skip)]
+    pub packs: Vec<PackEntry>,
+}
+
+/// The items of one pack, in a checkpoint's pack table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackEntry {
+    pub pack: BlobId,
+    pub items: Vec<PackItem>,
+}
+
+/// A pack item can only start after the pack's magic.
+fn valid_item(i: &PackItem) -> bool {
+    u64::from(i.offset) >= FIRST_ITEM && i.blob_len > 0
 }
 
 fn valid_name(name: &[u8]) -> Result<(), ApplyError> {
@@ -134,6 +183,8 @@ impl Tree {
             inodes,
             next_ino: ROOT_INO + 1,
             refs: HashMap::new(),
+            packed: HashMap::new(),
+            packs: HashMap::new(),
         }
     }
 
@@ -165,20 +216,94 @@ impl Tree {
                 }
             }
         }
-        Ok(Tree {
+        let mut t = Tree {
             inodes,
             next_ino: img.next_ino,
             refs,
-        })
+            packed: HashMap::new(),
+            packs: HashMap::new(),
+        };
+        for e in &img.packs {
+            if e.items.iter().any(|i| !valid_item(i)) {
+                return Err("pack table item at an impossible offset".into());
+            }
+            t.place(e.pack, &e.items, &mut Vec::new());
+        }
+        Ok(t)
     }
 
-    /// The image written into a checkpoint (sorted by inode number).
+    /// The image written into a checkpoint (sorted by inode number; the
+    /// pack table sorted by pack, items by offset).
     pub fn to_image(&self) -> TreeImage {
         let mut inodes: Vec<Inode> = self.inodes.values().cloned().collect();
         inodes.sort_by_key(|i| i.ino);
+        let mut by_pack: BTreeMap<BlobId, Vec<PackItem>> = BTreeMap::new();
+        for (id, l) in &self.packed {
+            by_pack.entry(l.pack).or_default().push(PackItem {
+                id: *id,
+                offset: l.offset,
+                blob_len: l.blob_len,
+            });
+        }
+        let packs = by_pack
+            .into_iter()
+            .map(|(pack, mut items)| {
+                items.sort_by_key(|i| (i.offset, i.id));
+                PackEntry { pack, items }
+            })
+            .collect();
         TreeImage {
             next_ino: self.next_ino,
             inodes,
+            packs,
+        }
+    }
+
+    /// Where blob `id` is stored when it is in a pack.
+    pub fn packed(&self, id: &BlobId) -> Option<PackLoc> {
+        self.packed.get(id).copied()
+    }
+
+    /// Every pack with live items.
+    pub fn packs(&self) -> &HashMap<BlobId, PackUse> {
+        &self.packs
+    }
+
+    /// The pack table (blob → location).
+    pub fn pack_table(&self) -> &HashMap<BlobId, PackLoc> {
+        &self.packed
+    }
+
+    /// Record that the referenced blobs of `items` are in `pack` (moving
+    /// them out of where they were); packs left without items are pushed
+    /// to `dead`.
+    fn place(&mut self, pack: BlobId, items: &[PackItem], dead: &mut Vec<BlobId>) {
+        for it in items {
+            if self.blob_refs(&it.id) == 0 {
+                continue;
+            }
+            let loc = PackLoc {
+                pack,
+                offset: it.offset,
+                blob_len: it.blob_len,
+            };
+            if let Some(old) = self.packed.insert(it.id, loc) {
+                self.pack_dec(&old, dead);
+            }
+            let u = self.packs.entry(pack).or_default();
+            u.items += 1;
+            u.bytes += item_len(u64::from(it.blob_len));
+        }
+    }
+
+    fn pack_dec(&mut self, l: &PackLoc, dead: &mut Vec<BlobId>) {
+        if let Some(u) = self.packs.get_mut(&l.pack) {
+            u.items -= 1;
+            u.bytes = u.bytes.saturating_sub(item_len(u64::from(l.blob_len)));
+            if u.items == 0 {
+                self.packs.remove(&l.pack);
+                dead.push(l.pack);
+            }
         }
     }
 
@@ -238,17 +363,20 @@ impl Tree {
         self.inodes.get_mut(&ino).ok_or(ApplyError::NotFound)
     }
 
-    fn unref(&mut self, c: &ChunkRef, freed: &mut Vec<BlobId>) {
+    fn unref(&mut self, c: &ChunkRef, freed: &mut Freed) {
         if let Some(n) = self.refs.get_mut(&c.id) {
             *n -= 1;
             if *n == 0 {
                 self.refs.remove(&c.id);
-                freed.push(c.id);
+                match self.packed.remove(&c.id) {
+                    Some(l) => self.pack_dec(&l, &mut freed.packs),
+                    None => freed.blobs.push(c.id),
+                }
             }
         }
     }
 
-    fn drop_inode(&mut self, ino: u64, freed: &mut Vec<BlobId>) {
+    fn drop_inode(&mut self, ino: u64, freed: &mut Freed) {
         if let Some(node) = self.inodes.remove(&ino) {
             for c in node.chunks.iter().flatten() {
                 self.unref(c, freed);
@@ -276,7 +404,7 @@ impl Tree {
         ino: u64,
         keep_orphan: bool,
         time: Ts,
-        freed: &mut Vec<BlobId>,
+        freed: &mut Freed,
     ) {
         let Some(node) = self.inodes.get_mut(&ino) else {
             return;
@@ -433,6 +561,11 @@ impl Tree {
                     return Err(ApplyError::Invalid);
                 }
             }
+            Record::Pack { items, .. } => {
+                if !items.iter().all(valid_item) {
+                    return Err(ApplyError::Invalid);
+                }
+            }
         }
         Ok(())
     }
@@ -440,8 +573,14 @@ impl Tree {
     /// Apply a record. Returns blobs whose reference count dropped to zero
     /// (deletable once the record is durable). On error nothing changed.
     pub fn apply(&mut self, r: &Record) -> Result<Vec<BlobId>, ApplyError> {
+        self.apply_freeing(r).map(|f| f.blobs)
+    }
+
+    /// [`Tree::apply`], returning the blob objects and the packs it made
+    /// deletable.
+    pub fn apply_freeing(&mut self, r: &Record) -> Result<Freed, ApplyError> {
         self.validate(r)?;
-        let mut freed = Vec::new();
+        let mut freed = Freed::default();
         match r {
             Record::Create {
                 ino,
@@ -574,6 +713,7 @@ impl Tree {
                 n.ctime = *time;
             }
             Record::Forget { ino } => self.drop_inode(*ino, &mut freed),
+            Record::Pack { pack, items } => self.place(*pack, items, &mut freed.packs),
         }
         Ok(freed)
     }
@@ -625,7 +765,7 @@ impl Tree {
         new_name: &[u8],
         flags: u32,
         time: Ts,
-        freed: &mut Vec<BlobId>,
+        freed: &mut Freed,
     ) {
         let Some(src) = self.lookup(parent, name) else {
             return;
@@ -702,7 +842,7 @@ impl Tree {
 
     /// Set a file's size: drop chunk slots past the end, clamp the last
     /// partial chunk so stale bytes never reappear when the file grows again.
-    fn truncate(&mut self, ino: u64, size: u64, freed: &mut Vec<BlobId>) {
+    fn truncate(&mut self, ino: u64, size: u64, freed: &mut Freed) {
         let mut dropped = Vec::new();
         if let Some(n) = self.inodes.get_mut(&ino) {
             if n.kind != Kind::File {

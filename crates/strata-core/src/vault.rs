@@ -7,12 +7,13 @@
 //! is durable are the logs it covers deleted. Blobs whose last reference was
 //! dropped are deleted only after the log that dropped them is durable.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use strata_crypto::{BlobId, KdfParams, Keys};
+use strata_crypto::{BlobId, KdfParams, Kek, Keys, MasterKey};
 use strata_store::{Bytes, Capabilities, DynStore, StoreErrorKind};
 use tracing::{debug, info, warn};
 
@@ -22,9 +23,10 @@ use crate::follow::{self, list_meta, Loaded, Refresh, Update};
 use crate::format::blob::{chunk_size_for, SEGMENT};
 use crate::format::header::Header;
 use crate::format::meta::{self, CheckpointBody, LogBody};
-use crate::format::{self, HEADER_KEY};
+use crate::format::pack::pack_key;
+use crate::format::{self, FORMAT_VERSION, HEADER_KEY};
 use crate::lease::{self, Lease, LeaseOptions, LeaseStatus};
-use crate::record::{now, Record};
+use crate::record::{now, PackItem, Record};
 use crate::state::{self, SeenState};
 use crate::tree::{ApplyError, Inode, Tree};
 
@@ -76,6 +78,9 @@ pub struct OpenOptions {
     /// file deleted here that it has open; what is left at the end goes
     /// with [`Vault::delete_freed_now`] (or `gc`). Mounts: 10 min.
     pub free_grace: Duration,
+    /// Size of the packs small files are written into (capped by the
+    /// store's max object size; FORMAT §5.6).
+    pub pack_size: u64,
 }
 
 impl Default for OpenOptions {
@@ -88,6 +93,7 @@ impl Default for OpenOptions {
             lease: None,
             read_cache: None,
             free_grace: Duration::ZERO,
+            pack_size: crate::format::pack::DEFAULT_PACK_SIZE,
         }
     }
 }
@@ -104,6 +110,8 @@ pub(crate) struct Inner {
     writer_seq: u64,
     /// Blobs whose last reference went, and when.
     freed: Vec<(Instant, BlobId)>,
+    /// Packs whose last live item went (deletable like freed blobs), and when.
+    freed_packs: Vec<(Instant, BlobId)>,
     pub(crate) version: u64,
     head: [u8; 32],
     checkpoint_version: u64,
@@ -148,7 +156,13 @@ pub struct Vault {
     /// Chunk size for new files.
     pub(crate) chunk_size: u32,
     pub(crate) opts: OpenOptions,
-    pub(crate) inner: Mutex<Inner>,
+    pub(crate) inner: Arc<Mutex<Inner>>,
+    /// For a vault of an older format version: the keys to rewrap its
+    /// header at the current version, which it needs before its first
+    /// log that references a pack (FORMAT §12).
+    upgrade: Mutex<Option<(Kek, MasterKey)>>,
+    /// Records naming packs were applied this session.
+    wrote_packs: AtomicBool,
     /// Serializes commits.
     commit_lock: tokio::sync::Mutex<()>,
     /// Writers hold it shared while uploading+referencing blobs; blob deletion
@@ -251,6 +265,7 @@ impl Vault {
         };
         let mut v = Vault::assemble(store, header, vault_id, keys, tree, 0, head, 0, 0, opts);
         v.lease = lease;
+        debug_assert_eq!(v.format_version(), FORMAT_VERSION);
         v.save_seen()?;
         info!(store = %v.store_name, "created vault");
         Ok(v)
@@ -276,14 +291,34 @@ impl Vault {
             &state_dir(&opts),
             &hex::encode(vault_id),
         ));
+        let mut chunks = Chunks::new(store.clone(), keys.clone(), opts.read_cache.as_ref());
+        chunks.set_pack_size(opts.pack_size);
+        let inner = Arc::new(Mutex::new(Inner {
+            tree,
+            pending: Vec::new(),
+            breaks: Vec::new(),
+            pending_first_seq: writer_seq + 1,
+            writer_seq,
+            freed: Vec::new(),
+            freed_packs: Vec::new(),
+            version,
+            head,
+            checkpoint_version,
+            records_since_checkpoint: 0,
+            logs_since_checkpoint: 0,
+            staged: Vec::new(),
+            reported_version: version,
+        }));
+        let table = Arc::downgrade(&inner);
+        chunks.set_locator(Box::new(move |id| {
+            let inner = table.upgrade()?;
+            let g = lock(&inner);
+            g.tree.packed(id)
+        }));
         Vault {
             seen,
             store_name: store.describe(),
-            chunks: Arc::new(Chunks::new(
-                store.clone(),
-                keys.clone(),
-                opts.read_cache.as_ref(),
-            )),
+            chunks: Arc::new(chunks),
             store,
             header: Mutex::new(header),
             vault_id,
@@ -291,21 +326,9 @@ impl Vault {
             caps,
             chunk_size,
             opts,
-            inner: Mutex::new(Inner {
-                tree,
-                pending: Vec::new(),
-                breaks: Vec::new(),
-                pending_first_seq: writer_seq + 1,
-                writer_seq,
-                freed: Vec::new(),
-                version,
-                head,
-                checkpoint_version,
-                records_since_checkpoint: 0,
-                logs_since_checkpoint: 0,
-                staged: Vec::new(),
-                reported_version: version,
-            }),
+            inner,
+            upgrade: Mutex::new(None),
+            wrote_packs: AtomicBool::new(false),
             commit_lock: tokio::sync::Mutex::new(()),
             data_lock: Arc::new(tokio::sync::RwLock::new(())),
 
@@ -336,9 +359,10 @@ impl Vault {
     pub async fn open(store: DynStore, password: &[u8], opts: OpenOptions) -> VaultResult<Vault> {
         let name = store.describe();
         let header = Vault::read_header(&store).await?;
-        let master = header.unlock(password, &name)?;
+        let (master, kek) = header.unlock_with_kek(password, &name)?;
         let keys = Arc::new(Keys::derive(&master)?);
-        drop(master);
+        // an older version keeps what it takes to upgrade the header
+        let upgrade = (header.version < FORMAT_VERSION).then_some((kek, master));
         let vault_id = header.vault_id_bytes()?;
         let lease = match &opts.lease {
             Some(lo) => {
@@ -349,6 +373,7 @@ impl Vault {
         match Vault::open_locked(store, header, keys, vault_id, opts).await {
             Ok(mut v) => {
                 v.lease = lease;
+                *v.upgrade.get_mut().unwrap_or_else(|e| e.into_inner()) = upgrade;
                 Ok(v)
             }
             Err(e) => {
@@ -622,6 +647,23 @@ impl Vault {
     /// is rejected, the earlier ones of the unit stay applied (callers check
     /// preconditions first so this does not happen in practice).
     pub fn apply_all(&self, records: Vec<Record>) -> Result<u64, ApplyError> {
+        self.apply_unit(records)
+            .map(|v| v.last().map(|(s, _)| *s).unwrap_or(0))
+    }
+
+    /// [`Vault::apply_all`], returning every record of the unit as applied
+    /// with its sequence number: the given ones plus the `Pack` records
+    /// that place the packed items they reference (a journal must keep
+    /// those too, so a replay reads the items from their pack).
+    pub fn apply_unit(&self, mut records: Vec<Record>) -> Result<Vec<(u64, Record)>, ApplyError> {
+        self.add_pack_records(&mut records);
+        let copy = records.clone();
+        let last = self.apply_records(records)?;
+        let first = last + 1 - copy.len() as u64;
+        Ok((first..=last).zip(copy).collect())
+    }
+
+    fn apply_records(&self, records: Vec<Record>) -> Result<u64, ApplyError> {
         let limit = meta::max_body(self.caps.max_object_size) as usize;
         let size: usize = records
             .iter()
@@ -637,10 +679,12 @@ impl Vault {
         let mut g = lock(&self.inner);
         let mut result = Ok(());
         for r in records {
-            match g.tree.apply(&r) {
+            match g.tree.apply_freeing(&r) {
                 Ok(freed) => {
                     let now = Instant::now();
-                    g.freed.extend(freed.into_iter().map(|id| (now, id)));
+                    g.freed.extend(freed.blobs.into_iter().map(|id| (now, id)));
+                    g.freed_packs
+                        .extend(freed.packs.into_iter().map(|id| (now, id)));
                     g.pending.push(r);
                 }
                 Err(e) => {
@@ -653,6 +697,83 @@ impl Vault {
         g.breaks.push((end, size));
         result?;
         Ok(g.pending_first_seq + g.pending.len() as u64 - 1)
+    }
+
+    /// Append to a unit the `Pack` records of the items its `SetChunks`
+    /// reference that were packed but not yet recorded (after them: a pack
+    /// record only places referenced blobs), so a file's chunks and their
+    /// locations are always in one log object.
+    fn add_pack_records(&self, records: &mut Vec<Record>) {
+        let ids: Vec<BlobId> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::SetChunks { chunks, .. } => Some(chunks.iter().flatten().map(|c| c.id)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut by_pack: BTreeMap<BlobId, Vec<PackItem>> = BTreeMap::new();
+        for (id, l) in self.chunks.take_unrecorded(&ids) {
+            by_pack.entry(l.pack).or_default().push(PackItem {
+                id,
+                offset: l.offset,
+                blob_len: l.blob_len,
+            });
+        }
+        if by_pack.is_empty() {
+            return;
+        }
+        self.wrote_packs.store(true, Ordering::SeqCst);
+        for (pack, items) in by_pack {
+            records.push(Record::Pack { pack, items });
+        }
+    }
+
+    /// The format version of this vault's header.
+    pub fn format_version(&self) -> u32 {
+        self.header
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .version
+    }
+
+    /// Before the first log naming a pack goes to a vault of an older
+    /// format version: rewrite its header at the current version (the
+    /// master key rewrapped with the key it was opened with), so a reader
+    /// that predates packs refuses the vault instead of misreading it.
+    async fn upgrade_header_if_needed(&self) -> VaultResult<()> {
+        if !self.wrote_packs.load(Ordering::SeqCst) || self.format_version() >= FORMAT_VERSION {
+            return Ok(());
+        }
+        let new = {
+            let up = self.upgrade.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((kek, master)) = up.as_ref() else {
+                return Err(VaultError::Invalid(
+                    "this vault has an older format version and cannot be upgraded in this session; reopen it".into(),
+                ));
+            };
+            let current = self
+                .header
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            current.with_version(FORMAT_VERSION, kek, master)?
+        };
+        self.check_writable().await?;
+        self.store
+            .put(HEADER_KEY, Bytes::from(new.to_bytes()?))
+            .await?;
+        info!(
+            store = %self.store_name,
+            version = FORMAT_VERSION,
+            "upgraded the vault's format version (packs); older strata versions now refuse it"
+        );
+        *self.header.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        *self.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
     }
 
     /// Sequence number of the newest record durable in the store. Records
@@ -680,9 +801,13 @@ impl Vault {
         // Blobs referenced by the staged records were put (possibly with
         // deferred durability) before those records were applied, hence
         // before staging: one sync makes them all durable before any log
-        // that references them.
+        // that references them. Packed items were put into a pack before
+        // their records were applied: that pack is sent now (items packed
+        // after staging go into a new pack, referenced by later logs only).
         if !lock(&self.inner).staged.is_empty() {
+            self.chunks.flush_packs().await?;
             self.store.sync().await?;
+            self.upgrade_header_if_needed().await?;
         }
         // Send staged logs in order. A failed put leaves them staged: the next
         // commit re-sends the *same bytes*, so whether or not the failed
@@ -851,6 +976,13 @@ impl Vault {
         )))
     }
 
+    /// Send the pack being filled and every pack not yet sent (a mount does
+    /// before it drops local copies of chunks whose records are only
+    /// journaled).
+    pub async fn flush_packs(&self) -> VaultResult<()> {
+        self.chunks.flush_packs().await
+    }
+
     /// Hold this while uploading chunks with [`Vault::upload_chunk`] until the
     /// records referencing them are applied: blobs are never deleted (as
     /// unreferenced) under a writer that is about to reference them.
@@ -858,14 +990,21 @@ impl Vault {
         self.data_lock.clone().read_owned().await
     }
 
-    /// Blobs referenced by the tree, if the tree equals the committed state
+    /// Blob objects and packs referenced by the tree (a packed blob needs
+    /// its pack, not a blob object), if the tree equals the committed state
     /// (nothing queued or staged); `None` otherwise.
-    pub(crate) fn committed_refs(&self) -> Option<HashSet<BlobId>> {
+    pub(crate) fn committed_refs(&self) -> Option<(HashSet<BlobId>, HashSet<BlobId>)> {
         let g = lock(&self.inner);
         if !g.pending.is_empty() || !g.staged.is_empty() {
             return None;
         }
-        Some(g.tree.referenced_blobs().into_keys().collect())
+        let blobs = g
+            .tree
+            .referenced_blobs()
+            .into_keys()
+            .filter(|id| g.tree.packed(id).is_none())
+            .collect();
+        Some((blobs, g.tree.packs().keys().copied().collect()))
     }
 
     /// Records applied but not yet durable in the store (queued + staged).
@@ -891,20 +1030,40 @@ impl Vault {
         let Ok(_w) = self.data_lock.try_write() else {
             return Ok(());
         };
-        let doomed: Vec<BlobId> = {
+        let (doomed, dead_packs): (Vec<BlobId>, Vec<BlobId>) = {
             let mut g = lock(&self.inner);
             if !g.pending.is_empty() || !g.staged.is_empty() {
                 return Ok(()); // uncommitted records might reference them again
             }
+            // no writer is between packing an item and recording it: the
+            // unrecorded ones never will be, and cannot revive a pack
+            self.chunks.forget_unrecorded();
             let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut g.freed)
                 .into_iter()
                 .partition(|(t, _)| t.elapsed() >= grace);
             g.freed = keep;
+            let (due_packs, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut g.freed_packs)
+                .into_iter()
+                .partition(|(t, _)| t.elapsed() >= grace);
+            g.freed_packs = keep;
             let set: HashSet<BlobId> = due.into_iter().map(|(_, id)| id).collect();
-            set.into_iter()
-                .filter(|id| g.tree.blob_refs(id) == 0)
-                .collect()
+            let packs: HashSet<BlobId> = due_packs.into_iter().map(|(_, id)| id).collect();
+            (
+                set.into_iter()
+                    .filter(|id| g.tree.blob_refs(id) == 0 && g.tree.packed(id).is_none())
+                    .collect(),
+                packs
+                    .into_iter()
+                    .filter(|p| !g.tree.packs().contains_key(p) && !self.chunks.pack_unsent(p))
+                    .collect(),
+            )
         };
+        for p in dead_packs {
+            let key = pack_key(&p);
+            if let Err(e) = self.store.delete(&key).await {
+                warn!(%key, error = %e, "could not delete an emptied pack; `strata gc` will retry");
+            }
+        }
         for id in doomed {
             let key = format::blob_key(&id);
             if let Err(e) = self.store.delete(&key).await {

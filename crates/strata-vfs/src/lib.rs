@@ -437,16 +437,22 @@ impl Vfs {
         if asked && self.demoted.load(Ordering::SeqCst) {
             return Err(Errno(libc::EROFS));
         }
-        let seq = self.vault.apply(r.clone())?;
-        if let Err(e) = j.append(seq, &r) {
-            // The change is in memory and will be committed; until then
-            // close and fsync commit rather than trust the journal.
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                self.space.hit_full();
+        // the unit as applied: with the `Pack` records placing the packed
+        // chunks `r` references, which the journal needs as well
+        let unit = self.vault.apply_unit(vec![r])?;
+        let seq = unit.last().map(|(s, _)| *s).unwrap_or(0);
+        for (s, rec) in &unit {
+            if let Err(e) = j.append(*s, rec) {
+                // The change is in memory and will be committed; until then
+                // close and fsync commit rather than trust the journal.
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    self.space.hit_full();
+                }
+                warn!(error = %e, "could not append to the local journal; the next close or fsync commits to the store instead");
+                self.note_error(format!("local journal write failed: {e}"));
+                self.journal_gap.fetch_max(seq, Ordering::SeqCst);
+                break;
             }
-            warn!(error = %e, "could not append to the local journal; the next close or fsync commits to the store instead");
-            self.note_error(format!("local journal write failed: {e}"));
-            self.journal_gap.fetch_max(seq, Ordering::SeqCst);
         }
         drop(j);
         // No wake-up of the uploader: it commits on its own tick, and

@@ -414,10 +414,12 @@ impl Vfs {
             }
         };
         let _guard = self.vault.data_guard().await;
+        // small chunks (small files, short tails) go into packs, sent at
+        // the next commit (or before chunk files are released early)
         let up = if recovered {
-            self.vault.upload_chunk_always(data).await
+            self.vault.upload_chunk_always_packed(data).await
         } else {
-            self.vault.upload_chunk(data).await
+            self.vault.upload_chunk_packed(data).await
         };
         let cref = match up {
             Ok(c) => c,
@@ -496,15 +498,20 @@ impl Vfs {
 
     /// Short of cache space (or over half the dirty budget): release the
     /// files of uploaded chunks before the commit, as soon as the synced
-    /// journal holds their `SetChunks` records (after a crash the journal
-    /// replays them; the blobs are in the store). Not while the journal
-    /// misses a record.
+    /// journal holds their `SetChunks` (and `Pack`) records and the packs
+    /// are sent (after a crash the journal replays them; the blobs and
+    /// packs are in the store). Not while the journal misses a record.
     async fn release_uploaded_early(&self) {
         if self.journal_incomplete() {
             return;
         }
         let upto = crate::lock(&self.journal).max_seq;
         if self.sync_journal().is_err() || self.journal_incomplete() {
+            return;
+        }
+        // packed chunks are in the store only once their pack is sent
+        if let Err(e) = self.vault.flush_packs().await {
+            warn!(error = %e, "could not send packs; chunk files kept until the next commit");
             return;
         }
         self.release_chunks(upto).await;

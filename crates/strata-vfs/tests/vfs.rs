@@ -444,9 +444,12 @@ async fn lost_deferred_blob_is_uploaded_again_after_a_crash() {
     let _ = uploader.await;
     drop(v);
     // the deferred put did not survive the power cut
+    // (a small chunk goes into a pack, sent only by a commit: nothing of
+    // it is in the store; the journal places it in that unsent pack)
     let (store, _) = open_url(&e.url).unwrap();
-    let blobs = store.list("data/").await.unwrap();
-    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let mut blobs = store.list("data/").await.unwrap();
+    blobs.extend(store.list("pack/").await.unwrap());
+    assert!(blobs.len() <= 1, "{blobs:?}");
     for b in blobs {
         store.delete(&b.key).await.unwrap();
     }

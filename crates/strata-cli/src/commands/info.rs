@@ -64,6 +64,14 @@ pub async fn run(g: &Global) -> Result<()> {
         ("symbolic links", i.symlinks.to_string()),
         ("file bytes", size_exact(i.bytes)),
         ("blobs", i.blobs.to_string()),
+        (
+            "packed",
+            format!(
+                "{} in {}",
+                display::plural(i.packed_blobs, "blob", "blobs"),
+                display::plural(i.packs, "pack", "packs")
+            ),
+        ),
         ("bytes stored", size_exact(i.blob_bytes)),
         ("dedup savings", size_exact(i.dedup_saved)),
         (

@@ -18,7 +18,7 @@ use crate::error::{VaultError, VaultResult};
 pub const MAGIC: &[u8; 8] = b"STRBLOB1";
 /// Plaintext bytes per segment.
 pub const SEGMENT: u64 = 64 * 1024;
-const HDR: u64 = MAGIC.len() as u64;
+pub(crate) const HDR: u64 = MAGIC.len() as u64;
 const SEG_CT: u64 = SEGMENT + TAG_LEN as u64;
 
 /// Number of segments of a blob with `len` plaintext bytes.
@@ -84,9 +84,25 @@ pub fn seal_with_id(
         return Err(VaultError::Invalid("empty chunk".into()));
     }
     let len = chunk.len() as u64;
-    let n = segments(len);
     let mut out = Vec::with_capacity(stored_len(len, max) as usize);
     out.extend_from_slice(MAGIC);
+    seal_segments_into(keys, id, chunk, &mut out)?;
+    out.resize(stored_len(len, max) as usize, 0);
+    Ok(out)
+}
+
+/// Append the sealed segments of `chunk` (`ct₀ ‖ tag₀ ‖ …`, no magic, no
+/// padding) to `out`: the body of a blob, and what a pack holds per item.
+pub fn seal_segments_into(
+    keys: &Keys,
+    id: &BlobId,
+    chunk: &[u8],
+    out: &mut Vec<u8>,
+) -> VaultResult<()> {
+    if chunk.is_empty() {
+        return Err(VaultError::Invalid("empty chunk".into()));
+    }
+    let n = segments(chunk.len() as u64);
     for (i, seg) in chunk.chunks(SEGMENT as usize).enumerate() {
         let start = out.len();
         out.extend_from_slice(seg);
@@ -94,8 +110,7 @@ pub fn seal_with_id(
         let tag = keys.seal_segment(id, idx, i as u64 + 1 == n, &mut out[start..])?;
         out.extend_from_slice(&tag);
     }
-    out.resize(stored_len(len, max) as usize, 0);
-    Ok(out)
+    Ok(())
 }
 
 /// Decrypt segments `first..` from `bytes` (which start at segment `first`'s

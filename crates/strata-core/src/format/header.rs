@@ -5,10 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 use strata_crypto::{
-    derive_kek, unwrap_master_key, wrap_master_key, KdfParams, MasterKey, SALT_LEN,
+    derive_kek, unwrap_master_key, wrap_master_key, KdfParams, Kek, MasterKey, SALT_LEN,
 };
 
-use super::FORMAT_VERSION;
+use super::{FORMAT_VERSION, MIN_FORMAT_VERSION};
 use crate::error::{VaultError, VaultResult};
 
 const MAGIC: &str = "strata-vault";
@@ -120,6 +120,13 @@ impl Header {
 
     /// Unwrap the master key with `password`.
     pub fn unlock(&self, password: &[u8], store: &str) -> VaultResult<MasterKey> {
+        self.unlock_with_kek(password, store).map(|(m, _)| m)
+    }
+
+    /// [`Header::unlock`], also returning the key-encryption key (kept by a
+    /// vault of an older version, to upgrade the header without the password
+    /// when it first writes something that needs the new version).
+    pub fn unlock_with_kek(&self, password: &[u8], store: &str) -> VaultResult<(MasterKey, Kek)> {
         let bad = |d: &str| VaultError::BadHeader {
             store: store.to_string(),
             detail: d.to_string(),
@@ -131,12 +138,29 @@ impl Header {
         let wrapped = hex::decode(&self.wrapped_key).map_err(|_| bad("wrapped key is not hex"))?;
         let kek =
             derive_kek(password, &salt, self.kdf_params()).map_err(|e| bad(&e.to_string()))?;
-        unwrap_master_key(&kek, &wrapped, &self.associated_data()).map_err(|e| match e {
-            strata_crypto::CryptoError::Authentication => VaultError::WrongPassword {
-                store: store.to_string(),
-            },
-            other => bad(&other.to_string()),
-        })
+        let master =
+            unwrap_master_key(&kek, &wrapped, &self.associated_data()).map_err(|e| match e {
+                strata_crypto::CryptoError::Authentication => VaultError::WrongPassword {
+                    store: store.to_string(),
+                },
+                other => bad(&other.to_string()),
+            })?;
+        Ok((master, kek))
+    }
+
+    /// This header at `version`, the master key wrapped again under the same
+    /// password (same salt and KDF: `kek` is the one it unlocked with) with
+    /// the new version bound into the associated data.
+    pub fn with_version(&self, version: u32, kek: &Kek, master: &MasterKey) -> VaultResult<Header> {
+        let mut h = self.clone();
+        h.version = version;
+        h.wrapped_key = hex::encode(wrap_master_key(kek, master, &h.associated_data())?);
+        // the new wrap must open with the same key before it replaces the old
+        let wrapped = hex::decode(&h.wrapped_key)
+            .map_err(|_| VaultError::Invalid("wrapped key encoding".into()))?;
+        unwrap_master_key(kek, &wrapped, &h.associated_data())
+            .map_err(|e| VaultError::Invalid(format!("header rewrap check failed: {e}")))?;
+        Ok(h)
     }
 
     pub fn to_bytes(&self) -> VaultResult<Vec<u8>> {
@@ -157,7 +181,7 @@ impl Header {
                 detail: format!("format is {:?}, expected {MAGIC:?}", h.format),
             });
         }
-        if h.version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&h.version) {
             return Err(VaultError::UnsupportedVersion {
                 store: store.to_string(),
                 found: h.version,

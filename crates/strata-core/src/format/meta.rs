@@ -173,8 +173,16 @@ pub fn seal_checkpoint(
     body: &CheckpointBody,
     max: Option<u64>,
 ) -> VaultResult<Vec<Vec<u8>>> {
-    let bytes = postcard::to_stdvec(body)
+    let mut bytes = postcard::to_stdvec(body)
         .map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?;
+    // Format version 2: the pack table follows the body (none: nothing,
+    // so a checkpoint of a vault without packs is a version-1 checkpoint).
+    if !body.tree.packs.is_empty() {
+        bytes.extend(
+            postcard::to_stdvec(&body.tree.packs)
+                .map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?,
+        );
+    }
     let per = usize::try_from(max_body(max)).unwrap_or(usize::MAX).max(1);
     let count = bytes.len().div_ceil(per).max(1);
     let count32 = u32::try_from(count)
@@ -209,8 +217,20 @@ pub fn open_checkpoint(
         all.extend_from_slice(&open_object(keys, CKPT_MAGIC, &ad, bytes, name)?);
     }
     let first = parts.first().map(|p| p.0.as_str()).unwrap_or("checkpoint");
-    let body: CheckpointBody = postcard::from_bytes(&all)
+    let (mut body, rest): (CheckpointBody, &[u8]) = postcard::take_from_bytes(&all)
         .map_err(|e| VaultError::corrupt(first, format!("undecodable checkpoint: {e}")))?;
+    if !rest.is_empty() {
+        let (packs, tail) = postcard::take_from_bytes(rest).map_err(|e| {
+            VaultError::corrupt(first, format!("undecodable checkpoint pack table: {e}"))
+        })?;
+        if !tail.is_empty() {
+            return Err(VaultError::corrupt(
+                first,
+                "trailing bytes after the checkpoint",
+            ));
+        }
+        body.tree.packs = packs;
+    }
     if body.version != version {
         return Err(VaultError::corrupt(
             first,

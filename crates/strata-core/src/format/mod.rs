@@ -1,13 +1,17 @@
-//! The on-store format, version 1 (specified in docs/FORMAT.md): object
-//! names, the public header, data blob layout, and metadata objects (logs and
-//! checkpoints). Everything here is pure byte layout — no store I/O.
+//! The on-store format, version 2 (specified in docs/FORMAT.md): object
+//! names, the public header, data blob layout, packs, and metadata objects
+//! (logs and checkpoints). Everything here is pure byte layout — no store I/O.
 
 pub mod blob;
 pub mod header;
 pub mod meta;
+pub mod pack;
 
-/// Format version written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written by this build: 2 = packs (FORMAT §5.6, §12).
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this build reads (and upgrades in place when it
+/// first writes a pack into it).
+pub const MIN_FORMAT_VERSION: u32 = 1;
 
 /// Name of the public header object.
 pub const HEADER_KEY: &str = "strata.vault";
