@@ -12,9 +12,10 @@
 //! decrypted here. Cached bytes that fail authentication drop the blob from
 //! the cache and are fetched once more from the store.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strata_crypto::{BlobId, Keys};
@@ -50,6 +51,12 @@ pub struct Chunks {
     caps: Capabilities,
     fetcher: Arc<Fetcher>,
     cache: Option<Arc<ReadCache>>,
+    /// Blobs found in the store that nothing referenced when they were
+    /// listed (left by an interrupted writer), with their stored sizes: a
+    /// chunk with one of these ids need not be sent again. Filled by
+    /// [`crate::vault::Vault::find_stored_blobs`]; a blob this process
+    /// deletes leaves it.
+    present: Mutex<HashMap<BlobId, u64>>,
 }
 
 impl Chunks {
@@ -73,7 +80,35 @@ impl Chunks {
             store,
             keys,
             cache,
+            present: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn present(&self) -> std::sync::MutexGuard<'_, HashMap<BlobId, u64>> {
+        self.present.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remember blobs listed in the store with their sizes (see `present`).
+    pub(crate) fn note_present(&self, blobs: impl IntoIterator<Item = (BlobId, u64)>) {
+        self.present().extend(blobs);
+    }
+
+    /// Forget blobs this process deleted.
+    pub(crate) fn forget_present(&self, ids: &[BlobId]) {
+        let mut p = self.present();
+        if !p.is_empty() {
+            for id in ids {
+                p.remove(id);
+            }
+        }
+    }
+
+    /// Whether the blob of a chunk of `len` plaintext bytes with this id is
+    /// known to be in the store already, complete (its listed size is the
+    /// size its sealed, padded form must have).
+    pub fn is_present(&self, id: &BlobId, len: u64) -> bool {
+        let want = blob::stored_len(len, self.caps.max_object_size);
+        self.present().get(id).is_some_and(|&size| size == want)
     }
 
     /// The read cache, if there is one.

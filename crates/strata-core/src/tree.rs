@@ -215,6 +215,11 @@ impl Tree {
         self.refs.get(id).copied().unwrap_or(0)
     }
 
+    /// How many distinct blobs the tree references.
+    pub fn blob_count(&self) -> usize {
+        self.refs.len()
+    }
+
     /// All referenced blobs with their chunk refs (one per distinct blob).
     pub fn referenced_blobs(&self) -> HashMap<BlobId, ChunkRef> {
         let mut out = HashMap::with_capacity(self.refs.len());

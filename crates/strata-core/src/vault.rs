@@ -95,7 +95,7 @@ pub(crate) struct Inner {
     pending_first_seq: u64,
     /// Sequence number of the newest committed record.
     writer_seq: u64,
-    freed: Vec<BlobId>,
+    pub(crate) freed: Vec<BlobId>,
     pub(crate) version: u64,
     head: [u8; 32],
     checkpoint_version: u64,
@@ -850,6 +850,7 @@ impl Vault {
                 .filter(|id| g.tree.blob_refs(id) == 0)
                 .collect()
         };
+        self.chunks.forget_present(&doomed);
         for id in doomed {
             let key = format::blob_key(&id);
             if let Err(e) = self.store.delete(&key).await {
