@@ -48,7 +48,8 @@ impl Vault {
     }
 
     fn put(&self, src: &Path) -> Command {
-        self.cmd(&["put", src.to_str().unwrap(), "/t"])
+        // into an existing directory, so that a rerun goes to the same place
+        self.cmd(&["put", src.to_str().unwrap(), "/"])
     }
 
     /// `put` started in the background.
@@ -60,9 +61,9 @@ impl Vault {
             .unwrap()
     }
 
-    /// Files committed under /t so far (a reader needs no lease).
+    /// Files committed under /src so far (a reader needs no lease).
     fn committed(&self) -> usize {
-        let out = self.cmd(&["ls", "-R", "/t"]).output().unwrap();
+        let out = self.cmd(&["ls", "-R", "/src"]).output().unwrap();
         if !out.status.success() {
             return 0;
         }
@@ -87,7 +88,7 @@ impl Vault {
         }
     }
 
-    /// The vault's /t equals `src`, and every blob it needs is readable.
+    /// The vault's /src equals `src`, and every blob it needs is readable.
     fn assert_matches(&self, src: &Path) {
         let back = self.dir.join(format!(
             "back-{}",
@@ -97,7 +98,7 @@ impl Vault {
                 .as_nanos()
         ));
         ok(
-            self.cmd(&["get", "/t", back.to_str().unwrap()])
+            self.cmd(&["get", "/src", back.to_str().unwrap()])
                 .output()
                 .unwrap(),
             "get",
@@ -358,11 +359,11 @@ fn changed_files_are_replaced_and_checksum_catches_the_sneaky_one() {
     let err = ok(v.put(&src).output().unwrap(), "second put");
     assert_eq!(summary(&err), (0, 2, 4), "{err}");
     // size and mtime say the sneaky one is unchanged: its old bytes stay
-    let out = v.cmd(&["cat", "/t/d0/f002"]).output().unwrap();
+    let out = v.cmd(&["cat", "/src/d0/f002"]).output().unwrap();
     assert_ne!(out.stdout, data);
 
     let err = ok(
-        v.cmd(&["put", "--checksum", src.to_str().unwrap(), "/t"])
+        v.cmd(&["put", "--checksum", src.to_str().unwrap(), "/"])
             .output()
             .unwrap(),
         "put --checksum",
@@ -374,7 +375,7 @@ fn changed_files_are_replaced_and_checksum_catches_the_sneaky_one() {
 
     // --force replaces everything
     let err = ok(
-        v.cmd(&["put", "--force", src.to_str().unwrap(), "/t"])
+        v.cmd(&["put", "--force", src.to_str().unwrap(), "/"])
             .output()
             .unwrap(),
         "put --force",
@@ -389,19 +390,19 @@ fn a_directory_in_the_way_is_reported_and_the_rest_is_stored() {
     let v = file_vault(dir.path());
     let src = dir.path().join("src");
     make_tree(&src, 4, 1000);
-    ok(v.cmd(&["mkdir", "/t"]).output().unwrap(), "mkdir");
-    ok(v.cmd(&["mkdir", "/t/d0"]).output().unwrap(), "mkdir");
-    ok(v.cmd(&["mkdir", "/t/d0/f000"]).output().unwrap(), "mkdir");
+    ok(v.cmd(&["mkdir", "/src"]).output().unwrap(), "mkdir");
+    ok(v.cmd(&["mkdir", "/src/d0"]).output().unwrap(), "mkdir");
+    ok(v.cmd(&["mkdir", "/src/d0/f000"]).output().unwrap(), "mkdir");
     let out = v.put(&src).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("strata: error: /t/d0/f000: is a directory in the vault"),
+        err.contains("strata: error: /src/d0/f000: is a directory in the vault"),
         "{err}"
     );
     assert_eq!(summary(&err), (3, 0, 0), "{err}");
     assert!(err.contains("1 failed"), "{err}");
-    let out = v.cmd(&["cat", "/t/d1/f003"]).output().unwrap();
+    let out = v.cmd(&["cat", "/src/d1/f003"]).output().unwrap();
     assert_eq!(out.stdout, std::fs::read(src.join("d1/f003")).unwrap());
 }
 
@@ -418,13 +419,13 @@ fn get_skips_what_is_there_and_finishes_a_partial_file() {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let get = || {
-        v.cmd(&["get", "/t", out.to_str().unwrap()])
+        v.cmd(&["get", "/src", out.to_str().unwrap()])
             .output()
             .unwrap()
     };
     let err = ok(get(), "get");
     assert_eq!(summary(&err), (5, 0, 0), "{err}");
-    assert_eq!(snapshot(&out.join("t")), snapshot(&src));
+    assert_eq!(snapshot(&out.join("src")), snapshot(&src));
 
     // again: everything is there
     let err = ok(get(), "second get");
@@ -433,19 +434,19 @@ fn get_skips_what_is_there_and_finishes_a_partial_file() {
 
     // an interrupted download: the first 20 chunks (64 KiB) are there,
     // then bytes that are not the file's
-    let local = out.join("t/big.bin");
+    let local = out.join("src/big.bin");
     let mut part = std::fs::read(&local).unwrap();
     part.truncate(20 * 65536 + 1000);
     part[20 * 65536 + 10] ^= 1;
     std::fs::remove_file(&local).unwrap();
-    let part_path = out.join("t/.big.bin.strata-part");
+    let part_path = out.join("src/.big.bin.strata-part");
     std::fs::write(&part_path, &part).unwrap();
     // and a local file that differs is refused without --force
-    std::fs::write(out.join("t/d0/f000"), "local edit").unwrap();
+    std::fs::write(out.join("src/d0/f000"), "local edit").unwrap();
     let o = get();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("destination exists"));
-    std::fs::remove_file(out.join("t/d0/f000")).unwrap();
+    std::fs::remove_file(out.join("src/d0/f000")).unwrap();
 
     let err = ok(get(), "get after interruption");
     assert_eq!(summary(&err), (2, 0, 3), "{err}");
@@ -455,5 +456,5 @@ fn get_skips_what_is_there_and_finishes_a_partial_file() {
         "fetched {down} bytes for a file of 2 000 000 with 20 chunks kept: {err}"
     );
     assert!(!part_path.exists());
-    assert_eq!(snapshot(&out.join("t")), snapshot(&src));
+    assert_eq!(snapshot(&out.join("src")), snapshot(&src));
 }

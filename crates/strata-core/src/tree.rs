@@ -94,6 +94,14 @@ pub struct TreeImage {
     pub inodes: Vec<Inode>,
 }
 
+/// A [`TreeImage`] borrowing the tree's inodes: serializes to the same
+/// bytes without copying the tree.
+#[derive(Serialize)]
+pub struct TreeImageRef<'a> {
+    pub next_ino: u64,
+    pub inodes: Vec<&'a Inode>,
+}
+
 fn valid_name(name: &[u8]) -> Result<(), ApplyError> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
     {
@@ -177,6 +185,16 @@ impl Tree {
         let mut inodes: Vec<Inode> = self.inodes.values().cloned().collect();
         inodes.sort_by_key(|i| i.ino);
         TreeImage {
+            next_ino: self.next_ino,
+            inodes,
+        }
+    }
+
+    /// [`Tree::to_image`] without the copy.
+    pub fn image_ref(&self) -> TreeImageRef<'_> {
+        let mut inodes: Vec<&Inode> = self.inodes.values().collect();
+        inodes.sort_unstable_by_key(|i| i.ino);
+        TreeImageRef {
             next_ino: self.next_ino,
             inodes,
         }
@@ -760,6 +778,32 @@ mod tests {
             blob_len: 4,
             len,
         }
+    }
+
+    #[test]
+    fn borrowed_image_encodes_like_the_copy() {
+        let mut t = Tree::new_root(0, 0, 0);
+        for i in 0..20u8 {
+            let f = t.alloc_ino();
+            t.apply(&Record::Create {
+                ino: f,
+                parent: ROOT_INO,
+                name: vec![b'a' + i],
+                attr: file_attr(i64::from(i)),
+            })
+            .unwrap();
+            t.apply(&Record::SetChunks {
+                ino: f,
+                first: 0,
+                chunks: vec![Some(cref(i, 4)), None],
+                size: 6,
+                mtime: 2,
+            })
+            .unwrap();
+        }
+        let owned = postcard::to_stdvec(&t.to_image()).unwrap();
+        let borrowed = postcard::to_stdvec(&t.image_ref()).unwrap();
+        assert_eq!(owned, borrowed);
     }
 
     #[test]

@@ -868,30 +868,34 @@ impl Vault {
     }
 
     async fn checkpoint_locked(&self) -> VaultResult<()> {
-        let (body, old) = {
+        // Encoded under the lock, straight from the tree (a copy of a big
+        // tree would double the memory it takes).
+        let (version, bytes) = {
             let g = lock(&self.inner);
             if !g.pending.is_empty() || !g.staged.is_empty() {
                 return Ok(()); // only checkpoint a committed state
             }
-            (
-                CheckpointBody {
-                    version: g.version,
-                    head: g.head,
-                    writer_seq: g.writer_seq,
-                    time: now(),
-                    tree: g.tree.to_image(),
-                },
-                g.checkpoint_version,
-            )
+            if g.version == g.checkpoint_version {
+                return Ok(());
+            }
+            let body = meta::CheckpointBodyRef {
+                version: g.version,
+                head: g.head,
+                writer_seq: g.writer_seq,
+                time: now(),
+                tree: g.tree.image_ref(),
+            };
+            (g.version, meta::encode_checkpoint(&body)?)
         };
-        let version = body.version;
-        if version == old {
-            return Ok(());
-        }
         self.check_writable().await?;
-        let parts =
-            meta::seal_checkpoint(&self.keys, &self.vault_id, &body, self.caps.max_object_size)?;
-        drop(body);
+        let parts = meta::seal_checkpoint_bytes(
+            &self.keys,
+            &self.vault_id,
+            version,
+            &bytes,
+            self.caps.max_object_size,
+        )?;
+        drop(bytes);
         let count = parts.len() as u32;
         for (i, p) in parts.into_iter().enumerate() {
             self.store

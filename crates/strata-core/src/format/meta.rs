@@ -17,7 +17,7 @@ use strata_crypto::{padme, Keys, NONCE_LEN, TAG_LEN};
 
 use crate::error::{VaultError, VaultResult};
 use crate::record::{Record, Ts};
-use crate::tree::TreeImage;
+use crate::tree::{TreeImage, TreeImageRef};
 
 pub const LOG_MAGIC: &[u8; 8] = b"STRLOG01";
 pub const CKPT_MAGIC: &[u8; 8] = b"STRCKP01";
@@ -46,6 +46,21 @@ pub struct CheckpointBody {
     pub writer_seq: u64,
     pub time: Ts,
     pub tree: TreeImage,
+}
+
+/// [`CheckpointBody`] borrowing the tree: the same bytes, no copy of it.
+#[derive(Serialize)]
+pub struct CheckpointBodyRef<'a> {
+    pub version: u64,
+    pub head: [u8; 32],
+    pub writer_seq: u64,
+    pub time: Ts,
+    pub tree: TreeImageRef<'a>,
+}
+
+/// The encoding of a checkpoint body (to seal with [`seal_checkpoint_bytes`]).
+pub fn encode_checkpoint(body: &CheckpointBodyRef<'_>) -> VaultResult<Vec<u8>> {
+    postcard::to_stdvec(body).map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))
 }
 
 /// Hash of a stored log object (the chain link).
@@ -104,10 +119,10 @@ fn seal_object(
     plain.extend_from_slice(&len.to_be_bytes());
     plain.extend_from_slice(body);
     plain.resize(plain_len, 0);
-    let sealed = keys.seal_meta(ad, plain)?;
-    let mut out = Vec::with_capacity(8 + sealed.len());
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&sealed);
+    // the magic goes in front in place: a checkpoint's sealed copy can be
+    // tens of MiB, and a second copy would double it
+    let mut out = keys.seal_meta(ad, plain)?;
+    out.splice(0..0, magic.iter().copied());
     Ok(out)
 }
 
@@ -175,6 +190,17 @@ pub fn seal_checkpoint(
 ) -> VaultResult<Vec<Vec<u8>>> {
     let bytes = postcard::to_stdvec(body)
         .map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?;
+    seal_checkpoint_bytes(keys, vault_id, body.version, &bytes, max)
+}
+
+/// Seal an encoded checkpoint body of `version` into parts, each ≤ `max`.
+pub fn seal_checkpoint_bytes(
+    keys: &Keys,
+    vault_id: &[u8; 16],
+    version: u64,
+    bytes: &[u8],
+    max: Option<u64>,
+) -> VaultResult<Vec<Vec<u8>>> {
     let per = usize::try_from(max_body(max)).unwrap_or(usize::MAX).max(1);
     let count = bytes.len().div_ceil(per).max(1);
     let count32 = u32::try_from(count)
@@ -188,7 +214,7 @@ pub fn seal_checkpoint(
     let mut parts = Vec::with_capacity(count);
     for i in 0..count {
         let slice = &bytes[(i * per).min(bytes.len())..((i + 1) * per).min(bytes.len())];
-        let ad = ckpt_ad(vault_id, body.version, i as u32, count32);
+        let ad = ckpt_ad(vault_id, version, i as u32, count32);
         parts.push(seal_object(keys, CKPT_MAGIC, &ad, slice, max)?);
     }
     Ok(parts)
