@@ -892,10 +892,9 @@ impl Vault {
             &self.keys,
             &self.vault_id,
             version,
-            &bytes,
+            bytes,
             self.caps.max_object_size,
         )?;
-        drop(bytes);
         let count = parts.len() as u32;
         for (i, p) in parts.into_iter().enumerate() {
             self.store

@@ -107,21 +107,32 @@ fn seal_object(
     body: &[u8],
     max: Option<u64>,
 ) -> VaultResult<Vec<u8>> {
+    seal_owned(keys, magic, ad, body.to_vec(), max)
+}
+
+/// [`seal_object`] of a body it may reuse: the length prefix, padding,
+/// tag and magic are added in place (a checkpoint body can be tens of MiB,
+/// and each copy of it would count).
+fn seal_owned(
+    keys: &Keys,
+    magic: &[u8; 8],
+    ad: &[u8],
+    mut body: Vec<u8>,
+    max: Option<u64>,
+) -> VaultResult<Vec<u8>> {
     let want = padme(body.len() as u64 + OVERHEAD);
     let total = match max {
         Some(m) if want > m => m.max(body.len() as u64 + OVERHEAD),
         _ => want,
     };
     let plain_len = (total - OVERHEAD + 4) as usize;
-    let mut plain = Vec::with_capacity(plain_len);
     let len = u32::try_from(body.len())
         .map_err(|_| VaultError::Invalid("metadata object too large".into()))?;
-    plain.extend_from_slice(&len.to_be_bytes());
-    plain.extend_from_slice(body);
-    plain.resize(plain_len, 0);
-    // the magic goes in front in place: a checkpoint's sealed copy can be
-    // tens of MiB, and a second copy would double it
-    let mut out = keys.seal_meta(ad, plain)?;
+    // room for the nonce, tag and magic too: no reallocation on the way
+    body.reserve_exact((plain_len + 64).saturating_sub(body.len()));
+    body.splice(0..0, len.to_be_bytes());
+    body.resize(plain_len, 0);
+    let mut out = keys.seal_meta(ad, body)?;
     out.splice(0..0, magic.iter().copied());
     Ok(out)
 }
@@ -190,7 +201,7 @@ pub fn seal_checkpoint(
 ) -> VaultResult<Vec<Vec<u8>>> {
     let bytes = postcard::to_stdvec(body)
         .map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?;
-    seal_checkpoint_bytes(keys, vault_id, body.version, &bytes, max)
+    seal_checkpoint_bytes(keys, vault_id, body.version, bytes, max)
 }
 
 /// Seal an encoded checkpoint body of `version` into parts, each ≤ `max`.
@@ -198,7 +209,7 @@ pub fn seal_checkpoint_bytes(
     keys: &Keys,
     vault_id: &[u8; 16],
     version: u64,
-    bytes: &[u8],
+    bytes: Vec<u8>,
     max: Option<u64>,
 ) -> VaultResult<Vec<Vec<u8>>> {
     let per = usize::try_from(max_body(max)).unwrap_or(usize::MAX).max(1);
@@ -211,6 +222,10 @@ pub fn seal_checkpoint_bytes(
                 "checkpoint needs more than 65535 parts; raise max-object-size".into(),
             )
         })?;
+    if count == 1 {
+        let ad = ckpt_ad(vault_id, version, 0, 1);
+        return Ok(vec![seal_owned(keys, CKPT_MAGIC, &ad, bytes, max)?]);
+    }
     let mut parts = Vec::with_capacity(count);
     for i in 0..count {
         let slice = &bytes[(i * per).min(bytes.len())..((i + 1) * per).min(bytes.len())];
