@@ -373,6 +373,11 @@ pub struct InitArgs {
 /// otherwise, with a single source, DEST is its new name. Permission bits and
 /// times are kept; symbolic links are stored as links; other special files are
 /// skipped with a warning.
+///
+/// Files already in the vault with the same size and modification time are
+/// skipped (with --checksum: the same content), others are replaced, so
+/// running the same put again after an interruption resumes it. Progress is
+/// committed every few seconds.
 #[derive(Debug, Args)]
 pub struct PutArgs {
     /// Local files or directories to upload
@@ -383,9 +388,14 @@ pub struct PutArgs {
     #[arg(value_name = "DEST")]
     pub dest: String,
 
-    /// Replace files that already exist in the vault
+    /// Replace whatever exists in the vault, even files that look unchanged
     #[arg(short, long)]
     pub force: bool,
+
+    /// Skip a file already in the vault only if its content is the same
+    /// (read and hashed), not just its size and modification time
+    #[arg(short = 'c', long)]
+    pub checksum: bool,
 
     #[command(flatten)]
     pub lease: LeaseArgs,

@@ -81,31 +81,71 @@ pub fn system_time(ts: Ts) -> SystemTime {
     t.unwrap_or(UNIX_EPOCH)
 }
 
-/// `1 file`, `2 files`.
-/// "stored 3 files (1.2 MiB), 2 directories, 1 symbolic link; skipped 1 entry"
-/// from `[files, bytes, dirs, links, skipped]`.
-pub fn summary(verb: &str, [files, bytes, dirs, links, skipped]: [u64; 5]) -> String {
-    let mut parts = vec![format!(
-        "{} ({})",
+/// What a transfer (`put`, `get`) did, for its summary line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    /// Files copied that were not at the destination.
+    pub added: u64,
+    /// Files copied over a different one at the destination.
+    pub replaced: u64,
+    /// Files already at the destination, unchanged: not copied.
+    pub unchanged: u64,
+    /// Bytes of the files copied.
+    pub copied: u64,
+    /// Directories created.
+    pub dirs: u64,
+    /// Symbolic links created, and found already there.
+    pub links: u64,
+    pub links_unchanged: u64,
+    /// Entries not stored (special files, names that are not UTF-8).
+    pub ignored: u64,
+    /// Entries that failed (each reported on its own).
+    pub failed: u64,
+}
+
+/// "stored 150 files: 80 added, 10 replaced, 60 skipped (unchanged);
+/// 200.0 MiB copied; 3 directories created, 1 symbolic link; ignored
+/// 1 entry; 2 failed"
+pub fn tally(verb: &str, t: &Tally) -> String {
+    let files = t.added + t.replaced + t.unchanged;
+    let mut msg = format!(
+        "{verb} {}: {} added, {} replaced, {} skipped (unchanged); {} copied",
         plural(files, "file", "files"),
-        size(bytes)
-    )];
-    if dirs > 0 {
-        parts.push(plural(dirs, "directory", "directories"));
-    }
-    if links > 0 {
-        parts.push(plural(links, "symbolic link", "symbolic links"));
-    }
-    let mut msg = format!("{verb} {}", parts.join(", "));
-    if skipped > 0 {
+        t.added,
+        t.replaced,
+        t.unchanged,
+        size(t.copied)
+    );
+    if t.dirs > 0 {
         msg.push_str(&format!(
-            "; skipped {}",
-            plural(skipped, "entry", "entries")
+            "; {} created",
+            plural(t.dirs, "directory", "directories")
         ));
+    }
+    if t.links + t.links_unchanged > 0 {
+        msg.push_str(&format!(
+            "; {} ({} unchanged)",
+            plural(
+                t.links + t.links_unchanged,
+                "symbolic link",
+                "symbolic links"
+            ),
+            t.links_unchanged
+        ));
+    }
+    if t.ignored > 0 {
+        msg.push_str(&format!(
+            "; ignored {}",
+            plural(t.ignored, "entry", "entries")
+        ));
+    }
+    if t.failed > 0 {
+        msg.push_str(&format!("; {} failed", t.failed));
     }
     msg
 }
 
+/// `1 file`, `2 files`.
 pub fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -45,6 +45,8 @@ fn main() -> ExitCode {
         cli::Command::Mount(a) => return report::exit(commands::mount::mount(&cli.global, a)),
         cli::Command::Demo(a) => return report::exit(commands::mount::demo(&cli.global, a)),
         cli::Command::Serve(c) => return report::exit(commands::serve::serve(&cli.global, c)),
+        // long transfers: chunk buffers back to the system, few arenas
+        cli::Command::Put(_) | cli::Command::Get(_) => strata_vfs::session::bound_allocator(),
         _ => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -104,18 +104,26 @@ pub async fn open_vault(g: &Global) -> Result<(Vault, Secret)> {
 /// (fails, naming the holder, if another writer has it). Give it back with
 /// [`finish`] on every path.
 pub async fn open_writer(g: &Global, verb: &str, l: &LeaseArgs) -> Result<(Vault, Secret)> {
+    open_writer_with(g, verb, l, |_| {}).await
+}
+
+/// [`open_writer`] with changed open options (e.g. the checkpoint cadence).
+pub async fn open_writer_with(
+    g: &Global,
+    verb: &str,
+    l: &LeaseArgs,
+    tune: impl FnOnce(&mut OpenOptions),
+) -> Result<(Vault, Secret)> {
     if l.break_lease {
         eprintln!("{BREAK_LEASE_WARNING}");
     }
-    open(
-        g,
-        Some(lease_options(
-            format!("strata {verb}"),
-            l.break_lease,
-            l.take_over,
-        )),
-    )
-    .await
+    let lease = lease_options(format!("strata {verb}"), l.break_lease, l.take_over);
+    let mut opts = OpenOptions {
+        lease: Some(lease),
+        ..open_options(g)
+    };
+    tune(&mut opts);
+    open_with(g, opts).await
 }
 
 /// Release the writer lease of a vault opened by [`open_writer`] and
@@ -130,6 +138,14 @@ pub async fn finish<T>(vault: &Vault, res: Result<T>) -> Result<T> {
 }
 
 async fn open(g: &Global, lease: Option<LeaseOptions>) -> Result<(Vault, Secret)> {
+    let opts = OpenOptions {
+        lease,
+        ..open_options(g)
+    };
+    open_with(g, opts).await
+}
+
+async fn open_with(g: &Global, opts: OpenOptions) -> Result<(Vault, Secret)> {
     let store = open_store(g.store.as_deref())?;
     // Fail on "not a vault" before asking for a password.
     Vault::read_header(&store).await?;
@@ -137,10 +153,6 @@ async fn open(g: &Global, lease: Option<LeaseOptions>) -> Result<(Vault, Secret)
         password_sources(g),
         &format!("Password for {}: ", store.describe()),
     )?;
-    let opts = OpenOptions {
-        lease,
-        ..open_options(g)
-    };
     let vault = Vault::open(store, &pw, opts).await?;
     Ok((vault, pw))
 }

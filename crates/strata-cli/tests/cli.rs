@@ -307,16 +307,29 @@ fn put_follows_cp_rules() {
     let e = env.fails(&["put", a_s, b_s, "/nodir"], 1);
     assert!(e.contains("/nodir"), "{e}");
 
-    // existing file: refused without --force, and nothing changes
-    fs::write(&a, "A2").unwrap();
-    let e = env.fails(&["put", a_s, "/d"], 1);
-    assert!(
-        e.contains("/d/a.txt: exists (use --force to overwrite)"),
-        "{e}"
-    );
-    assert_eq!(env.ok(&["cat", "/d/a.txt"]), "A1");
-    env.ok(&["put", "--force", a_s, "/d"]);
-    assert_eq!(env.ok(&["cat", "/d/a.txt"]), "A2");
+    // an existing file is skipped while unchanged (size and mtime), and
+    // replaced once it changed, like rsync
+    let o = env.run(&["put", a_s, "/d"]);
+    assert!(o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("0 added, 0 replaced, 1 skipped"), "{e}");
+    fs::write(&a, "A22").unwrap();
+    let o = env.run(&["put", a_s, "/d"]);
+    assert!(o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("0 added, 1 replaced, 0 skipped"), "{e}");
+    assert_eq!(env.ok(&["cat", "/d/a.txt"]), "A22");
+    // --force replaces even an unchanged file
+    let o = env.run(&["put", "--force", a_s, "/d"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("0 added, 1 replaced, 0 skipped"), "{e}");
+    assert_eq!(env.ok(&["cat", "/d/a.txt"]), "A22");
+    // a directory in the vault is not replaced by a file
+    env.ok(&["mkdir", "/d/b.txt.d"]);
+    let bd = env.path("b.txt.d");
+    fs::write(&bd, "B").unwrap();
+    let e = env.fails(&["put", bd.to_str().unwrap(), "/d"], 1);
+    assert!(e.contains("/d/b.txt.d: is a directory in the vault"), "{e}");
 
     // missing local file: clear error naming it
     let missing = env.path("missing.txt");
@@ -325,7 +338,7 @@ fn put_follows_cp_rules() {
 }
 
 #[test]
-fn unreadable_local_file_is_reported_and_nothing_is_stored() {
+fn unreadable_local_file_is_reported_and_the_rest_is_stored() {
     let env = Env::new();
     env.init();
     let dir = env.path("src");
@@ -343,8 +356,9 @@ fn unreadable_local_file_is_reported_and_nothing_is_stored() {
         e.contains("secret.txt") && e.contains("ermission denied"),
         "{e}"
     );
-    // checked before anything was uploaded
-    assert_eq!(env.ok(&["ls", "/"]), "");
+    // the other files are stored, and the failure counted
+    assert!(e.contains("1 failed"), "{e}");
+    assert_eq!(env.ok(&["ls", "/src"]), "ok.txt\n");
 }
 
 #[test]

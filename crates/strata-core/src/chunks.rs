@@ -81,6 +81,12 @@ pub struct Chunks {
     /// and one such fetch at a time.
     pack_cache: Mutex<VecDeque<(PackId, Bytes)>>,
     pack_fetch: tokio::sync::Mutex<()>,
+    /// Blobs found in the store that nothing referenced when they were
+    /// listed (left by an interrupted writer), with their stored sizes: a
+    /// chunk with one of these ids need not be sent again. Filled by
+    /// [`crate::vault::Vault::find_stored_blobs`]; a blob this process
+    /// deletes leaves it.
+    present: Mutex<HashMap<BlobId, u64>>,
 }
 
 impl Chunks {
@@ -111,6 +117,7 @@ impl Chunks {
             pack_upload: tokio::sync::Mutex::new(()),
             pack_cache: Mutex::new(VecDeque::new()),
             pack_fetch: tokio::sync::Mutex::new(()),
+            present: Mutex::new(HashMap::new()),
         }
     }
 
@@ -134,6 +141,33 @@ impl Chunks {
     pub fn set_pack_size(&mut self, size: u64) {
         self.pack_size =
             pack::pack_size_for(size.max(pack::FIRST_ITEM + 1), self.caps.max_object_size);
+    }
+
+    fn present(&self) -> std::sync::MutexGuard<'_, HashMap<BlobId, u64>> {
+        self.present.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remember blobs listed in the store with their sizes (see `present`).
+    pub(crate) fn note_present(&self, blobs: impl IntoIterator<Item = (BlobId, u64)>) {
+        self.present().extend(blobs);
+    }
+
+    /// Forget blobs this process deleted.
+    pub(crate) fn forget_present(&self, ids: &[BlobId]) {
+        let mut p = self.present();
+        if !p.is_empty() {
+            for id in ids {
+                p.remove(id);
+            }
+        }
+    }
+
+    /// Whether the blob of a chunk of `len` plaintext bytes with this id is
+    /// known to be in the store already, complete (its listed size is the
+    /// size its sealed, padded form must have).
+    pub fn is_present(&self, id: &BlobId, len: u64) -> bool {
+        let want = blob::stored_len(len, self.caps.max_object_size);
+        self.present().get(id).is_some_and(|&size| size == want)
     }
 
     /// The read cache, if there is one.

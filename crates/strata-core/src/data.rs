@@ -11,6 +11,7 @@
 //! 64 KiB segments covering the requested range are fetched (one range read
 //! per chunk), or the whole blob on stores without ranges.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{VaultError, VaultResult};
 use crate::format::pack::packable;
+use crate::format::{parse_blob_key, DATA_PREFIX};
 use crate::layout::chunk_pieces;
 use crate::paths::apply_error;
 use crate::record::{now, ChunkRef, Kind, Record, Ts};
@@ -26,6 +28,11 @@ use crate::vault::Vault;
 
 /// Chunk slots per `SetChunks` record (keeps each record small).
 const CHUNKS_PER_RECORD: usize = 1024;
+
+/// From this many referenced blobs on, [`Vault::find_stored_blobs`] lists
+/// `data/` one shard (`data/00/` … `data/ff/`) at a time, so that no listing
+/// holds more than a fraction of the store's names in memory.
+const SHARDED_LISTING: usize = 50_000;
 
 /// Attributes for a file written with [`Vault::write_file`].
 #[derive(Debug, Clone, Copy)]
@@ -153,6 +160,42 @@ impl Vault {
         Ok(ino)
     }
 
+    /// List the blobs in the store that nothing references — what an
+    /// interrupted `put` uploaded but did not commit — so that
+    /// [`Vault::upload_chunk`] reuses them (blob ids are content addresses:
+    /// same id, same bytes) instead of sending them again. One listing of
+    /// `data/` (one per shard on big vaults); returns how many were found.
+    ///
+    /// Each listing and what it finds are taken under the data lock held
+    /// shared, so no blob this process frees is deleted in between; blobs
+    /// it frees later leave the set when they are deleted.
+    pub async fn find_stored_blobs(&self) -> VaultResult<u64> {
+        let prefixes: Vec<String> = if self.with_tree(|t| t.blob_count()) < SHARDED_LISTING {
+            vec![DATA_PREFIX.to_string()]
+        } else {
+            (0..=255u8)
+                .map(|i| format!("{DATA_PREFIX}{i:02x}/"))
+                .collect()
+        };
+        let mut found = 0u64;
+        for prefix in prefixes {
+            let _data = self.data_lock.read().await;
+            let listed = self.store.list(&prefix).await?;
+            let orphans: Vec<_> = {
+                let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let freed: HashSet<_> = g.freed.iter().map(|(_, id)| id).collect();
+                listed
+                    .into_iter()
+                    .filter_map(|o| parse_blob_key(&o.key).map(|id| (id, o.size)))
+                    .filter(|(id, _)| g.tree.blob_refs(id) == 0 && !freed.contains(id))
+                    .collect()
+            };
+            found += orphans.len() as u64;
+            self.chunks.note_present(orphans);
+        }
+        Ok(found)
+    }
+
     /// Read `reader` to its end in chunks, uploading each (dedup, holes).
     /// Caller holds `data_lock` shared.
     async fn upload_stream(
@@ -264,6 +307,9 @@ impl Vault {
             }
             return Ok(Some(cref));
         }
+        if !always && self.chunks.is_present(&id, u64::from(len)) {
+            return Ok(Some(cref)); // left in the store by an interrupted put
+        }
         self.chunks.put(id, data).await?;
         Ok(Some(cref))
     }
@@ -280,6 +326,18 @@ impl Vault {
         out: &mut (dyn Write + Send),
         progress: Option<Progress>,
     ) -> VaultResult<()> {
+        self.export_from(node, 0, out, progress).await
+    }
+
+    /// [`Vault::export`] of the bytes from `from` on (to finish a partial
+    /// download).
+    pub async fn export_from(
+        &self,
+        node: &Inode,
+        from: u64,
+        out: &mut (dyn Write + Send),
+        progress: Option<Progress>,
+    ) -> VaultResult<()> {
         if node.kind != Kind::File {
             return Err(VaultError::Invalid("not a regular file".into()));
         }
@@ -291,12 +349,15 @@ impl Vault {
         let chunks = Arc::clone(&self.chunks);
         let file = node.clone();
         let fetch = tokio::spawn(async move {
-            let mut pieces = stream::iter(chunk_pieces(0..file.size, file.chunk_size))
-                .map(|p| {
-                    let (chunks, file) = (&chunks, &file);
-                    async move { chunks.read_piece(file, &p).await }
-                })
-                .buffered(par);
+            let mut pieces = stream::iter(chunk_pieces(
+                from.min(file.size)..file.size,
+                file.chunk_size,
+            ))
+            .map(|p| {
+                let (chunks, file) = (&chunks, &file);
+                async move { chunks.read_piece(file, &p).await }
+            })
+            .buffered(par);
             while let Some(c) = pieces.next().await {
                 let stop = c.is_err();
                 if tx.send(c).await.is_err() || stop {

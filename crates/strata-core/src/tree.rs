@@ -143,6 +143,14 @@ fn valid_item(i: &PackItem) -> bool {
     u64::from(i.offset) >= FIRST_ITEM && i.blob_len > 0
 }
 
+/// A [`TreeImage`] borrowing the tree's inodes: serializes to the same
+/// bytes without copying the tree.
+#[derive(Serialize)]
+pub struct TreeImageRef<'a> {
+    pub next_ino: u64,
+    pub inodes: Vec<&'a Inode>,
+}
+
 fn valid_name(name: &[u8]) -> Result<(), ApplyError> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
     {
@@ -237,6 +245,15 @@ impl Tree {
     pub fn to_image(&self) -> TreeImage {
         let mut inodes: Vec<Inode> = self.inodes.values().cloned().collect();
         inodes.sort_by_key(|i| i.ino);
+        TreeImage {
+            next_ino: self.next_ino,
+            inodes,
+            packs: self.pack_entries(),
+        }
+    }
+
+    /// The pack table of a checkpoint: each pack's items, in order.
+    pub fn pack_entries(&self) -> Vec<PackEntry> {
         let mut by_pack: BTreeMap<BlobId, Vec<PackItem>> = BTreeMap::new();
         for (id, l) in &self.packed {
             by_pack.entry(l.pack).or_default().push(PackItem {
@@ -245,18 +262,13 @@ impl Tree {
                 blob_len: l.blob_len,
             });
         }
-        let packs = by_pack
+        by_pack
             .into_iter()
             .map(|(pack, mut items)| {
                 items.sort_by_key(|i| (i.offset, i.id));
                 PackEntry { pack, items }
             })
-            .collect();
-        TreeImage {
-            next_ino: self.next_ino,
-            inodes,
-            packs,
-        }
+            .collect()
     }
 
     /// Where blob `id` is stored when it is in a pack.
@@ -307,6 +319,16 @@ impl Tree {
         }
     }
 
+    /// [`Tree::to_image`] without the copy.
+    pub fn image_ref(&self) -> TreeImageRef<'_> {
+        let mut inodes: Vec<&Inode> = self.inodes.values().collect();
+        inodes.sort_unstable_by_key(|i| i.ino);
+        TreeImageRef {
+            next_ino: self.next_ino,
+            inodes,
+        }
+    }
+
     pub fn get(&self, ino: u64) -> Option<&Inode> {
         self.inodes.get(&ino)
     }
@@ -338,6 +360,11 @@ impl Tree {
     /// Reference count of a blob.
     pub fn blob_refs(&self, id: &BlobId) -> u64 {
         self.refs.get(id).copied().unwrap_or(0)
+    }
+
+    /// How many distinct blobs the tree references.
+    pub fn blob_count(&self) -> usize {
+        self.refs.len()
     }
 
     /// All referenced blobs with their chunk refs (one per distinct blob).
@@ -895,6 +922,32 @@ mod tests {
             blob_len: 4,
             len,
         }
+    }
+
+    #[test]
+    fn borrowed_image_encodes_like_the_copy() {
+        let mut t = Tree::new_root(0, 0, 0);
+        for i in 0..20u8 {
+            let f = t.alloc_ino();
+            t.apply(&Record::Create {
+                ino: f,
+                parent: ROOT_INO,
+                name: vec![b'a' + i],
+                attr: file_attr(i64::from(i)),
+            })
+            .unwrap();
+            t.apply(&Record::SetChunks {
+                ino: f,
+                first: 0,
+                chunks: vec![Some(cref(i, 4)), None],
+                size: 6,
+                mtime: 2,
+            })
+            .unwrap();
+        }
+        let owned = postcard::to_stdvec(&t.to_image()).unwrap();
+        let borrowed = postcard::to_stdvec(&t.image_ref()).unwrap();
+        assert_eq!(owned, borrowed);
     }
 
     #[test]

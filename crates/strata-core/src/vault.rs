@@ -109,7 +109,7 @@ pub(crate) struct Inner {
     /// Sequence number of the newest committed record.
     writer_seq: u64,
     /// Blobs whose last reference went, and when.
-    freed: Vec<(Instant, BlobId)>,
+    pub(crate) freed: Vec<(Instant, BlobId)>,
     /// Packs whose last live item went (deletable like freed blobs), and when.
     freed_packs: Vec<(Instant, BlobId)>,
     pub(crate) version: u64,
@@ -1064,6 +1064,7 @@ impl Vault {
                 warn!(%key, error = %e, "could not delete an emptied pack; `strata gc` will retry");
             }
         }
+        self.chunks.forget_present(&doomed);
         for id in doomed {
             let key = format::blob_key(&id);
             if let Err(e) = self.store.delete(&key).await {
@@ -1081,30 +1082,36 @@ impl Vault {
     }
 
     async fn checkpoint_locked(&self) -> VaultResult<()> {
-        let (body, old) = {
+        // Encoded under the lock, straight from the tree (a copy of a big
+        // tree would double the memory it takes).
+        let (version, bytes) = {
             let g = lock(&self.inner);
             if !g.pending.is_empty() || !g.staged.is_empty() {
                 return Ok(()); // only checkpoint a committed state
             }
+            if g.version == g.checkpoint_version {
+                return Ok(());
+            }
+            let body = meta::CheckpointBodyRef {
+                version: g.version,
+                head: g.head,
+                writer_seq: g.writer_seq,
+                time: now(),
+                tree: g.tree.image_ref(),
+            };
             (
-                CheckpointBody {
-                    version: g.version,
-                    head: g.head,
-                    writer_seq: g.writer_seq,
-                    time: now(),
-                    tree: g.tree.to_image(),
-                },
-                g.checkpoint_version,
+                g.version,
+                meta::encode_checkpoint(&body, &g.tree.pack_entries())?,
             )
         };
-        let version = body.version;
-        if version == old {
-            return Ok(());
-        }
         self.check_writable().await?;
-        let parts =
-            meta::seal_checkpoint(&self.keys, &self.vault_id, &body, self.caps.max_object_size)?;
-        drop(body);
+        let parts = meta::seal_checkpoint_bytes(
+            &self.keys,
+            &self.vault_id,
+            version,
+            bytes,
+            self.caps.max_object_size,
+        )?;
         let count = parts.len() as u32;
         for (i, p) in parts.into_iter().enumerate() {
             self.store

@@ -286,11 +286,12 @@ fn seal_random_nonce(
             &mut plaintext,
         )
         .map_err(|_| CryptoError::Malformed("metadata too large"))?;
-    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&plaintext);
-    out.extend_from_slice(tag.as_ref());
-    Ok(out)
+    // nonce in front and tag behind in place: no second copy of a big
+    // object (a checkpoint can be tens of MiB)
+    plaintext.reserve_exact(NONCE_LEN + TAG_LEN);
+    plaintext.splice(0..0, nonce);
+    plaintext.extend_from_slice(tag.as_ref());
+    Ok(plaintext)
 }
 
 fn open_random_nonce(key: &LessSafeKey, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {

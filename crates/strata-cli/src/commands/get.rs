@@ -1,18 +1,24 @@
 //! `strata get`: download vault files and directories, recursively.
 //!
-//! Like `put`, everything is planned first: every destination conflict is
-//! found before anything is written. Each file is downloaded into a temporary
-//! file in its destination directory, given its mode and times, flushed to
-//! disk and only then renamed into place (without replacing anything unless
-//! `--force`), so an interrupted or failed get never leaves a partial file
-//! under a real name. Directories get their mode and times after their
-//! contents are written. Set-user/group-ID bits are not restored.
+//! Everything is planned first (the vault's tree is in memory): every
+//! destination conflict is found before anything is written. A local file
+//! with the vault file's size and modification time is taken as already
+//! downloaded and skipped; any other existing file is a conflict unless
+//! `--force`. Each file is downloaded into `.NAME.strata-part` in its
+//! destination directory, given its mode and times, flushed to disk and only
+//! then renamed into place (without replacing anything unless `--force`), so
+//! an interrupted or failed get never leaves a partial file under a real
+//! name. The partial file stays after an interruption: the next get keeps
+//! its leading chunks that match the vault's (hashed and compared with the
+//! blob ids, see `compare`) and downloads only the rest. Directories get
+//! their mode and times after their contents are written. Set-user/group-ID
+//! bits are not restored.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, FileTimes, Permissions};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,8 +26,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::stream::{self, TryStreamExt};
 use strata_core::{Inode, Kind, Ts, Vault, VaultError};
 
+use super::compare;
 use crate::cli::{GetArgs, Global};
-use crate::display;
+use crate::display::{self, Tally};
 use crate::interrupt::{self, Interrupted};
 use crate::progress::{Bar, Ui};
 use crate::session;
@@ -43,7 +50,7 @@ enum Item {
         local: PathBuf,
         exists: bool,
     },
-    /// A directory this get created is complete: set its mode and times.
+    /// A directory is complete: set its mode and times (if they differ).
     DirDone {
         local: PathBuf,
         perm: u32,
@@ -61,11 +68,9 @@ enum Item {
 #[derive(Default)]
 struct Plan {
     items: Vec<Item>,
+    /// Bytes to download.
     total: u64,
-    files: u64,
-    dirs: u64,
-    links: u64,
-    skipped: u64,
+    tally: Tally,
 }
 
 /// The directory a local path lives in (`.` for a bare name).
@@ -100,15 +105,33 @@ struct Planner<'a> {
     plan: Plan,
 }
 
+/// What is at a file's or link's destination.
+enum Target {
+    Missing,
+    /// Already what the vault holds: nothing to do.
+    Same,
+    /// Something else, to be replaced (`--force`).
+    Other,
+}
+
+fn mtime_ns(m: &fs::Metadata) -> Ts {
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
+}
+
 impl Planner<'_> {
-    /// May a file or link be written at `local`?
-    fn check_target(&self, local: &Path) -> Result<()> {
+    /// May a file or link be written at `local`? `same` says whether what
+    /// is there already matches the vault.
+    fn check_target(&self, local: &Path, same: impl Fn(&fs::Metadata) -> bool) -> Result<Target> {
         match lstat(local)? {
             Some(m) if m.is_dir() => {
                 bail!("{}: destination exists and is a directory", local.display())
             }
+            Some(m) if !self.force && same(&m) => Ok(Target::Same),
             Some(_) if !self.force => Err(exists_error(local)),
-            _ => Ok(()),
+            Some(_) => Ok(Target::Other),
+            None => Ok(Target::Missing),
         }
     }
 
@@ -128,7 +151,9 @@ impl Planner<'_> {
                     local: local.clone(),
                     exists,
                 });
-                self.plan.dirs += 1;
+                if !exists {
+                    self.plan.tally.dirs += 1;
+                }
                 for (name, child) in &node.entries {
                     let Some(c) = self.vault.inode(*child) else {
                         continue;
@@ -136,19 +161,26 @@ impl Planner<'_> {
                     let cv = display::join(&vpath, &display::name(name));
                     self.add(c, cv, local.join(OsStr::from_bytes(name)))?;
                 }
-                if !exists {
-                    self.plan.items.push(Item::DirDone {
-                        local,
-                        perm: node.perm,
-                        atime: node.atime,
-                        mtime: node.mtime,
-                    });
-                }
+                self.plan.items.push(Item::DirDone {
+                    local,
+                    perm: node.perm,
+                    atime: node.atime,
+                    mtime: node.mtime,
+                });
             }
             Kind::File => {
-                self.check_target(&local)?;
+                let same = |m: &fs::Metadata| {
+                    m.is_file() && m.len() == node.size && mtime_ns(m) == node.mtime
+                };
+                match self.check_target(&local, same)? {
+                    Target::Same => {
+                        self.plan.tally.unchanged += 1;
+                        return Ok(());
+                    }
+                    Target::Other => self.plan.tally.replaced += 1,
+                    Target::Missing => self.plan.tally.added += 1,
+                }
                 self.plan.total += node.size;
-                self.plan.files += 1;
                 let small = node.size <= self.small;
                 let f = FileGet { node, vpath, local };
                 if small {
@@ -161,19 +193,25 @@ impl Planner<'_> {
                 }
             }
             Kind::Symlink => {
-                self.check_target(&local)?;
-                self.plan.items.push(Item::Symlink {
-                    local,
-                    target: node.target.unwrap_or_default(),
-                });
-                self.plan.links += 1;
+                let target = node.target.unwrap_or_default();
+                let same = |m: &fs::Metadata| {
+                    m.file_type().is_symlink()
+                        && fs::read_link(&local)
+                            .is_ok_and(|t| t.as_os_str().as_bytes() == target.as_slice())
+                };
+                if let Target::Same = self.check_target(&local, same)? {
+                    self.plan.tally.links_unchanged += 1;
+                    return Ok(());
+                }
+                self.plan.items.push(Item::Symlink { local, target });
+                self.plan.tally.links += 1;
             }
             _ => {
                 self.ui.warn(
                     None,
                     format!("skipping {vpath}: special files are not restored"),
                 );
-                self.plan.skipped += 1;
+                self.plan.tally.ignored += 1;
             }
         }
         Ok(())
@@ -193,34 +231,57 @@ fn times(atime: Ts, mtime: Ts) -> FileTimes {
         .set_modified(display::system_time(mtime))
 }
 
+/// Where a file is downloaded before it is renamed into place.
+fn part_path(local: &Path) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(local.file_name().unwrap_or_default());
+    name.push(".strata-part");
+    parent_dir(local).join(name)
+}
+
 async fn get_file(vault: &Vault, f: &FileGet, force: bool, bar: &Bar) -> Result<()> {
     let local = &f.local;
-    let dir = parent_dir(local);
+    let part = part_path(local);
     let write_err = |e: std::io::Error| anyhow!("cannot write {}: {e}", local.display());
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".strata-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| anyhow!("cannot create a temporary file in {}: {e}", dir.display()))?;
+    // What an interrupted get left: keep the leading chunks that match.
+    let keep = match fs::symlink_metadata(&part) {
+        Ok(m) if m.is_file() => {
+            match compare::compare_async(vault.keys().clone(), part.clone(), f.node.clone()).await {
+                Ok(m) if m.whole => f.node.size,
+                Ok(m) => (m.chunks * u64::from(f.node.chunk_size)).min(f.node.size),
+                Err(_) => 0,
+            }
+        }
+        _ => 0,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&part)
+        .map_err(|e| anyhow!("cannot create {}: {e}", part.display()))?;
+    file.set_len(keep).map_err(write_err)?;
+    file.seek(SeekFrom::Start(keep)).map_err(write_err)?;
+    let progress = bar.callback();
+    progress(keep);
     vault
-        .export(&f.node, &mut tmp, Some(bar.callback()))
+        .export_from(&f.node, keep, &mut file, Some(progress))
         .await
         .map_err(|e| match e {
             VaultError::Io { source, .. } => write_err(source),
             e => anyhow::Error::from(e.in_file(&f.vpath)),
         })?;
-    let file = tmp.as_file();
     file.set_times(times(f.node.atime, f.node.mtime))
         .map_err(write_err)?;
     file.set_permissions(Permissions::from_mode(f.node.perm & MODE_MASK))
         .map_err(write_err)?;
     file.sync_all().map_err(write_err)?;
-    let persisted = if force {
-        tmp.persist(local)
-    } else {
-        tmp.persist_noclobber(local)
-    };
-    persisted.map_err(|e| {
+    if force {
+        return fs::rename(&part, local).map_err(write_err);
+    }
+    let path = tempfile::TempPath::try_from_path(&part).map_err(write_err)?;
+    let tmp = tempfile::NamedTempFile::from_parts(file, path);
+    tmp.persist_noclobber(local).map_err(|e| {
         if e.error.kind() == ErrorKind::AlreadyExists {
             exists_error(local)
         } else {
@@ -254,6 +315,10 @@ fn make_symlink(local: &Path, target: &[u8], force: bool) -> Result<()> {
 fn finish_dir(local: &Path, perm: u32, atime: Ts, mtime: Ts) -> Result<()> {
     let err =
         |e: std::io::Error| anyhow!("cannot set the mode and times of {}: {e}", local.display());
+    let m = fs::metadata(local).map_err(err)?;
+    if m.mode() & MODE_MASK == perm & MODE_MASK && mtime_ns(&m) == mtime {
+        return Ok(());
+    }
     File::open(local)
         .and_then(|d| d.set_times(times(atime, mtime)))
         .map_err(err)?;
@@ -320,16 +385,20 @@ pub async fn run(g: &Global, ui: Ui, a: &GetArgs) -> Result<()> {
     interrupt::install();
     let bar = ui.bytes_bar(plan.total, "get");
     for item in &plan.items {
-        tokio::select! {
-            r = exec(&vault, item, a.force, &bar) => r?,
-            _ = interrupt::wait() => return Err(Interrupted.into()),
+        let r = tokio::select! {
+            r = exec(&vault, item, a.force, &bar) => r,
+            _ = interrupt::wait() => Err(Interrupted.into()),
+        };
+        if let Err(e) = r {
+            drop(bar);
+            ui.note("strata: the files completed before stopping are in place; run the same command again to resume");
+            return Err(e);
         }
     }
     drop(bar);
-    ui.note(display::summary(
-        "restored",
-        [plan.files, plan.total, plan.dirs, plan.links, plan.skipped],
-    ));
+    let mut tally = plan.tally;
+    tally.copied = plan.total;
+    ui.note(display::tally("restored", &tally));
     Ok(())
 }
 

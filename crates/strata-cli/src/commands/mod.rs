@@ -2,6 +2,7 @@
 
 mod cat;
 mod check;
+mod compare;
 mod edit;
 mod get;
 mod info;

@@ -17,7 +17,7 @@ use strata_crypto::{padme, Keys, NONCE_LEN, TAG_LEN};
 
 use crate::error::{VaultError, VaultResult};
 use crate::record::{Record, Ts};
-use crate::tree::TreeImage;
+use crate::tree::{PackEntry, TreeImage, TreeImageRef};
 
 pub const LOG_MAGIC: &[u8; 8] = b"STRLOG01";
 pub const CKPT_MAGIC: &[u8; 8] = b"STRCKP01";
@@ -46,6 +46,28 @@ pub struct CheckpointBody {
     pub writer_seq: u64,
     pub time: Ts,
     pub tree: TreeImage,
+}
+
+/// [`CheckpointBody`] borrowing the tree: the same bytes, no copy of it.
+#[derive(Serialize)]
+pub struct CheckpointBodyRef<'a> {
+    pub version: u64,
+    pub head: [u8; 32],
+    pub writer_seq: u64,
+    pub time: Ts,
+    pub tree: TreeImageRef<'a>,
+}
+
+/// The encoding of a checkpoint body and its pack table (to seal with
+/// [`seal_checkpoint_bytes`]).
+pub fn encode_checkpoint(
+    body: &CheckpointBodyRef<'_>,
+    packs: &[PackEntry],
+) -> VaultResult<Vec<u8>> {
+    let mut bytes = postcard::to_stdvec(body)
+        .map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?;
+    append_pack_table(&mut bytes, packs)?;
+    Ok(bytes)
 }
 
 /// Hash of a stored log object (the chain link).
@@ -92,22 +114,33 @@ fn seal_object(
     body: &[u8],
     max: Option<u64>,
 ) -> VaultResult<Vec<u8>> {
+    seal_owned(keys, magic, ad, body.to_vec(), max)
+}
+
+/// [`seal_object`] of a body it may reuse: the length prefix, padding,
+/// tag and magic are added in place (a checkpoint body can be tens of MiB,
+/// and each copy of it would count).
+fn seal_owned(
+    keys: &Keys,
+    magic: &[u8; 8],
+    ad: &[u8],
+    mut body: Vec<u8>,
+    max: Option<u64>,
+) -> VaultResult<Vec<u8>> {
     let want = padme(body.len() as u64 + OVERHEAD);
     let total = match max {
         Some(m) if want > m => m.max(body.len() as u64 + OVERHEAD),
         _ => want,
     };
     let plain_len = (total - OVERHEAD + 4) as usize;
-    let mut plain = Vec::with_capacity(plain_len);
     let len = u32::try_from(body.len())
         .map_err(|_| VaultError::Invalid("metadata object too large".into()))?;
-    plain.extend_from_slice(&len.to_be_bytes());
-    plain.extend_from_slice(body);
-    plain.resize(plain_len, 0);
-    let sealed = keys.seal_meta(ad, plain)?;
-    let mut out = Vec::with_capacity(8 + sealed.len());
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&sealed);
+    // room for the nonce, tag and magic too: no reallocation on the way
+    body.reserve_exact((plain_len + 64).saturating_sub(body.len()));
+    body.splice(0..0, len.to_be_bytes());
+    body.resize(plain_len, 0);
+    let mut out = keys.seal_meta(ad, body)?;
+    out.splice(0..0, magic.iter().copied());
     Ok(out)
 }
 
@@ -175,14 +208,30 @@ pub fn seal_checkpoint(
 ) -> VaultResult<Vec<Vec<u8>>> {
     let mut bytes = postcard::to_stdvec(body)
         .map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?;
-    // Format version 2: the pack table follows the body (none: nothing,
-    // so a checkpoint of a vault without packs is a version-1 checkpoint).
-    if !body.tree.packs.is_empty() {
+    append_pack_table(&mut bytes, &body.tree.packs)?;
+    seal_checkpoint_bytes(keys, vault_id, body.version, bytes, max)
+}
+
+/// Format version 2: the pack table follows the body (none: nothing, so a
+/// checkpoint of a vault without packs is a version-1 checkpoint).
+fn append_pack_table(bytes: &mut Vec<u8>, packs: &[PackEntry]) -> VaultResult<()> {
+    if !packs.is_empty() {
         bytes.extend(
-            postcard::to_stdvec(&body.tree.packs)
+            postcard::to_stdvec(packs)
                 .map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?,
         );
     }
+    Ok(())
+}
+
+/// Seal an encoded checkpoint body of `version` into parts, each ≤ `max`.
+pub fn seal_checkpoint_bytes(
+    keys: &Keys,
+    vault_id: &[u8; 16],
+    version: u64,
+    bytes: Vec<u8>,
+    max: Option<u64>,
+) -> VaultResult<Vec<Vec<u8>>> {
     let per = usize::try_from(max_body(max)).unwrap_or(usize::MAX).max(1);
     let count = bytes.len().div_ceil(per).max(1);
     let count32 = u32::try_from(count)
@@ -193,10 +242,14 @@ pub fn seal_checkpoint(
                 "checkpoint needs more than 65535 parts; raise max-object-size".into(),
             )
         })?;
+    if count == 1 {
+        let ad = ckpt_ad(vault_id, version, 0, 1);
+        return Ok(vec![seal_owned(keys, CKPT_MAGIC, &ad, bytes, max)?]);
+    }
     let mut parts = Vec::with_capacity(count);
     for i in 0..count {
         let slice = &bytes[(i * per).min(bytes.len())..((i + 1) * per).min(bytes.len())];
-        let ad = ckpt_ad(vault_id, body.version, i as u32, count32);
+        let ad = ckpt_ad(vault_id, version, i as u32, count32);
         parts.push(seal_object(keys, CKPT_MAGIC, &ad, slice, max)?);
     }
     Ok(parts)
