@@ -87,21 +87,25 @@ impl Vault {
         let (parent, name) = self.resolve_parent(path)?;
         let existing = self.with_tree(|t| {
             t.lookup(parent, &name)
-                .and_then(|i| t.get(i).map(|n| n.kind))
+                .and_then(|i| t.get(i).map(|n| (n.ino, n.kind, n.nlink)))
         });
         match existing {
-            Some(Kind::Dir) => return Err(VaultError::IsADirectory { path: path.into() }),
+            Some((_, Kind::Dir, _)) => return Err(VaultError::IsADirectory { path: path.into() }),
             Some(_) if !overwrite => return Err(VaultError::Exists { path: path.into() }),
             _ => {}
         }
         let _data = self.data_lock.read().await;
         let (chunks, size) = self.upload_stream(reader, path, progress).await?;
         let mut records = Vec::with_capacity(4 + chunks.len() / CHUNKS_PER_RECORD);
+        // The old file goes, but its inode (and so its chunks) lives until
+        // the new one holds its chunks: a chunk both share (deduplicated
+        // above against the old file) never drops to no reference in
+        // between, which would lose a packed item's location.
         if existing.is_some() {
             records.push(Record::Unlink {
                 parent,
                 name: name.clone(),
-                keep_orphan: false,
+                keep_orphan: true,
                 time: now(),
             });
         }
@@ -143,6 +147,10 @@ impl Vault {
             mtime: Some(meta.mtime),
             ctime: t,
         });
+        // (another hard link keeps it: then there is nothing to forget)
+        if let Some((old, _, 1)) = existing {
+            records.push(Record::Forget { ino: old });
+        }
         // One unit: the old file is replaced by the complete new one in a
         // single log object. Only a file whose chunk list alone exceeds one
         // metadata object (hundreds of GiB on small-object stores) is

@@ -473,3 +473,25 @@ async fn a_future_version_is_refused_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn replacing_a_packed_file_with_the_same_bytes_keeps_it_readable() {
+    let e = env("");
+    let v = create(&e).await;
+    let body = small(3);
+    put(&v, "/a.txt", &body).await;
+    v.commit().await.unwrap();
+    // the same content over itself: the chunk is deduplicated against the
+    // file being replaced, and must keep its place in the pack
+    put(&v, "/a.txt", &body).await;
+    v.commit().await.unwrap();
+    assert_eq!(get(&v, "/a.txt").await.unwrap(), body);
+    drop(v);
+    let v = reopen(&e).await.unwrap();
+    assert_eq!(get(&v, "/a.txt").await.unwrap(), body, "after reopen");
+    v.checkpoint().await.unwrap();
+    let v = reopen(&e).await.unwrap();
+    assert_eq!(get(&v, "/a.txt").await.unwrap(), body, "after a checkpoint");
+    let r = v.check(true, None).await.unwrap();
+    assert!(r.damaged.is_empty(), "{:?}", r.damaged);
+}
