@@ -25,6 +25,15 @@ fn make_tree(root: &Path) {
     std::fs::write(root.join("a/b/c/empty"), b"").unwrap();
     std::fs::write(root.join("ünïcode name.txt"), "hello\n").unwrap();
     std::os::unix::fs::symlink("a/b/small", root.join("link")).unwrap();
+    // the small-file workload: these go into packs
+    std::fs::create_dir_all(root.join("many")).unwrap();
+    for i in 0..200u64 {
+        fill_random(
+            &root.join(format!("many/f{i:03}")),
+            100 + (i * 7919) % 8000,
+            100 + i,
+        );
+    }
 }
 
 fn ok(out: std::process::Output, what: &str) -> String {
@@ -62,6 +71,17 @@ fn smoke(url: String) {
         snapshot(&back),
         snapshot(&src),
         "get returns what put stored"
+    );
+    // 204 small files and a tail: a few packs, not an object each
+    let info = ok(e.cmd().args(["info"]).output().unwrap(), "info");
+    let objects: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("store total:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no store total in: {info}"));
+    assert!(
+        objects <= 20,
+        "{objects} objects for 204 small files: {info}"
     );
 
     // Mount: copy in, remount, compare.

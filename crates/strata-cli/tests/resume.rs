@@ -240,7 +240,9 @@ fn rerun_after_kill_sends_only_the_rest() {
     );
     let v = Vault::new(dir.path(), served.url.clone());
     let src = dir.path().join("src");
-    make_tree(&src, 40, 1 << 20);
+    // just over the largest packed item (1 MiB): each file is a blob of its
+    // own, which a rerun finds in the store (packed items are sent again)
+    make_tree(&src, 40, (1 << 20) + 4096);
     let total = 40u64 << 20;
     let mut child = v.spawn_put(&src);
     v.wait_committed(&mut child, 14);
