@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strata_crypto::{BlobId, Keys};
 use strata_store::{Bytes, Capabilities, DynStore};
@@ -37,6 +37,8 @@ use crate::tree::{Inode, PackLoc};
 
 /// Decrypting more than this many bytes moves off the async threads.
 const INLINE_DECRYPT: usize = 256 * 1024;
+/// How long the location of a packed blob the tree dropped is kept.
+const UNPLACED_KEEP: Duration = Duration::from_secs(600);
 /// Whole packs kept in memory on stores without range reads.
 const PACK_CACHE_PACKS: usize = 4;
 
@@ -87,6 +89,8 @@ pub struct Chunks {
     /// [`crate::vault::Vault::find_stored_blobs`]; a blob this process
     /// deletes leaves it.
     present: Mutex<HashMap<BlobId, u64>>,
+    /// See [`Chunks::remember_unplaced`].
+    unplaced: Mutex<HashMap<BlobId, (Instant, PackLoc)>>,
 }
 
 impl Chunks {
@@ -118,6 +122,7 @@ impl Chunks {
             pack_cache: Mutex::new(VecDeque::new()),
             pack_fetch: tokio::sync::Mutex::new(()),
             present: Mutex::new(HashMap::new()),
+            unplaced: Mutex::new(HashMap::new()),
         }
     }
 
@@ -126,9 +131,24 @@ impl Chunks {
         let _ = self.locate.set(f);
     }
 
-    /// Where blob `id` is stored, if in a pack.
+    /// Where blob `id` is stored, if in a pack (or was, a short while
+    /// ago: see [`Chunks::remember_unplaced`]).
     pub fn locate(&self, id: &BlobId) -> Option<PackLoc> {
-        self.locate.get().and_then(|f| f(id))
+        self.locate
+            .get()
+            .and_then(|f| f(id))
+            .or_else(|| relock(&self.unplaced).get(id).map(|(_, l)| *l))
+    }
+
+    /// Remember where packed blobs were that the tree no longer references
+    /// (a follower applied the writer's delete): a file open here keeps
+    /// reading them while the writer keeps their packs (its grace for
+    /// freed objects, 10 min); forgotten after that.
+    pub(crate) fn remember_unplaced(&self, gone: Vec<(BlobId, PackLoc)>) {
+        let mut m = relock(&self.unplaced);
+        m.retain(|_, (t, _)| t.elapsed() < UNPLACED_KEEP);
+        let now = Instant::now();
+        m.extend(gone.into_iter().map(|(id, l)| (id, (now, l))));
     }
 
     /// Size of new packs.
@@ -586,4 +606,8 @@ impl Chunks {
             .await?;
         Ok(())
     }
+}
+
+fn relock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -118,6 +118,9 @@ pub struct Freed {
     pub blobs: Vec<BlobId>,
     /// Packs whose last live item went.
     pub packs: Vec<BlobId>,
+    /// Packed blobs that lost their last reference, and where they were
+    /// (a follower's open file may still read them there).
+    pub unplaced: Vec<(BlobId, PackLoc)>,
 }
 
 /// Serialized form of a tree (checkpoint body). The pack table is not part
@@ -396,7 +399,10 @@ impl Tree {
             if *n == 0 {
                 self.refs.remove(&c.id);
                 match self.packed.remove(&c.id) {
-                    Some(l) => self.pack_dec(&l, &mut freed.packs),
+                    Some(l) => {
+                        self.pack_dec(&l, &mut freed.packs);
+                        freed.unplaced.push((c.id, l));
+                    }
                     None => freed.blobs.push(c.id),
                 }
             }

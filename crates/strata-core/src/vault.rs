@@ -561,16 +561,19 @@ impl Vault {
                 Update::Unchanged => return Ok(Refresh::Unchanged),
                 Update::Logs(logs) => {
                     let mut applied = Vec::new();
+                    let mut unplaced = Vec::new();
                     for (v, head, writer_seq, records) in logs {
                         let key = format::log_key(v);
                         for r in &records {
-                            g.tree.apply(r).map_err(|e| {
+                            let f = g.tree.apply_freeing(r).map_err(|e| {
                                 VaultError::corrupt(&key, format!("record cannot be replayed: {e}"))
                             })?;
+                            unplaced.extend(f.unplaced);
                         }
                         g.set_position(v, head, writer_seq);
                         applied.extend(records);
                     }
+                    self.chunks.remember_unplaced(unplaced);
                     Refresh::Applied(applied)
                 }
                 Update::Reload(l) => {

@@ -194,13 +194,15 @@ fn a_file_deleted_on_the_writer_stays_readable_where_it_is_open() {
     let env = Env::new();
     let rt = runtime();
     let writer_state = tempfile::tempdir().unwrap();
-    // whole chunks only, no tail: blobs of their own (a packed item's
-    // location leaves the follower's tree at the refresh, and a ghost
-    // cannot read it then)
-    let body: Vec<u8> = (0..6 * CHUNK).map(|i| (i % 241) as u8).collect();
+    // whole chunks and a tail: blobs of their own and a packed item (whose
+    // location leaves the follower's tree at the refresh); and a small
+    // file, packed
+    let body: Vec<u8> = (0..6 * CHUNK + 5000).map(|i| (i % 241) as u8).collect();
+    let tiny: Vec<u8> = (0..3000u32).map(|i| (i % 199) as u8).collect();
     let w = rt.block_on(async {
         let w = writer(&env.store_url, writer_state.path()).await;
         put(&w, "/doomed.bin", &body).await;
+        put(&w, "/tiny.bin", &tiny).await;
         put(&w, "/keep.txt", b"kept").await;
         w.commit().await.unwrap();
         w
@@ -214,11 +216,17 @@ fn a_file_deleted_on_the_writer_stays_readable_where_it_is_open() {
     let mut head = vec![0u8; 1000];
     std::io::Read::read_exact(&mut f, &mut head).unwrap();
     assert_eq!(head, body[..1000]);
+    let pt = env.mnt.join("tiny.bin");
+    let mut t = fs::File::open(&pt).unwrap();
     rt.block_on(async {
         w.remove("/doomed.bin", false).unwrap();
+        w.remove("/tiny.bin", false).unwrap();
         w.commit().await.unwrap();
     });
-    within_refresh("the delete", || !p.exists());
+    within_refresh("the delete", || !p.exists() && !pt.exists());
+    let mut small = Vec::new();
+    std::io::Read::read_to_end(&mut t, &mut small).unwrap();
+    assert_eq!(small, tiny, "an open packed file must stay readable");
     // the open handle still reads the whole file, and stat works on it
     let mut rest = Vec::new();
     std::io::Read::read_to_end(&mut f, &mut rest).unwrap();
