@@ -40,8 +40,14 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let mut child = child;
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // ours answers once it wrote its token (another process may hold
+        // the port if it was taken after `free_port` picked it)
+        while !token.exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("the cloud server exited at start ({st}); port {port} taken?");
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "server did not start"
