@@ -19,6 +19,8 @@
 //! A holder that finds its lease gone or superseded marks it *lost*: the
 //! vault then refuses to commit (see [`crate::Vault::commit`]).
 
+pub mod handoff;
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,8 +30,8 @@ use strata_crypto::Keys;
 use strata_store::{Bytes, DynStore, StoreErrorKind};
 use tracing::{debug, info, warn};
 
+use self::handoff::{HandoffObject, HandoffRequest};
 use crate::error::{VaultError, VaultResult};
-use crate::handoff::{self, HandoffObject, HandoffRequest};
 
 /// Prefix of lease objects.
 pub const LEASE_PREFIX: &str = "lease/";
@@ -176,7 +178,7 @@ pub struct LeaseOptions {
     /// turn it off.
     pub local_liveness: bool,
     /// Ask a live holder to hand the lease over (and wait for it) instead
-    /// of failing at once (see [`crate::handoff`]).
+    /// of failing at once (see [`handoff`]).
     pub take_over: bool,
     /// How often an idle holder looks at the lease area (a handoff
     /// request, a lease taken over): one listing each time, and the
@@ -226,7 +228,7 @@ impl LeaseOptions {
             local_liveness: true,
             take_over: false,
             poll: Duration::from_secs(60),
-            handoff_answer: crate::handoff::default_answer_wait(Duration::from_secs(60)),
+            handoff_answer: handoff::default_answer_wait(Duration::from_secs(60)),
             handoff_drain: Duration::from_secs(600),
             handoff_poll: Duration::from_secs(1),
             on_wait: None,

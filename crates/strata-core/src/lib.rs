@@ -16,7 +16,8 @@
 //!   requests and the link meter), [`readcache`] (the ciphertext cache) and
 //!   [`prefetch`] (read-ahead policy); [`data`]: whole files in and out
 //!   (`put`/`get`);
-//! - [`lease`]: the writer lease (one writer per vault);
+//! - [`lease`]: the writer lease (one writer per vault), and its handoff
+//!   between devices ([`lease::handoff`]);
 //! - [`maint`]: `info`, `gc` and `check`; [`state`]: what this machine has
 //!   seen of each vault (rollback detection).
 //!
@@ -29,7 +30,6 @@ pub mod error;
 pub mod fetch;
 pub mod follow;
 pub mod format;
-pub mod handoff;
 pub mod layout;
 pub mod lease;
 pub mod maint;
@@ -44,7 +44,7 @@ pub mod vault;
 
 pub use chunks::{Chunks, ReadCacheOptions};
 pub use error::{VaultError, VaultResult};
-pub use lease::LeaseOptions;
+pub use lease::{handoff, LeaseOptions};
 pub use record::{ChunkRef, Kind, Record, Ts};
 pub use tree::{Inode, Tree, ROOT_INO};
 pub use vault::{CreateOptions, OpenOptions, Vault};

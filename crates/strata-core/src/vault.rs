@@ -501,8 +501,8 @@ impl Vault {
     }
 
     /// The first handoff another device asked of this writer (waits for
-    /// one; never resolves without a lease). See [`crate::handoff`].
-    pub async fn handoff_requested(&self) -> crate::handoff::HandoffRequest {
+    /// one; never resolves without a lease). See [`crate::lease::handoff`].
+    pub async fn handoff_requested(&self) -> crate::lease::handoff::HandoffRequest {
         match &self.lease {
             Some(l) => l.handoff_requested().await,
             None => std::future::pending().await,
@@ -521,7 +521,7 @@ impl Vault {
     /// to hand over (shown on its side).
     pub async fn answer_handoff(
         &self,
-        req: &crate::handoff::HandoffRequest,
+        req: &crate::lease::handoff::HandoffRequest,
         state: &str,
     ) -> VaultResult<()> {
         match &self.lease {

@@ -24,11 +24,11 @@ use strata_crypto::Keys;
 use strata_store::{Bytes, DynStore, StoreErrorKind};
 use tracing::{debug, info};
 
-use crate::error::{VaultError, VaultResult};
-use crate::lease::{
+use super::{
     lease_key, open_lease, open_sealed, parse_lease_key, seal_sealed, unix_now, Holder, LeaseBody,
     LeaseOptions, LEASE_PREFIX,
 };
+use crate::error::{VaultError, VaultResult};
 
 /// Magic and AD prefix of a handoff request.
 pub const ASK_MAGIC: &[u8; 8] = b"STRASK01";
@@ -118,7 +118,7 @@ pub(crate) fn seal_answer(
     a: &HandoffAnswer,
 ) -> VaultResult<Vec<u8>> {
     let mut a = a.clone();
-    a.state = crate::lease::truncate(&a.state, 300);
+    a.state = super::truncate(&a.state, 300);
     seal_sealed(keys, ANSWER_MAGIC, vault_id, epoch, &a)
 }
 
