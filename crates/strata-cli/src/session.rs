@@ -73,6 +73,17 @@ pub fn lease_options(label: String, break_lease: bool, take_over: bool) -> Lease
     o
 }
 
+/// Lease lifetime and idle poll of a mount or server given `--lease-poll
+/// SECS` (`STRATA_LEASE_TTL` / `STRATA_LEASE_POLL` win, for tests).
+pub fn lease_timing(lease_poll: u64) -> (Duration, Duration) {
+    let l = lease_options(String::new(), false, false);
+    if std::env::var_os("STRATA_LEASE_POLL").is_some() {
+        (l.ttl, l.poll)
+    } else {
+        (l.ttl, Duration::from_secs(lease_poll))
+    }
+}
+
 /// The warning `--break-lease` prints.
 pub const BREAK_LEASE_WARNING: &str = "strata: warning: --break-lease: taking the vault's writer lease from whoever holds it. If that writer is still running, it stops committing, and what it has not committed yet is not saved to the vault.";
 

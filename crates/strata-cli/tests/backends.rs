@@ -109,30 +109,11 @@ fn smoke(url: String) {
     assert!(!out.is_empty());
 }
 
-fn s3_url(server: &S3Server, dir: &Path, prefix: &str) -> String {
-    let creds = dir.join("aws-credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            server.access_key, server.secret_key
-        ),
-    )
-    .unwrap();
-    format!(
-        "s3://{}/{prefix}?endpoint={}&region={}&credentials-file={}",
-        server.bucket,
-        server.endpoint,
-        server.region,
-        creds.display()
-    )
-}
-
 #[test]
 fn s3_seaweedfs_vault_and_mount() {
     let server = S3Server::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    smoke(s3_url(&server, dir.path(), "vault"));
+    smoke(server.store_url(dir.path(), "vault"));
 }
 
 fn webdav_url(server: &WebDavServer, dir: &Path) -> String {
@@ -173,7 +154,7 @@ fn sftp_vault_and_mount() {
 fn bad_credentials_and_endpoints_give_clear_errors() {
     let server = S3Server::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let url = s3_url(&server, dir.path(), "vault");
+    let url = server.store_url(dir.path(), "vault");
     let e = Env::with_store(Some(url.clone()));
     let run = |store: &str| {
         let out = e
@@ -277,7 +258,7 @@ fn lease_guards(url: String, enforced: bool) {
 fn lease_on_s3_with_enforced_conditional_create() {
     let server = S3Server::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    lease_guards(s3_url(&server, dir.path(), "leased"), true);
+    lease_guards(server.store_url(dir.path(), "leased"), true);
 }
 
 #[test]
@@ -287,6 +268,8 @@ fn lease_on_s3_that_ignores_conditional_create() {
     let proxy =
         strata_testkit::ignore_if_none_match_proxy(server.endpoint.trim_start_matches("http://"))
             .unwrap();
-    let url = s3_url(&server, dir.path(), "leased").replace(&server.endpoint, &proxy);
+    let url = server
+        .store_url(dir.path(), "leased")
+        .replace(&server.endpoint, &proxy);
     lease_guards(url, false);
 }

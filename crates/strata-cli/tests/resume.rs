@@ -205,22 +205,7 @@ fn killed_put_resumes_over_the_bundled_server() {
 fn killed_put_resumes_over_s3() {
     let server = S3Server::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("aws-credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            server.access_key, server.secret_key
-        ),
-    )
-    .unwrap();
-    let url = format!(
-        "s3://{}/vault?endpoint={}&region={}&credentials-file={}",
-        server.bucket,
-        server.endpoint,
-        server.region,
-        creds.display()
-    );
+    let url = server.store_url(dir.path(), "vault");
     let v = Vault::new(dir.path(), url);
     let src = dir.path().join("src");
     make_tree(&src, 40, 1 << 20);

@@ -15,6 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,7 @@ pub struct Chunks {
     present: Mutex<HashMap<BlobId, u64>>,
     /// See [`Chunks::remember_unplaced`].
     unplaced: Mutex<HashMap<BlobId, (Instant, PackLoc)>>,
+    any_unplaced: AtomicBool,
 }
 
 impl Chunks {
@@ -123,6 +125,7 @@ impl Chunks {
             pack_fetch: tokio::sync::Mutex::new(()),
             present: Mutex::new(HashMap::new()),
             unplaced: Mutex::new(HashMap::new()),
+            any_unplaced: AtomicBool::new(false),
         }
     }
 
@@ -134,10 +137,14 @@ impl Chunks {
     /// Where blob `id` is stored, if in a pack (or was, a short while
     /// ago: see [`Chunks::remember_unplaced`]).
     pub fn locate(&self, id: &BlobId) -> Option<PackLoc> {
-        self.locate
-            .get()
-            .and_then(|f| f(id))
-            .or_else(|| relock(&self.unplaced).get(id).map(|(_, l)| *l))
+        self.locate.get().and_then(|f| f(id)).or_else(|| {
+            // every read of an unpacked blob asks: no lock unless a
+            // follower ever dropped a location
+            if !self.any_unplaced.load(Ordering::Relaxed) {
+                return None;
+            }
+            relock(&self.unplaced).get(id).map(|(_, l)| *l)
+        })
     }
 
     /// Remember where packed blobs were that the tree no longer references
@@ -149,6 +156,7 @@ impl Chunks {
         m.retain(|_, (t, _)| t.elapsed() < UNPLACED_KEEP);
         let now = Instant::now();
         m.extend(gone.into_iter().map(|(id, l)| (id, (now, l))));
+        self.any_unplaced.store(!m.is_empty(), Ordering::Relaxed);
     }
 
     /// Size of new packs.

@@ -17,8 +17,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 
 /// A tmpfs of a given size, unmounted (lazily) on drop.
 struct SmallFs {
@@ -76,12 +74,6 @@ impl Drop for SmallFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
-}
-
-fn random(seed: u64, n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
 }
 
 /// Write a whole file and close it; the error of whichever step failed.

@@ -11,7 +11,7 @@ mod common;
 use std::fs;
 use std::io::Cursor;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use strata_core::data::FileMeta;
@@ -46,14 +46,11 @@ async fn writer(url: &str, state: &Path) -> Vault {
 /// Wait until `ok` holds, at most refresh (1 s) + 5 s.
 #[track_caller]
 fn within_refresh(what: &str, ok: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(
-            t.elapsed() < Duration::from_secs(6),
-            "the follower did not show {what} within refresh + 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        &format!("the follower showing {what} (refresh + 5 s)"),
+        Duration::from_secs(6),
+        ok,
+    );
 }
 
 fn content(p: &Path) -> Option<Vec<u8>> {

@@ -54,27 +54,6 @@ fn status(mp: &Path, key: &str) -> String {
         .unwrap_or_default()
 }
 
-#[track_caller]
-fn wait_for(what: &str, limit: Duration, ok: impl Fn() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn random(n: usize, seed: u8) -> Vec<u8> {
-    let mut x = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn a_second_device_takes_the_vault_over_by_handoff() {
     let _g = serial();
@@ -103,22 +82,7 @@ fn a_handoff_over_s3() {
     can_mount();
     let env = Env::new();
     let server = strata_testkit::S3Server::start().unwrap();
-    let creds = env.root.join("aws-credentials");
-    fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            server.access_key, server.secret_key
-        ),
-    )
-    .unwrap();
-    let url = format!(
-        "s3://{}/vault?endpoint={}&region={}&credentials-file={}",
-        server.bucket,
-        server.endpoint,
-        server.region,
-        creds.display()
-    );
+    let url = server.store_url(&env.root, "vault");
     let rt = runtime();
     create_vault(&rt, &url, &env.root.join("creator-state"));
     take_over(&env, &url);
@@ -131,7 +95,7 @@ fn take_over(env: &Env, url: &str) {
     let ma = Mounted::start(a.options(env)).unwrap();
     // closed on A (perhaps not uploaded yet), and one file still open for
     // writing there
-    let big = random(3 << 20, 1);
+    let big = random(1, 3 << 20);
     fs::write(a.mnt.join("closed.bin"), &big).unwrap();
     let mut open = fs::File::create(a.mnt.join("open.txt")).unwrap();
     open.write_all(b"part one, ").unwrap();
@@ -191,7 +155,7 @@ fn take_over(env: &Env, url: &str) {
         big,
         "A still reads"
     );
-    let fresh = random(200_000, 2);
+    let fresh = random(2, 200_000);
     {
         let mut f = fs::File::create(b.mnt.join("from-b.bin")).unwrap();
         f.write_all(&fresh).unwrap();

@@ -557,6 +557,27 @@ impl S3Server {
     /// Create another bucket. SeaweedFS buckets are folders under the
     /// filer's `/buckets/`, so this asks the filer (which has no auth of
     /// its own here; only the S3 port is exposed to tests) to make one.
+    /// A Strata store URL for `prefix` in the bucket, with an AWS
+    /// credentials file for this server's key written into `dir`.
+    pub fn store_url(&self, dir: &Path, prefix: &str) -> String {
+        let creds = dir.join("aws-credentials");
+        fs::write(
+            &creds,
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                self.access_key, self.secret_key
+            ),
+        )
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", creds.display()));
+        format!(
+            "s3://{}/{prefix}?endpoint={}&region={}&credentials-file={}",
+            self.bucket,
+            self.endpoint,
+            self.region,
+            creds.display()
+        )
+    }
+
     pub fn create_bucket(&self, name: &str) -> Result<(), String> {
         let valid = (3..=63).contains(&name.len())
             && name

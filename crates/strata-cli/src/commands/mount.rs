@@ -41,13 +41,7 @@ fn mount_options(g: &Global, a: &MountArgs, url: String) -> Result<MountOptions>
     o.state_dir = g.state_dir.clone();
     o.accept_rollback = g.accept_rollback;
     o.break_lease = a.lease.break_lease;
-    let l = crate::session::lease_options(String::new(), false, true);
-    let poll = if std::env::var_os("STRATA_LEASE_POLL").is_some() {
-        l.poll
-    } else {
-        Duration::from_secs(a.lease_poll)
-    };
-    (o.lease_ttl, o.lease_poll) = (l.ttl, poll);
+    (o.lease_ttl, o.lease_poll) = crate::session::lease_timing(a.lease_poll);
     Ok(o)
 }
 

@@ -31,13 +31,7 @@ fn serve_options(g: &Global, proto: Protocol, a: &ServeArgs, url: String) -> Res
     s.state_dir = g.state_dir.clone();
     s.accept_rollback = g.accept_rollback;
     s.break_lease = a.lease.break_lease;
-    let l = crate::session::lease_options(String::new(), false, true);
-    let poll = if std::env::var_os("STRATA_LEASE_POLL").is_some() {
-        l.poll
-    } else {
-        std::time::Duration::from_secs(a.lease_poll)
-    };
-    (s.lease_ttl, s.lease_poll) = (l.ttl, poll);
+    (s.lease_ttl, s.lease_poll) = crate::session::lease_timing(a.lease_poll);
     o.session = s;
     Ok(o)
 }

@@ -277,3 +277,21 @@ pub fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
             .unwrap_or_else(|| panic!("not an OS error: {e}")),
     }
 }
+
+/// Wait until `ok` holds; fail naming `what` after `limit`.
+#[track_caller]
+pub fn wait_for(what: &str, limit: Duration, ok: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `n` random bytes, the same for the same `seed`.
+pub fn random(seed: u64, n: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
