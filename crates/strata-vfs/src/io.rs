@@ -18,7 +18,7 @@ use strata_core::{Inode, Kind, Record, Ts};
 use tracing::{debug, trace, warn};
 
 use crate::sealed::SealedFile;
-use crate::writeback::{block, committed_len, DChunk, Overlay};
+use crate::writeback::{block, committed_len, stays_in_memory, DChunk, Overlay};
 use crate::{io_errno, lock, vault_errno, Errno, Vfs, VfsResult};
 
 /// fdatasync each file that exists (a chunk file may have been uploaded,
@@ -105,23 +105,29 @@ impl Vfs {
         }
     }
 
-    /// Create the chunk file for `ci`, filled with the chunk's stored bytes
-    /// unless the coming write `[a, b)` covers all of them.
-    /// Returns the valid bytes filled in, and the file when it was just
-    /// created empty (the write goes through that handle).
+    /// Create the dirty chunk `ci` for a write of `[a, b)`: in memory when
+    /// small ([`crate::writeback::MEM_CHUNK_MAX`]), else a chunk file;
+    /// filled with the chunk's stored bytes unless the write covers all of
+    /// them. Returns the chunk and, when a file was just created empty,
+    /// that file (the write goes through that handle).
     async fn fill_chunk(
         &self,
         node: &Inode,
         ci: u64,
         a: u64,
         b: u64,
-    ) -> VfsResult<(u64, Option<SealedFile>)> {
+    ) -> VfsResult<(DChunk, Option<SealedFile>)> {
         let path = self.wb.path(node.ino, ci);
         let valid = committed_len(node, ci);
-        if valid == 0 || (a == 0 && b >= valid) {
+        let covered = valid == 0 || (a == 0 && b >= valid);
+        let in_memory = self.wb.fits_in_memory(b.max(valid), node.chunk_size);
+        if covered {
+            if in_memory {
+                return Ok((DChunk::new(self.wb.gen(), 0, Some(Vec::new())), None));
+            }
             let f = block(|| self.wb.create_file(&path))
                 .map_err(|e| io_errno(e, "creating a cache file"))?;
-            return Ok((0, Some(f)));
+            return Ok((DChunk::new(self.wb.gen(), 0, None), Some(f)));
         }
         let start = chunk_start(ci, node.chunk_size);
         let data = self
@@ -129,6 +135,12 @@ impl Vfs {
             .read_at(node, start, valid)
             .await
             .map_err(|e| vault_errno(e, "reading a chunk before a partial write"))?;
+        if in_memory {
+            self.wb
+                .mem_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            return Ok((DChunk::new(self.wb.gen(), valid, Some(data)), None));
+        }
         let tmp = path.with_extension("fill");
         block(|| -> std::io::Result<()> {
             let r = self.wb.create_file(&tmp).and_then(|f| {
@@ -142,7 +154,7 @@ impl Vfs {
             r
         })
         .map_err(|e| io_errno(e, "filling a cache file"))?;
-        Ok((valid, None))
+        Ok((DChunk::new(self.wb.gen(), valid, None), None))
     }
 
     /// Write `data` at `offset` of file `ino` through handle `fh`. When the
@@ -191,38 +203,31 @@ impl Vfs {
             full |= p.b == u64::from(node.chunk_size);
             let mut created = None;
             if !o.chunks.contains_key(&ci) {
-                let (filled, f) = self.fill_chunk(&node, ci, p.a, p.b).await?;
+                let (c, f) = self.fill_chunk(&node, ci, p.a, p.b).await?;
                 created = f;
-                self.wb.add_bytes(0, filled);
-                o.chunks.insert(
-                    ci,
-                    DChunk {
-                        gen: self.wb.gen(),
-                        len: filled,
-                        last_write: Instant::now(),
-                        uploading: None,
-                        uploaded: None,
-                        recovered: false,
-                    },
-                );
+                self.wb.add_bytes(0, c.len);
+                o.chunks.insert(ci, c);
             }
-            let path = self.wb.path(ino, ci);
+            let Some(c) = o.chunks.get_mut(&ci) else {
+                continue;
+            };
             let r = p.file_range();
             let src = &data[(r.start - offset) as usize..(r.end - offset) as usize];
-            let written = block(|| -> std::io::Result<()> {
-                let f = match created {
-                    Some(f) => f,
-                    None => self.wb.open_file(&path)?,
-                };
-                f.write_at(src, p.a)
-            });
+            let was_in_memory = c.mem.is_some();
+            let cs = node.chunk_size;
+            let written = if was_in_memory && stays_in_memory(p.b, cs) {
+                self.wb.write_body((ino, ci), c, created, (src, p.a), cs)
+            } else {
+                block(|| self.wb.write_body((ino, ci), c, created, (src, p.a), cs))
+            };
             if let Err(e) = written {
                 // Part of the bytes may be in the file: the chunk counts as
                 // changed. A chunk file this write created holds nothing.
-                if o.chunks.get(&ci).is_some_and(|c| c.len == 0) {
-                    o.chunks.remove(&ci);
-                    let _ = block(|| std::fs::remove_file(&path));
-                } else if let Some(c) = o.chunks.get_mut(&ci) {
+                if c.len == 0 {
+                    if let Some(c) = o.chunks.remove(&ci) {
+                        self.wb.remove_body((ino, ci), &c);
+                    }
+                } else {
                     c.gen = self.wb.gen();
                 }
                 return Err(match e.raw_os_error() {
@@ -238,6 +243,11 @@ impl Vfs {
             c.gen = self.wb.gen();
             c.last_write = Instant::now();
             self.wb.add_bytes(old, c.len);
+            if c.mem.is_some() {
+                self.journal_write((ino, ci), c, node.chunk_size, p.a, p.len());
+            } else if was_in_memory {
+                self.journal_moved_to_file((ino, ci), c, node.chunk_size);
+            }
         }
         o.size = o.size.max(end);
         o.mtime = now();
@@ -310,9 +320,14 @@ impl Vfs {
                     let mut buf = vec![0u8; p.len() as usize];
                     let have = c.len.min(p.b).saturating_sub(p.a) as usize;
                     if have > 0 {
-                        let path = self.wb.path(ino, p.index);
-                        block(|| self.wb.open_file(&path)?.read_at(&mut buf[..have], p.a))
-                            .map_err(|e| io_errno(e, "reading from the cache"))?;
+                        let key = (ino, p.index);
+                        let dst = &mut buf[..have];
+                        if c.mem.is_some() {
+                            self.wb.read_body(key, c, dst, p.a)
+                        } else {
+                            block(|| self.wb.read_body(key, c, dst, p.a))
+                        }
+                        .map_err(|e| io_errno(e, "reading from the cache"))?;
                     }
                     out.extend_from_slice(&buf);
                 }
@@ -348,7 +363,7 @@ impl Vfs {
         let doomed: Vec<u64> = o.chunks.range(keep..).map(|(k, _)| *k).collect();
         for ci in doomed {
             if let Some(c) = o.chunks.remove(&ci) {
-                let _ = block(|| std::fs::remove_file(self.wb.path(node.ino, ci)));
+                self.wb.remove_body((node.ino, ci), &c);
                 self.wb.add_bytes(c.len, 0);
             }
         }
@@ -356,8 +371,7 @@ impl Vfs {
             let (last, valid) = (lp.index, lp.b);
             if let Some(c) = o.chunks.get_mut(&last) {
                 if c.len > valid {
-                    let path = self.wb.path(node.ino, last);
-                    block(|| self.wb.open_file(&path)?.set_len(valid))
+                    block(|| self.wb.truncate_body((node.ino, last), c, valid))
                         .map_err(|e| io_errno(e, "truncating a cache file"))?;
                     self.wb.add_bytes(c.len, valid);
                     c.len = valid;
@@ -436,36 +450,60 @@ impl Vfs {
         Ok(())
     }
 
-    /// Make the file's data and size durable on local disk (close semantics).
+    /// Make the file's data and size durable on local disk (close
+    /// semantics): its chunk files synced, the bytes of its memory chunks
+    /// appended to the journal, and the journal synced (one fsync for
+    /// both when the file has no chunk file).
     pub async fn flush(&self, ino: u64) -> VfsResult<()> {
         if self.read_only() {
             return Ok(());
         }
         self.flush_attr(ino).await?;
-        if let Some(ov) = self.wb.get(ino) {
+        let Some(ov) = self.wb.get(ino) else {
+            return self.make_content_durable(ino).await;
+        };
+        let (paths, journal_failed) = {
             let o = ov.read().await;
             let paths: Vec<PathBuf> = o
                 .chunks
                 .iter()
-                .filter(|(_, c)| c.is_dirty())
+                .filter(|(_, c)| c.is_dirty() && c.mem.is_none())
                 .map(|(ci, _)| self.wb.path(ino, *ci))
                 .collect();
-            drop(o);
-            if !paths.is_empty() {
-                // The chunk files and the journal are synced at the same
-                // time (two devices queues' worth of waiting become one);
-                // close returns once both are durable.
-                let chunks = tokio::task::spawn_blocking(move || sync_files(&paths));
-                let journal = self.sync_journal();
-                chunks
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-                    .map_err(|e| io_errno(e, "syncing the cache"))?;
-                journal?;
-                return self.cover_journal_gap().await;
-            }
+            // a memory chunk the journal missed a change of
+            let missed = o.chunks.values().any(|c| c.unjournaled && c.is_dirty());
+            (paths, missed)
+        };
+        if journal_failed {
+            // the journal refused the bytes of a memory chunk: durable in
+            // the store instead, like an fsync in cloud mode
+            self.upload_file_now(ino).await?;
+            self.flush_attr(ino).await?;
+            return self.commit_now().await;
         }
-        self.make_records_durable().await
+        if paths.is_empty() {
+            return self.make_content_durable(ino).await;
+        }
+        // The chunk files and the journal are synced at the same time (two
+        // devices queues' worth of waiting become one); close returns once
+        // both are durable.
+        let chunks = tokio::task::spawn_blocking(move || sync_files(&paths));
+        let journal = self.sync_journal();
+        chunks
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|e| io_errno(e, "syncing the cache"))?;
+        journal?;
+        self.cover_journal_gap().await
+    }
+
+    /// Sync the journal if it holds a record of `ino`'s contents or size
+    /// not yet synced; commit if the journal missed a record.
+    async fn make_content_durable(&self, ino: u64) -> VfsResult<()> {
+        if self.content_unsynced(ino) {
+            self.sync_journal()?;
+        }
+        self.cover_journal_gap().await
     }
 
     /// fsync: local durability, and in `Cloud` mode upload the file's dirty
@@ -476,7 +514,8 @@ impl Vfs {
         }
         self.flush(ino).await?;
         if self.opts.fsync == crate::FsyncMode::Local {
-            return Ok(());
+            // the file's records too, not only its contents (a new empty file)
+            return self.make_records_durable().await;
         }
         self.upload_file_now(ino).await?;
         self.flush_attr(ino).await?;

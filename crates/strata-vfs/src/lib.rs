@@ -39,6 +39,7 @@ pub mod session;
 mod space;
 pub mod writeback;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -232,6 +233,9 @@ pub struct StatFs {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub dirty_bytes: u64,
+    /// Of `dirty_bytes`, those of small chunks kept in memory (their
+    /// bytes are in the journal once the file was closed).
+    pub dirty_memory_bytes: u64,
     pub dirty_chunks: u64,
     pub dirty_files: u64,
     pub uncommitted_records: u64,
@@ -277,6 +281,12 @@ pub struct Vfs {
     /// local write failed): until a commit covers it, the journal is not a
     /// complete record, so close/fsync commit instead of relying on it.
     pub(crate) journal_gap: AtomicU64,
+    /// Per file, the journal append (count) of its latest record that
+    /// changed its contents or size (`SetChunks`, `SetAttr` with a size,
+    /// chunk bytes): a close syncs the journal only if that one is not
+    /// synced yet. (A file created and closed unwritten is a metadata
+    /// operation: its `Create` is synced by the next close or fsync.)
+    pub(crate) content_appends: Mutex<HashMap<u64, u64>>,
     /// The store refuses this mount's chunks (too large): uploads stop,
     /// `status` and unmount say so.
     pub(crate) blocked: Mutex<Option<String>>,
@@ -297,6 +307,17 @@ pub struct Vfs {
     pub(crate) wake: tokio::sync::Notify,
     /// Signalled when uploads finish or commits land (fsync / space waiters).
     pub(crate) progress: tokio::sync::Notify,
+}
+
+/// The file whose contents or size record `r` changes.
+fn content_change(r: &Record) -> Option<u64> {
+    match r {
+        Record::SetChunks { ino, .. }
+        | Record::SetAttr {
+            ino, size: Some(_), ..
+        } => Some(*ino),
+        _ => None,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -324,8 +345,13 @@ impl Vfs {
         let have = vault.writer_seq();
         let mut replayed = Vec::new();
         let mut skipped = 0;
+        let data = journal::surviving_data(&entries, have);
         if opts.read_only {
-            let local = entries.iter().filter(|e| e.0 > have).count();
+            let local = entries
+                .iter()
+                .filter(|e| matches!(e, journal::Entry::Record(s, _) if *s > have))
+                .count()
+                + data.len();
             if local > 0 {
                 warn!(
                     records = local,
@@ -337,31 +363,43 @@ impl Vfs {
             return Ok(Vfs::assemble(vault, opts, journal, wb));
         }
         // Replay only onto the history this cache was writing (see `lineage`).
-        let pending = entries.iter().filter(|e| e.0 > have).count();
+        let pending = entries
+            .iter()
+            .filter(|e| matches!(e, journal::Entry::Record(s, _) if *s > have))
+            .count();
         lineage::check(
             dir,
             &vault,
             pending,
-            lineage::count_files(&dir.join("dirty")),
+            lineage::count_files(&dir.join("dirty")) + data.len(),
         )?;
-        for (seq, r) in entries {
+        for e in entries {
+            let journal::Entry::Record(seq, r) = e else {
+                continue;
+            };
             if seq <= have {
                 continue;
             }
             match vault.apply(r.clone()) {
-                Ok(new_seq) => replayed.push((new_seq, r)),
+                Ok(new_seq) => replayed.push(journal::Entry::Record(new_seq, r)),
                 Err(e) => {
                     skipped += 1;
                     warn!(seq, error = %e, "journal record no longer applies; skipped");
                 }
             }
         }
-        if !replayed.is_empty() || skipped > 0 {
+        if !replayed.is_empty() || skipped > 0 || !data.is_empty() {
             info!(
                 replayed = replayed.len(),
-                skipped, "replayed the local journal"
+                skipped,
+                chunks = data.len(),
+                "replayed the local journal"
             );
         }
+        let data = writeback::fit_to_tree(data, &vault);
+        // the chunks kept in memory go last: no record of the old journal
+        // that was after them is left to cover or cut them
+        replayed.extend(data.iter().cloned().map(journal::Entry::Data));
         journal
             .rewrite(&replayed)
             .map_err(|e| format!("cannot rewrite the journal in {}: {e}", dir.display()))?;
@@ -371,6 +409,7 @@ impl Vfs {
             .map_err(|e| format!("cannot open the write-back cache: {e}"))?;
         let vfs = Vfs::assemble(vault, opts, journal, wb);
         vfs.wb.recover(&vfs.vault);
+        vfs.wb.recover_memory(&vfs.vault, data);
         if !vfs.opts.read_only {
             // Inodes unlinked while open in an earlier session are unreachable now.
             let orphans: Vec<u64> = vfs
@@ -391,6 +430,7 @@ impl Vfs {
             space: Space::new(opts.cache_dir.clone()),
             follow: follow::FollowState::default(),
             journal_gap: AtomicU64::new(0),
+            content_appends: Mutex::new(HashMap::new()),
             blocked: Mutex::new(None),
             wb,
             handles: Handles::default(),
@@ -442,7 +482,11 @@ impl Vfs {
         let unit = self.vault.apply_unit(vec![r])?;
         let seq = unit.last().map(|(s, _)| *s).unwrap_or(0);
         for (s, rec) in &unit {
-            if let Err(e) = j.append(*s, rec) {
+            let appended = j.append(*s, rec);
+            if let (Ok(n), Some(ino)) = (&appended, content_change(rec)) {
+                lock(&self.content_appends).insert(ino, *n);
+            }
+            if let Err(e) = appended {
                 // The change is in memory and will be committed; until then
                 // close and fsync commit rather than trust the journal.
                 if e.raw_os_error() == Some(libc::ENOSPC) {
@@ -459,6 +503,21 @@ impl Vfs {
         // waking it for every record made it rescan every pending file per
         // operation (quadratic CPU when many small files are pending).
         Ok(seq)
+    }
+
+    /// Whether the journal must be synced for a close of `ino` to make its
+    /// contents and size durable (see `content_appends`).
+    pub(crate) fn content_unsynced(&self, ino: u64) -> bool {
+        let synced = lock(&self.journal).synced();
+        let mut m = lock(&self.content_appends);
+        match m.get(&ino) {
+            Some(n) if *n > synced => true,
+            Some(_) => {
+                m.remove(&ino);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Whether a record the journal could not take is still uncommitted.
@@ -536,6 +595,7 @@ impl Vfs {
         let (dirty_bytes, dirty_chunks, dirty_files) = self.wb.totals();
         Status {
             dirty_bytes,
+            dirty_memory_bytes: self.wb.mem_bytes.load(Ordering::Relaxed),
             dirty_chunks,
             dirty_files,
             uncommitted_records: self.vault.uncommitted_records(),

@@ -1,8 +1,17 @@
 //! The write-back cache: dirty chunks as files on local disk
 //! (`<cache>/dirty/<ino>.<chunk>`, the chunk's bytes up to its highest
-//! written byte, sealed with a per-file key: [`crate::sealed`]), an
-//! in-memory overlay per file (size and mtime of writes not
-//! yet in the tree), and the background uploader.
+//! written byte, sealed with a per-file key: [`crate::sealed`]) or, when
+//! small, in memory; an in-memory overlay per file (size and mtime of
+//! writes not yet in the tree); and the background uploader.
+//!
+//! Small chunks in memory: a chunk whose bytes stay within
+//! [`MEM_CHUNK_MAX`] (a small file, or the first bytes of one) lives in
+//! the overlay while the memory chunks together stay under
+//! [`MEM_BUDGET`]. Each write to it is appended to the journal before it
+//! returns ([`crate::journal::ChunkData`]), so a close makes it durable by
+//! syncing the journal alone: no chunk file is created, written, synced
+//! and deleted for it. A write past [`MEM_CHUNK_MAX`] moves the chunk into
+//! a chunk file.
 //!
 //! A chunk's life: first write → file created (filled from the stored chunk
 //! only when the write does not cover its valid bytes) → more writes bump its
@@ -23,6 +32,7 @@ use strata_core::{Inode, Kind, Record, Ts, Vault};
 use strata_crypto::Keys;
 use tracing::{info, warn};
 
+use crate::journal::ChunkData;
 use crate::sealed::{self, SealedFile};
 use crate::{io_errno, lock, vault_errno, Vfs, VfsResult};
 
@@ -41,13 +51,48 @@ pub(crate) struct DChunk {
     /// Left by an earlier session: its blob is put even if the tree already
     /// references that content (see [`strata_core::Vault::upload_chunk_always`]).
     pub(crate) recovered: bool,
+    /// The chunk's valid bytes when it lives in memory (`len` of them);
+    /// `None`: in its chunk file.
+    pub(crate) mem: Option<Vec<u8>>,
+    /// A memory chunk whose next journal entry must carry its whole
+    /// content (it was just created, or filled from the store).
+    pub(crate) fresh: bool,
+    /// A change of this memory chunk could not be journaled (disk full):
+    /// its close uploads and commits instead.
+    pub(crate) unjournaled: bool,
 }
 
 impl DChunk {
+    /// A chunk just created, of `len` valid bytes (`mem`: in memory).
+    pub(crate) fn new(gen: u64, len: u64, mem: Option<Vec<u8>>) -> DChunk {
+        DChunk {
+            gen,
+            len,
+            last_write: Instant::now(),
+            uploading: None,
+            uploaded: None,
+            recovered: false,
+            fresh: mem.is_some(),
+            mem,
+            unjournaled: false,
+        }
+    }
+
     pub(crate) fn is_dirty(&self) -> bool {
         self.uploaded.map(|u| u.0) != Some(self.gen)
     }
 }
+
+/// Largest chunk kept in memory (bytes from the chunk's start).
+pub const MEM_CHUNK_MAX: u64 = 256 << 10;
+
+/// Whether a memory chunk written up to `end` stays in memory.
+pub(crate) fn stays_in_memory(end: u64, chunk_size: u32) -> bool {
+    end <= MEM_CHUNK_MAX && end < u64::from(chunk_size)
+}
+/// Memory for chunks kept in memory, all files together; past it new
+/// chunks get chunk files.
+pub const MEM_BUDGET: u64 = 64 << 20;
 
 /// Write-back state of one file.
 #[derive(Debug)]
@@ -73,8 +118,10 @@ pub struct WriteBack {
     /// (size, mtime) of each overlay, readable without its async lock
     /// (getattr must never see a stale size because an upload holds it).
     pub(crate) attrs: Mutex<HashMap<u64, (u64, Ts)>>,
-    /// Bytes in chunk files.
+    /// Bytes of dirty chunks (files and memory).
     pub(crate) bytes: Arc<AtomicU64>,
+    /// Bytes of the chunks kept in memory.
+    pub(crate) mem_bytes: Arc<AtomicU64>,
 }
 
 impl WriteBack {
@@ -87,7 +134,101 @@ impl WriteBack {
             overlays: Mutex::new(HashMap::new()),
             attrs: Mutex::new(HashMap::new()),
             bytes: Arc::new(AtomicU64::new(0)),
+            mem_bytes: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Whether a new chunk of `len` bytes may live in memory: a partial
+    /// chunk (a whole one is uploaded at once) of at most
+    /// [`MEM_CHUNK_MAX`] bytes, within [`MEM_BUDGET`].
+    pub(crate) fn fits_in_memory(&self, len: u64, chunk_size: u32) -> bool {
+        len < u64::from(chunk_size)
+            && len <= MEM_CHUNK_MAX
+            && self.mem_bytes.load(Ordering::Relaxed) + len <= MEM_BUDGET
+    }
+
+    /// Write `src` at `at` into chunk `(ino, ci)` (its file opened, unless
+    /// `file` is the one just created). A memory chunk that would grow past
+    /// [`MEM_CHUNK_MAX`] moves into a chunk file first.
+    pub(crate) fn write_body(
+        &self,
+        (ino, ci): (u64, u64),
+        c: &mut DChunk,
+        file: Option<SealedFile>,
+        (src, at): (&[u8], u64),
+        chunk_size: u32,
+    ) -> std::io::Result<()> {
+        let end = at + src.len() as u64;
+        if let Some(m) = c.mem.as_mut() {
+            if stays_in_memory(end, chunk_size) {
+                let old = m.len() as u64;
+                if (m.len() as u64) < end {
+                    m.resize(end as usize, 0);
+                }
+                m[at as usize..end as usize].copy_from_slice(src);
+                add(&self.mem_bytes, old, m.len() as u64);
+                return Ok(());
+            }
+            // too big for memory: into a chunk file, then written there
+            let f = self.create_file(&self.path(ino, ci))?;
+            f.write_at(m, 0)?;
+            sub_bytes(&self.mem_bytes, m.len() as u64);
+            c.mem = None;
+            return f.write_at(src, at);
+        }
+        let f = match file {
+            Some(f) => f,
+            None => self.open_file(&self.path(ino, ci))?,
+        };
+        f.write_at(src, at)
+    }
+
+    /// Read `buf.len()` valid bytes of chunk `(ino, ci)` at `at`.
+    pub(crate) fn read_body(
+        &self,
+        (ino, ci): (u64, u64),
+        c: &DChunk,
+        buf: &mut [u8],
+        at: u64,
+    ) -> std::io::Result<()> {
+        match &c.mem {
+            Some(m) => {
+                let src = m.get(at as usize..at as usize + buf.len()).ok_or_else(|| {
+                    std::io::Error::other("read past the bytes of a chunk kept in memory")
+                })?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            None => self.open_file(&self.path(ino, ci))?.read_at(buf, at),
+        }
+    }
+
+    /// Cut chunk `(ino, ci)` to `len` valid bytes.
+    pub(crate) fn truncate_body(
+        &self,
+        (ino, ci): (u64, u64),
+        c: &mut DChunk,
+        len: u64,
+    ) -> std::io::Result<()> {
+        match c.mem.as_mut() {
+            Some(m) => {
+                let old = m.len() as u64;
+                m.truncate(len as usize);
+                add(&self.mem_bytes, old, m.len() as u64);
+                Ok(())
+            }
+            None => self.open_file(&self.path(ino, ci))?.set_len(len),
+        }
+    }
+
+    /// Forget chunk `(ino, ci)`'s bytes (its file, or its memory).
+    pub(crate) fn remove_body(&self, (ino, ci): (u64, u64), c: &DChunk) {
+        match &c.mem {
+            Some(m) => sub_bytes(&self.mem_bytes, m.len() as u64),
+            None => {
+                let _ = block(|| std::fs::remove_file(self.path(ino, ci)));
+            }
+        }
     }
 
     pub(crate) fn gen(&self) -> u64 {
@@ -173,17 +314,10 @@ impl WriteBack {
                 chunks: BTreeMap::new(),
             });
             if let Ok(mut o) = ov.try_write() {
-                o.chunks.insert(
-                    ci,
-                    DChunk {
-                        gen: self.gen(),
-                        len,
-                        last_write: Instant::now() - Duration::from_secs(3600),
-                        uploading: None,
-                        uploaded: None,
-                        recovered: true,
-                    },
-                );
+                let mut c = DChunk::new(self.gen(), len, None);
+                c.last_write = Instant::now() - Duration::from_secs(3600);
+                c.recovered = true;
+                o.chunks.insert(ci, c);
                 self.publish(ino, &o);
             }
             self.bytes.fetch_add(len, Ordering::Relaxed);
@@ -237,9 +371,17 @@ impl WriteBack {
         // Their bytes as the overlay counts them: now, or once an upload
         // holding the overlay lets go of it.
         let bytes = self.bytes.clone();
+        let mem_bytes = self.mem_bytes.clone();
         let uncount = move |o: &Overlay| {
             let n: u64 = o.chunks.values().map(|c| c.len).sum();
             sub_bytes(&bytes, n);
+            let m: u64 = o
+                .chunks
+                .values()
+                .filter_map(|c| c.mem.as_ref())
+                .map(|m| m.len() as u64)
+                .sum();
+            sub_bytes(&mem_bytes, m);
         };
         let now = ov.try_read().map(|o| uncount(&o));
         if now.is_err() {
@@ -271,11 +413,65 @@ impl WriteBack {
     }
 
     pub(crate) fn add_bytes(&self, old: u64, new: u64) {
-        if new >= old {
-            self.bytes.fetch_add(new - old, Ordering::Relaxed);
-        } else {
-            sub_bytes(&self.bytes, old - new);
+        add(&self.bytes, old, new);
+    }
+
+    /// Re-register the chunks an earlier session kept in memory (from the
+    /// journal, fitted to the tree by [`fit_to_tree`]); a chunk file of
+    /// the same chunk (written later) wins.
+    pub(crate) fn recover_memory(&self, vault: &Vault, data: Vec<ChunkData>) {
+        for d in data {
+            let Some(node) = vault.inode(d.ino) else {
+                continue;
+            };
+            let ov = self.overlay_or_insert(d.ino, || Overlay {
+                size: node.size,
+                mtime: node.mtime,
+                attr_dirty: false,
+                chunks: BTreeMap::new(),
+            });
+            let Ok(mut o) = ov.try_write() else {
+                continue;
+            };
+            if o.chunks.contains_key(&d.chunk) {
+                continue;
+            }
+            let len = d.bytes.len() as u64;
+            let mut c = DChunk::new(self.gen(), len, Some(d.bytes));
+            c.last_write = Instant::now() - Duration::from_secs(3600);
+            c.recovered = true;
+            c.fresh = false; // the journal holds its whole content
+            o.chunks.insert(d.chunk, c);
+            self.publish(d.ino, &o);
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+            self.mem_bytes.fetch_add(len, Ordering::Relaxed);
         }
+    }
+}
+
+/// The chunk bytes a replay restores ([`crate::journal::surviving_data`]),
+/// fitted to the replayed tree: dropped for files that are gone, cut to
+/// the file's size.
+pub(crate) fn fit_to_tree(data: Vec<ChunkData>, vault: &Vault) -> Vec<ChunkData> {
+    data.into_iter()
+        .filter_map(|mut d| {
+            let node = vault
+                .inode(d.ino)
+                .filter(|n| n.kind == Kind::File && n.chunk_size > 0)?;
+            let limit = node.size;
+            let start = chunk_start(d.chunk, node.chunk_size);
+            let keep = limit.checked_sub(start).filter(|k| *k > 0)?;
+            d.bytes.truncate(keep.min(d.bytes.len() as u64) as usize);
+            Some(d)
+        })
+        .collect()
+}
+
+fn add(counter: &AtomicU64, old: u64, new: u64) {
+    if new >= old {
+        counter.fetch_add(new - old, Ordering::Relaxed);
+    } else {
+        sub_bytes(counter, old - new);
     }
 }
 
@@ -299,6 +495,88 @@ pub(crate) fn committed_len(node: &Inode, ci: u64) -> u64 {
 }
 
 impl Vfs {
+    /// Journal a write of `at..at+len` to memory chunk `(ino, ci)` (its
+    /// whole content if it is fresh), not synced. A failure (disk full) is
+    /// logged and marks the chunk: its close then uploads and commits.
+    pub(crate) fn journal_write(
+        &self,
+        (ino, ci): (u64, u64),
+        c: &mut DChunk,
+        chunk_size: u32,
+        at: u64,
+        len: u64,
+    ) {
+        let Some(m) = &c.mem else {
+            return;
+        };
+        let start = chunk_start(ci, chunk_size);
+        let d = if c.fresh {
+            ChunkData::whole(ino, ci, start, m.clone())
+        } else {
+            ChunkData {
+                ino,
+                chunk: ci,
+                start,
+                at,
+                bytes: m[at as usize..(at + len) as usize].to_vec(),
+                len: m.len() as u64,
+                fresh: false,
+            }
+        };
+        self.journal_chunk(ino, c, d);
+    }
+
+    /// Journal that memory chunk `(ino, ci)` moved into its chunk file.
+    pub(crate) fn journal_moved_to_file(
+        &self,
+        (ino, ci): (u64, u64),
+        c: &mut DChunk,
+        chunk_size: u32,
+    ) {
+        let start = chunk_start(ci, chunk_size);
+        self.journal_chunk(ino, c, ChunkData::whole(ino, ci, start, Vec::new()));
+    }
+
+    fn journal_chunk(&self, ino: u64, c: &mut DChunk, d: ChunkData) {
+        let appended = lock(&self.journal).append_data(d);
+        match appended {
+            Ok(n) => {
+                c.fresh = false;
+                lock(&self.content_appends).insert(ino, n);
+            }
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    self.space.hit_full();
+                }
+                if !c.unjournaled {
+                    warn!(error = %e, "could not append a small file's bytes to the local journal; its close uploads them instead");
+                    self.note_error(format!("local journal write failed: {e}"));
+                }
+                c.unjournaled = true;
+            }
+        }
+    }
+
+    /// The whole content of every chunk kept in memory, for a journal
+    /// compaction; `None` if an overlay is busy (try again later).
+    pub(crate) fn memory_chunks(&self) -> Option<Vec<ChunkData>> {
+        let ovs: Vec<(u64, OverlayRef)> = lock(&self.wb.overlays)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (ino, ov) in ovs {
+            let o = ov.try_read().ok()?;
+            for (ci, c) in &o.chunks {
+                if let Some(m) = &c.mem {
+                    let cs = self.vault.inode(ino).map(|n| n.chunk_size)?;
+                    out.push(ChunkData::whole(ino, *ci, chunk_start(*ci, cs), m.clone()));
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// Remove an overlay that holds nothing.
     pub(crate) fn forget_clean_overlay(&self, ino: u64) {
         let mut m = crate::lock(&self.wb.overlays);
@@ -353,7 +631,7 @@ impl Vfs {
         let Some(ov) = self.wb.get(ino) else {
             return Ok(());
         };
-        let (gen, len, recovered) = {
+        let (gen, len, recovered, mem) = {
             let mut o = ov.write().await;
             let Some(c) = o.chunks.get_mut(&ci) else {
                 return Ok(());
@@ -362,13 +640,13 @@ impl Vfs {
                 return Ok(());
             }
             c.uploading = Some(c.gen);
-            (c.gen, c.len, c.recovered)
+            (c.gen, c.len, c.recovered, c.mem.clone())
         };
         self.counters
             .uploads_in_flight
             .fetch_add(1, Ordering::Relaxed);
         let res = self
-            .upload_chunk_inner(&ov, (ino, ci), gen, len, recovered)
+            .upload_chunk_inner(&ov, (ino, ci), (gen, len, recovered), mem)
             .await;
         self.counters
             .uploads_in_flight
@@ -386,16 +664,19 @@ impl Vfs {
         &self,
         ov: &OverlayRef,
         (ino, ci): (u64, u64),
-        gen: u64,
-        len: u64,
-        recovered: bool,
+        (gen, len, recovered): (u64, u64, bool),
+        mem: Option<Vec<u8>>,
     ) -> VfsResult<()> {
         let path = self.wb.path(ino, ci);
         // The file is read without the overlay lock: a truncate or unlink
         // may shrink or remove it meanwhile. That is no failure (the chunk
         // changed: it stays dirty and goes with its new generation, or it
-        // is gone), only a read error of an unchanged chunk is.
-        let read = block(|| self.wb.open_file(&path).and_then(|f| f.read_prefix(len)));
+        // is gone), only a read error of an unchanged chunk is. A memory
+        // chunk's bytes were taken with its generation.
+        let read = match mem {
+            Some(m) => Ok(m),
+            None => block(|| self.wb.open_file(&path).and_then(|f| f.read_prefix(len))),
+        };
         let data = match read {
             Ok(d) => d,
             Err(e) => {
@@ -489,7 +770,7 @@ impl Vfs {
         let committed = self.vault.writer_seq();
         self.release_chunks(committed).await;
         let mut j = crate::lock(&self.journal);
-        if let Err(e) = j.compact(committed, self.space.is_low()) {
+        if let Err(e) = j.compact(committed, self.space.is_low(), || self.memory_chunks()) {
             warn!(error = %e, "could not compact the journal");
         }
         drop(j);
@@ -539,7 +820,7 @@ impl Vfs {
                 .collect();
             for ci in done {
                 if let Some(c) = o.chunks.remove(&ci) {
-                    let _ = block(|| std::fs::remove_file(self.wb.path(ino, ci)));
+                    self.wb.remove_body((ino, ci), &c);
                     self.wb.add_bytes(c.len, 0);
                 }
             }

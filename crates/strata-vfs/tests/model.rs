@@ -572,8 +572,9 @@ fn dirty_files(cache: &Path) -> Vec<(String, u64)> {
         .unwrap_or_default()
 }
 
-/// The write-back cache counts exactly the bytes of its chunk files. Only
-/// checked with lazy uploads: eager commits delete files concurrently.
+/// The write-back cache counts exactly the bytes of its chunk files and of
+/// the chunks it keeps in memory. Only checked with lazy uploads: eager
+/// commits delete files concurrently.
 fn check_dirty_bytes(v: &Vfs, cache: &Path) -> Res {
     let files = dirty_files(cache);
     // sealed files hold whole 4 KiB blocks: each file's capacity is its
@@ -582,7 +583,14 @@ fn check_dirty_bytes(v: &Vfs, cache: &Path) -> Res {
         .iter()
         .map(|f| strata_vfs::writeback::plain_capacity(f.1))
         .sum();
-    let counted = v.status().dirty_bytes;
+    let st = v.status();
+    ensure!(
+        st.dirty_memory_bytes <= st.dirty_bytes,
+        "{} bytes in memory of {} dirty",
+        st.dirty_memory_bytes,
+        st.dirty_bytes
+    );
+    let counted = st.dirty_bytes - st.dirty_memory_bytes;
     ensure!(
         counted <= on_disk && on_disk - counted <= 4095 * files.len() as u64,
         "write-back cache counts {counted} dirty bytes, its files hold {on_disk}: {files:?}"
