@@ -388,7 +388,7 @@ impl Chunks {
         if span.count() as usize * blob::SEGMENT as usize <= INLINE_DECRYPT {
             work()
         } else {
-            tokio::task::spawn_blocking(work)
+            strata_store::inline::run(work)
                 .await
                 .map_err(|e| VaultError::Invalid(format!("decryption task failed: {e}")))?
         }

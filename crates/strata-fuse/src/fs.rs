@@ -7,6 +7,11 @@
 //! for the network or the local disk (read, write, flush, fsync, release,
 //! setattr, open, fallocate) is spawned as a task on the mount's Tokio
 //! runtime and replies when it is done, so a FUSE thread never blocks on I/O.
+//! Except on a local store (`file://`, `memory://`): there read, write and
+//! flush run on the FUSE thread itself (`Handle::block_on`, with the
+//! store's disk I/O and decryption inline: [`strata_store::inline`]),
+//! since handing a 4 KiB read to a Tokio worker and its file read to the
+//! blocking pool cost more thread wake-ups than the read itself.
 //! fuser's reply objects are `Send`; a reply dropped without an answer (task
 //! cancelled at shutdown, panic) is answered with EIO by fuser.
 
@@ -164,6 +169,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct StrataFs {
     vfs: Arc<Vfs>,
     rt: tokio::runtime::Handle,
+    /// Answer data requests on the FUSE thread (a local store).
+    inline_io: bool,
     dirs: Mutex<HashMap<u64, Listing>>,
     next_dir_fh: AtomicU64,
 }
@@ -174,6 +181,7 @@ impl StrataFs {
         StrataFs {
             vfs,
             rt,
+            inline_io: false,
             dirs: Mutex::new(HashMap::new()),
             next_dir_fh: AtomicU64::new(1),
         }
@@ -184,6 +192,12 @@ impl StrataFs {
     }
 
     /// Run `f(vfs)` as a task on the runtime.
+    /// Answer read, write and flush on the FUSE thread, its blocking work
+    /// inline (for a store on the local disk; see the module docs).
+    pub fn set_inline_io(&mut self, on: bool) {
+        self.inline_io = on;
+    }
+
     fn spawn<F, Fut>(&self, f: F)
     where
         F: FnOnce(Arc<Vfs>) -> Fut + Send + 'static,
@@ -191,6 +205,19 @@ impl StrataFs {
     {
         let vfs = self.vfs.clone();
         self.rt.spawn(async move { f(vfs).await });
+    }
+
+    /// A data request: on this thread when `inline_io`, else spawned.
+    fn data_op<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Vfs>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if !self.inline_io {
+            return self.spawn(f);
+        }
+        let _inline = strata_store::inline::enter();
+        self.rt.block_on(f(self.vfs.clone()));
     }
 
     fn listing(&self, ino: u64) -> VfsResult<Listing> {
@@ -456,7 +483,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(move |vfs| async move {
+        self.data_op(move |vfs| async move {
             match vfs.read(ino.0, fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(e)),
@@ -477,7 +504,7 @@ impl Filesystem for StrataFs {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.spawn(move |vfs| async move {
+        self.data_op(move |vfs| async move {
             match vfs.write(ino.0, fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
@@ -493,7 +520,7 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |vfs| async move { Self::reply_empty(reply, vfs.flush(ino.0).await) });
+        self.data_op(move |vfs| async move { Self::reply_empty(reply, vfs.flush(ino.0).await) });
     }
 
     fn release(

@@ -356,7 +356,8 @@ pub fn run_mount(
         sess.cache_dir.clone(),
     );
 
-    let fs = StrataFs::new(vfs.clone(), rt.handle().clone());
+    let mut fs = StrataFs::new(vfs.clone(), rt.handle().clone());
+    fs.set_inline_io(is_local_store(&store_name));
     let session = match fuser::spawn_mount(fs, &mountpoint, &fuse_config(&opts, &store_name)) {
         Ok(s) => s,
         Err(e) => {

@@ -1234,6 +1234,9 @@ fn separate_process_unmount_and_crash_recovery() {
     f.sync_all().unwrap();
     drop(f);
     fs::write(env.mnt.join("closed"), vec![4u8; 2 * CHUNK as usize + 9]).unwrap();
+    // a small file lives in memory and in the journal only (no chunk file)
+    let small: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(env.mnt.join("small"), &small).unwrap();
     fs::create_dir(env.mnt.join("dir")).unwrap();
     fs::rename(env.mnt.join("one"), env.mnt.join("dir/one")).unwrap();
     let mut child = d.0.take().unwrap();
@@ -1261,6 +1264,7 @@ fn separate_process_unmount_and_crash_recovery() {
         fs::read(env.mnt.join("closed")).unwrap(),
         vec![4u8; 2 * CHUNK as usize + 9]
     );
+    assert_eq!(fs::read(env.mnt.join("small")).unwrap(), small);
     assert_eq!(fs::read(env.mnt.join("dir/one")).unwrap(), b"first daemon");
     m.stop().unwrap();
 }

@@ -305,7 +305,7 @@ impl OpendalStore {
         T: Send + 'static,
         F: FnOnce() -> io::Result<T> + Send + 'static,
     {
-        match tokio::task::spawn_blocking(f).await {
+        match crate::inline::run(f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.err_io(&e, op, key)),
             Err(e) => Err(StoreError::new(

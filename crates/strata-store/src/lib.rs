@@ -30,6 +30,7 @@ mod cloud;
 mod error;
 mod fault;
 mod http_basic;
+pub mod inline;
 mod keys;
 mod layers;
 mod sftp;
