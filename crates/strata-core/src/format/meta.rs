@@ -202,6 +202,19 @@ fn open_object(
     bytes: &[u8],
     object: &str,
 ) -> VaultResult<Vec<u8>> {
+    let (plain, body) = open_object_in_place(keys, magic, ad, bytes, object)?;
+    Ok(plain[body].to_vec())
+}
+
+/// [`open_object`] without copying the body out: the plaintext, and where
+/// the body is in it.
+fn open_object_in_place(
+    keys: &Keys,
+    magic: &[u8; 8],
+    ad: &[u8],
+    bytes: &[u8],
+    object: &str,
+) -> VaultResult<(Vec<u8>, std::ops::Range<usize>)> {
     if bytes.len() < OVERHEAD as usize || &bytes[..8] != magic {
         return Err(VaultError::corrupt(
             object,
@@ -220,7 +233,7 @@ fn open_object(
     if 4 + len > plain.len() {
         return Err(VaultError::corrupt(object, "body length out of range"));
     }
-    Ok(plain[4..4 + len].to_vec())
+    Ok((plain, 4..4 + len))
 }
 
 /// Encode the records of one log body (to measure and split batches).
@@ -330,22 +343,37 @@ pub fn seal_checkpoint_part(
     seal_owned(keys, CKPT_MAGIC, &ad, body, max)
 }
 
-/// Open checkpoint parts (in order) and decode the body.
+/// Open checkpoint parts (in order) and decode the body. Each part is
+/// dropped once opened, and one part is decoded where it was decrypted:
+/// loading a big tree holds its encoding about once, not four times.
 pub fn open_checkpoint(
     keys: &Keys,
     vault_id: &[u8; 16],
     version: u64,
-    parts: &[(String, Vec<u8>)],
+    parts: Vec<(String, Vec<u8>)>,
 ) -> VaultResult<CheckpointBody> {
     let count =
         u32::try_from(parts.len()).map_err(|_| VaultError::Invalid("too many parts".into()))?;
+    let first = parts
+        .first()
+        .map(|p| p.0.clone())
+        .unwrap_or_else(|| "checkpoint".into());
+    let first = first.as_str();
     let mut all = Vec::new();
-    for (i, (name, bytes)) in parts.iter().enumerate() {
+    let mut range = 0..0;
+    for (i, (name, bytes)) in parts.into_iter().enumerate() {
         let ad = ckpt_ad(vault_id, version, i as u32, count);
-        all.extend_from_slice(&open_object(keys, CKPT_MAGIC, &ad, bytes, name)?);
+        let (plain, body) = open_object_in_place(keys, CKPT_MAGIC, &ad, &bytes, &name)?;
+        drop(bytes);
+        if count == 1 {
+            all = plain;
+            range = body;
+        } else {
+            all.extend_from_slice(&plain[body]);
+            range = 0..all.len();
+        }
     }
-    let first = parts.first().map(|p| p.0.as_str()).unwrap_or("checkpoint");
-    let (mut body, rest): (CheckpointBody, &[u8]) = postcard::take_from_bytes(&all)
+    let (mut body, rest): (CheckpointBody, &[u8]) = postcard::take_from_bytes(&all[range])
         .map_err(|e| VaultError::corrupt(first, format!("undecodable checkpoint: {e}")))?;
     if !rest.is_empty() {
         let (packs, tail) = postcard::take_from_bytes(rest).map_err(|e| {

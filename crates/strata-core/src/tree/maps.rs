@@ -77,7 +77,17 @@ where
     BTreeMap<K, V>: EmptyMap,
 {
     pub(crate) fn insert(&mut self, k: K, v: V) -> Option<V> {
-        self.0.get_or_insert_with(Box::default).insert(k, v)
+        let m = self.0.get_or_insert_with(Box::default);
+        let old = m.insert(k, v);
+        // Entries inserted in order (as `put` does, its walk is sorted)
+        // leave every B-tree node half full; rebuilt from its sorted
+        // contents the map fills its nodes. At each doubling from 1024, so
+        // it costs a constant per insert.
+        if old.is_none() && m.len() >= 1024 && m.len().is_power_of_two() {
+            let full: BTreeMap<K, V> = std::mem::take(&mut **m).into_iter().collect();
+            **m = full;
+        }
+        old
     }
 
     pub(crate) fn remove<Q>(&mut self, k: &Q) -> Option<V>
@@ -161,5 +171,20 @@ mod tests {
         }
         assert!(b.0.is_none(), "an emptied map takes no heap");
         assert!(b.remove(&b"a"[..]).is_none());
+    }
+
+    #[test]
+    fn stays_the_same_map_across_rebuilds() {
+        let mut m: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        let mut b = Entries::new();
+        // in order, then out of order, past several doublings
+        for i in (0..3000u64).chain((3000..5000).rev()) {
+            let k = format!("f{i:05}").into_bytes();
+            assert_eq!(b.insert(k.clone(), i), m.insert(k, i));
+        }
+        assert_eq!(b.insert(b"f00007".to_vec(), 1), Some(7));
+        m.insert(b"f00007".to_vec(), 1);
+        assert_eq!(*b, m);
+        assert!(b.keys().zip(b.keys().skip(1)).all(|(x, y)| x < y));
     }
 }
