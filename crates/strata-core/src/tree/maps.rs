@@ -81,9 +81,9 @@ where
         let old = m.insert(k, v);
         // Entries inserted in order (as `put` does, its walk is sorted)
         // leave every B-tree node half full; rebuilt from its sorted
-        // contents the map fills its nodes. At each doubling from 1024, so
+        // contents the map fills its nodes. At each doubling from 64, so
         // it costs a constant per insert.
-        if old.is_none() && m.len() >= 1024 && m.len().is_power_of_two() {
+        if old.is_none() && m.len() >= 64 && m.len().is_power_of_two() {
             let full: BTreeMap<K, V> = std::mem::take(&mut **m).into_iter().collect();
             **m = full;
         }
