@@ -111,8 +111,8 @@ pub(crate) async fn load(
             parts.push((key.clone(), bytes.to_vec()));
         }
     }
-    let body = meta::open_checkpoint(keys, vault_id, cv, &parts)?;
     let first_part = parts.first().map(|p| p.0.clone()).unwrap_or_default();
+    let body = meta::open_checkpoint(keys, vault_id, cv, parts)?;
     let mut tree = Tree::from_image(body.tree).map_err(|e| VaultError::corrupt(&first_part, e))?;
     check_seen(seen, cv, &body.head, accept_rollback)?;
     let (mut version, mut head, mut writer_seq) = (cv, body.head, body.writer_seq);

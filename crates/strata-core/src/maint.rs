@@ -133,7 +133,7 @@ impl Vault {
                 }
             }
             i.packs = t.packs().len() as u64;
-            i.packed_blobs = t.pack_table().len() as u64;
+            i.packed_blobs = t.packed_count() as u64;
             i
         });
         for o in self.store.list("").await? {
@@ -218,7 +218,7 @@ impl Vault {
         o: &GcOptions,
         r: &mut GcReport,
     ) -> VaultResult<()> {
-        let (uses, table) = self.with_tree(|t| (t.packs().clone(), t.pack_table().clone()));
+        let (uses, table) = self.with_tree(|t| (t.packs().clone(), t.pack_table()));
         let mut doomed: Vec<BlobId> = uses
             .iter()
             .filter(|(p, u)| {
@@ -360,7 +360,7 @@ impl Vault {
         read_data: bool,
         progress: Option<crate::data::Progress>,
     ) -> VaultResult<CheckReport> {
-        let (mut refs, table) = self.with_tree(|t| (t.referenced_blobs(), t.pack_table().clone()));
+        let (mut refs, table) = self.with_tree(|t| (t.referenced_blobs(), t.pack_table()));
         let packed: HashMap<BlobId, crate::record::ChunkRef> = table
             .keys()
             .filter_map(|id| refs.remove(id).map(|c| (*id, c)))

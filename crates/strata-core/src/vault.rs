@@ -122,6 +122,9 @@ pub(crate) struct Inner {
     staged: Vec<StagedLog>,
     /// Newest staged version the stage hook was told about.
     reported_version: u64,
+    /// The last checkpoint of several parts was given up because the tree
+    /// changed between parts: encode the next one whole, in one go.
+    checkpoint_in_one: bool,
 }
 
 impl Inner {
@@ -308,6 +311,7 @@ impl Vault {
             logs_since_checkpoint: 0,
             staged: Vec::new(),
             reported_version: version,
+            checkpoint_in_one: false,
         }));
         let table = Arc::downgrade(&inner);
         chunks.set_locator(Box::new(move |id| {
@@ -1086,43 +1090,95 @@ impl Vault {
 
     async fn checkpoint_locked(&self) -> VaultResult<()> {
         // Encoded under the lock, straight from the tree (a copy of a big
-        // tree would double the memory it takes).
-        let (version, bytes) = {
-            let g = lock(&self.inner);
+        // tree would double the memory it takes). A checkpoint of several
+        // parts is not held whole either: it is measured, then each part
+        // is encoded, sealed and sent in turn; the tree must still be the
+        // committed state of `version` at each part (else the checkpoint
+        // is left for the next commit, which then encodes it in one go).
+        let max = self.caps.max_object_size;
+        let per = meta::checkpoint_part_len(max);
+        let (version, time, whole) = {
+            let mut g = lock(&self.inner);
             if !g.pending.is_empty() || !g.staged.is_empty() {
                 return Ok(()); // only checkpoint a committed state
             }
             if g.version == g.checkpoint_version {
                 return Ok(());
             }
+            let time = now();
+            let in_one = std::mem::take(&mut g.checkpoint_in_one);
             let body = meta::CheckpointBodyRef {
                 version: g.version,
                 head: g.head,
                 writer_seq: g.writer_seq,
-                time: now(),
+                time,
                 tree: g.tree.image_ref(),
             };
-            (
-                g.version,
-                meta::encode_checkpoint(&body, &g.tree.pack_entries())?,
-            )
+            let packs = g.tree.pack_table_ref();
+            let range = if in_one { 0..usize::MAX } else { 0..per };
+            let (bytes, len) = meta::encode_checkpoint_window(&body, &packs, range)?;
+            let whole = if in_one || len <= per {
+                Ok(bytes)
+            } else {
+                Err((len, bytes))
+            };
+            (g.version, time, whole)
         };
         self.check_writable().await?;
-        let parts = meta::seal_checkpoint_bytes(
-            &self.keys,
-            &self.vault_id,
-            version,
-            bytes,
-            self.caps.max_object_size,
-        )?;
-        let count = parts.len() as u32;
-        for (i, p) in parts.into_iter().enumerate() {
-            self.store
-                .put(
-                    &format::checkpoint_key(version, i as u32, count),
-                    Bytes::from(p),
-                )
-                .await?;
+        match whole {
+            Ok(bytes) => {
+                let parts =
+                    meta::seal_checkpoint_bytes(&self.keys, &self.vault_id, version, bytes, max)?;
+                let count = parts.len() as u32;
+                for (i, p) in parts.into_iter().enumerate() {
+                    self.store
+                        .put(
+                            &format::checkpoint_key(version, i as u32, count),
+                            Bytes::from(p),
+                        )
+                        .await?;
+                }
+            }
+            Err((len, first)) => {
+                let count = u32::try_from(len.div_ceil(per)).unwrap_or(u32::MAX);
+                let mut first = Some(first);
+                for i in 0..count {
+                    let part = if let Some(p) = first.take() {
+                        p
+                    } else {
+                        let mut g = lock(&self.inner);
+                        if g.version != version || !g.pending.is_empty() || !g.staged.is_empty() {
+                            debug!(version, "tree changed while checkpointing; retried later");
+                            g.checkpoint_in_one = true;
+                            return Ok(());
+                        }
+                        let body = meta::CheckpointBodyRef {
+                            version,
+                            head: g.head,
+                            writer_seq: g.writer_seq,
+                            time,
+                            tree: g.tree.image_ref(),
+                        };
+                        let start = i as usize * per;
+                        let range = start..start.saturating_add(per);
+                        meta::encode_checkpoint_window(&body, &g.tree.pack_table_ref(), range)?.0
+                    };
+                    let sealed = meta::seal_checkpoint_part(
+                        &self.keys,
+                        &self.vault_id,
+                        version,
+                        (i, count),
+                        part,
+                        max,
+                    )?;
+                    self.store
+                        .put(
+                            &format::checkpoint_key(version, i, count),
+                            Bytes::from(sealed),
+                        )
+                        .await?;
+                }
+            }
         }
         {
             let mut g = lock(&self.inner);

@@ -17,7 +17,7 @@ use strata_crypto::{padme, Keys, NONCE_LEN, TAG_LEN};
 
 use crate::error::{VaultError, VaultResult};
 use crate::record::{Record, Ts};
-use crate::tree::{PackEntry, TreeImage, TreeImageRef};
+use crate::tree::{PackEntry, PackTableRef, TreeImage, TreeImageRef};
 
 pub const LOG_MAGIC: &[u8; 8] = b"STRLOG01";
 pub const CKPT_MAGIC: &[u8; 8] = b"STRCKP01";
@@ -62,12 +62,63 @@ pub struct CheckpointBodyRef<'a> {
 /// [`seal_checkpoint_bytes`]).
 pub fn encode_checkpoint(
     body: &CheckpointBodyRef<'_>,
-    packs: &[PackEntry],
+    packs: &PackTableRef<'_>,
 ) -> VaultResult<Vec<u8>> {
-    let mut bytes = postcard::to_stdvec(body)
-        .map_err(|e| VaultError::Invalid(format!("checkpoint encoding: {e}")))?;
-    append_pack_table(&mut bytes, packs)?;
-    Ok(bytes)
+    encode_checkpoint_window(body, packs, 0..usize::MAX).map(|(bytes, _)| bytes)
+}
+
+/// Bytes `range` of the encoding of a checkpoint body and its pack table
+/// (the body of one part, say), and the length of the whole encoding: a
+/// checkpoint of a big tree is encoded once to measure it, then once per
+/// part, and never held whole.
+pub fn encode_checkpoint_window(
+    body: &CheckpointBodyRef<'_>,
+    packs: &PackTableRef<'_>,
+    range: std::ops::Range<usize>,
+) -> VaultResult<(Vec<u8>, usize)> {
+    let err = |e: postcard::Error| VaultError::Invalid(format!("checkpoint encoding: {e}"));
+    let w = Window {
+        pos: 0,
+        range,
+        out: Vec::new(),
+    };
+    let mut w = postcard::serialize_with_flavor(body, w).map_err(err)?;
+    if !packs.is_empty() {
+        w = postcard::serialize_with_flavor(packs, w).map_err(err)?;
+    }
+    Ok((w.out, w.pos))
+}
+
+/// A postcard output keeping only the bytes in `range` of what is written.
+struct Window {
+    pos: usize,
+    range: std::ops::Range<usize>,
+    out: Vec<u8>,
+}
+
+impl postcard::ser_flavors::Flavor for Window {
+    type Output = Window;
+
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        if self.range.contains(&self.pos) {
+            self.out.push(b);
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.pos + data.len();
+        let a = self.range.start.clamp(self.pos, end) - self.pos;
+        let b = self.range.end.clamp(self.pos, end) - self.pos;
+        self.out.extend_from_slice(&data[a..b]);
+        self.pos = end;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Window> {
+        Ok(self)
+    }
 }
 
 /// Hash of a stored log object (the chain link).
@@ -151,6 +202,19 @@ fn open_object(
     bytes: &[u8],
     object: &str,
 ) -> VaultResult<Vec<u8>> {
+    let (plain, body) = open_object_in_place(keys, magic, ad, bytes, object)?;
+    Ok(plain[body].to_vec())
+}
+
+/// [`open_object`] without copying the body out: the plaintext, and where
+/// the body is in it.
+fn open_object_in_place(
+    keys: &Keys,
+    magic: &[u8; 8],
+    ad: &[u8],
+    bytes: &[u8],
+    object: &str,
+) -> VaultResult<(Vec<u8>, std::ops::Range<usize>)> {
     if bytes.len() < OVERHEAD as usize || &bytes[..8] != magic {
         return Err(VaultError::corrupt(
             object,
@@ -169,7 +233,7 @@ fn open_object(
     if 4 + len > plain.len() {
         return Err(VaultError::corrupt(object, "body length out of range"));
     }
-    Ok(plain[4..4 + len].to_vec())
+    Ok((plain, 4..4 + len))
 }
 
 /// Encode the records of one log body (to measure and split batches).
@@ -232,7 +296,7 @@ pub fn seal_checkpoint_bytes(
     bytes: Vec<u8>,
     max: Option<u64>,
 ) -> VaultResult<Vec<Vec<u8>>> {
-    let per = usize::try_from(max_body(max)).unwrap_or(usize::MAX).max(1);
+    let per = checkpoint_part_len(max);
     let count = bytes.len().div_ceil(per).max(1);
     let count32 = u32::try_from(count)
         .ok()
@@ -255,22 +319,61 @@ pub fn seal_checkpoint_bytes(
     Ok(parts)
 }
 
-/// Open checkpoint parts (in order) and decode the body.
+/// Bodies per checkpoint part for objects of at most `max` bytes.
+pub fn checkpoint_part_len(max: Option<u64>) -> usize {
+    usize::try_from(max_body(max)).unwrap_or(usize::MAX).max(1)
+}
+
+/// Seal part `part` of `count` of checkpoint `version`: `body` is that
+/// slice of the encoded checkpoint (see [`encode_checkpoint_window`]).
+pub fn seal_checkpoint_part(
+    keys: &Keys,
+    vault_id: &[u8; 16],
+    version: u64,
+    (part, count): (u32, u32),
+    body: Vec<u8>,
+    max: Option<u64>,
+) -> VaultResult<Vec<u8>> {
+    if count > 0xffff {
+        return Err(VaultError::Invalid(
+            "checkpoint needs more than 65535 parts; raise max-object-size".into(),
+        ));
+    }
+    let ad = ckpt_ad(vault_id, version, part, count);
+    seal_owned(keys, CKPT_MAGIC, &ad, body, max)
+}
+
+/// Open checkpoint parts (in order) and decode the body. Each part is
+/// dropped once opened, and one part is decoded where it was decrypted:
+/// loading a big tree holds its encoding about once, not four times.
 pub fn open_checkpoint(
     keys: &Keys,
     vault_id: &[u8; 16],
     version: u64,
-    parts: &[(String, Vec<u8>)],
+    parts: Vec<(String, Vec<u8>)>,
 ) -> VaultResult<CheckpointBody> {
     let count =
         u32::try_from(parts.len()).map_err(|_| VaultError::Invalid("too many parts".into()))?;
+    let first = parts
+        .first()
+        .map(|p| p.0.clone())
+        .unwrap_or_else(|| "checkpoint".into());
+    let first = first.as_str();
     let mut all = Vec::new();
-    for (i, (name, bytes)) in parts.iter().enumerate() {
+    let mut range = 0..0;
+    for (i, (name, bytes)) in parts.into_iter().enumerate() {
         let ad = ckpt_ad(vault_id, version, i as u32, count);
-        all.extend_from_slice(&open_object(keys, CKPT_MAGIC, &ad, bytes, name)?);
+        let (plain, body) = open_object_in_place(keys, CKPT_MAGIC, &ad, &bytes, &name)?;
+        drop(bytes);
+        if count == 1 {
+            all = plain;
+            range = body;
+        } else {
+            all.extend_from_slice(&plain[body]);
+            range = 0..all.len();
+        }
     }
-    let first = parts.first().map(|p| p.0.as_str()).unwrap_or("checkpoint");
-    let (mut body, rest): (CheckpointBody, &[u8]) = postcard::take_from_bytes(&all)
+    let (mut body, rest): (CheckpointBody, &[u8]) = postcard::take_from_bytes(&all[range])
         .map_err(|e| VaultError::corrupt(first, format!("undecodable checkpoint: {e}")))?;
     if !rest.is_empty() {
         let (packs, tail) = postcard::take_from_bytes(rest).map_err(|e| {

@@ -3,15 +3,26 @@
 //! validates a [`Record`] completely before changing anything, so a rejected
 //! record leaves the tree untouched.
 
-use std::collections::{BTreeMap, HashMap};
+mod blobs;
+mod chunk_list;
+mod image;
+mod maps;
+mod slab;
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use strata_crypto::BlobId;
 
-use crate::format::pack::{item_len, FIRST_ITEM};
+use crate::format::pack::FIRST_ITEM;
 use crate::record::{
     ChunkRef, Kind, NewInode, PackItem, Record, Ts, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
+use blobs::Blobs;
+pub use chunk_list::ChunkList;
+pub use image::{PackEntry, PackTableRef, TreeImage, TreeImageRef};
+pub use maps::{BoxedMap, EmptyMap, Entries, Xattrs};
+use slab::{Keyed, Slab};
 
 pub const ROOT_INO: u64 = 1;
 /// Longest name accepted in a directory (bytes), like most Linux filesystems.
@@ -33,13 +44,20 @@ pub struct Inode {
     pub ctime: Ts,
     pub btime: Ts,
     pub target: Option<Vec<u8>>,
-    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub xattrs: Xattrs,
     pub chunk_size: u32,
-    pub chunks: Vec<Option<ChunkRef>>,
+    pub chunks: ChunkList,
     /// Directory entries (directories only).
-    pub entries: BTreeMap<Vec<u8>, u64>,
+    pub entries: Entries,
     /// Parent directory (directories only; root is its own parent).
     pub parent: u64,
+}
+
+impl Keyed for Inode {
+    type Key = u64;
+    fn key(&self) -> &u64 {
+        &self.ino
+    }
 }
 
 impl Inode {
@@ -97,18 +115,17 @@ pub struct PackUse {
     pub bytes: u64,
 }
 
-/// The whole metadata tree.
+/// The whole metadata tree. Built for trees of millions of files: the
+/// inodes are stored once each in a [`Slab`] (no hash map buckets holding
+/// them), the blob table takes one small entry per blob, and an inode's
+/// rarely used maps take one pointer until they hold something.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tree {
-    inodes: HashMap<u64, Inode>,
+    inodes: Slab<Inode>,
     next_ino: u64,
-    /// Blob id → number of chunk slots referencing it.
-    refs: HashMap<BlobId, u64>,
-    /// The pack table: referenced blobs stored in packs (the others are
-    /// blob objects of their own). Only referenced blobs have an entry.
-    packed: HashMap<BlobId, PackLoc>,
-    /// Pack → its live items.
-    packs: HashMap<BlobId, PackUse>,
+    /// Reference counts of blobs, and the pack table: referenced blobs
+    /// stored in packs (the others are blob objects of their own).
+    blobs: Blobs,
 }
 
 /// What applying a record made deletable (once the record is durable).
@@ -123,35 +140,9 @@ pub struct Freed {
     pub unplaced: Vec<(BlobId, PackLoc)>,
 }
 
-/// Serialized form of a tree (checkpoint body). The pack table is not part
-/// of the postcard struct: `format::meta` writes it after the checkpoint
-/// body (format version 2), so version-1 checkpoints decode unchanged.
-#[derive(Serialize, Deserialize)]
-pub struct TreeImage {
-    pub next_ino: u64,
-    pub inodes: Vec<Inode>,
-    #[serde(skip)]
-    pub packs: Vec<PackEntry>,
-}
-
-/// The items of one pack, in a checkpoint's pack table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PackEntry {
-    pub pack: BlobId,
-    pub items: Vec<PackItem>,
-}
-
 /// A pack item can only start after the pack's magic.
 fn valid_item(i: &PackItem) -> bool {
     u64::from(i.offset) >= FIRST_ITEM && i.blob_len > 0
-}
-
-/// A [`TreeImage`] borrowing the tree's inodes: serializes to the same
-/// bytes without copying the tree.
-#[derive(Serialize)]
-pub struct TreeImageRef<'a> {
-    pub next_ino: u64,
-    pub inodes: Vec<&'a Inode>,
 }
 
 fn valid_name(name: &[u8]) -> Result<(), ApplyError> {
@@ -182,111 +173,39 @@ impl Tree {
             ctime: time,
             btime: time,
             target: None,
-            xattrs: BTreeMap::new(),
+            xattrs: Xattrs::new(),
             chunk_size: 0,
-            chunks: Vec::new(),
-            entries: BTreeMap::new(),
+            chunks: ChunkList::new(),
+            entries: Entries::new(),
             parent: ROOT_INO,
         };
-        let mut inodes = HashMap::new();
-        inodes.insert(ROOT_INO, root);
+        let mut inodes = Slab::new();
+        inodes.insert(root);
         Tree {
             inodes,
             next_ino: ROOT_INO + 1,
-            refs: HashMap::new(),
-            packed: HashMap::new(),
-            packs: HashMap::new(),
+            blobs: Blobs::default(),
         }
-    }
-
-    /// Rebuild from a checkpoint image (validates structure).
-    pub fn from_image(img: TreeImage) -> Result<Tree, String> {
-        let mut inodes = HashMap::with_capacity(img.inodes.len());
-        let mut refs: HashMap<BlobId, u64> = HashMap::new();
-        for ino in img.inodes {
-            for c in ino.chunks.iter().flatten() {
-                *refs.entry(c.id).or_default() += 1;
-            }
-            if ino.ino >= img.next_ino {
-                return Err(format!("inode {} ≥ next inode {}", ino.ino, img.next_ino));
-            }
-            if inodes.insert(ino.ino, ino).is_some() {
-                return Err("duplicate inode".into());
-            }
-        }
-        if !inodes.get(&ROOT_INO).is_some_and(|r| r.kind == Kind::Dir) {
-            return Err("no root directory".into());
-        }
-        for i in inodes.values() {
-            for child in i.entries.values() {
-                if !inodes.contains_key(child) {
-                    return Err(format!(
-                        "entry of inode {} points to missing inode {child}",
-                        i.ino
-                    ));
-                }
-            }
-        }
-        let mut t = Tree {
-            inodes,
-            next_ino: img.next_ino,
-            refs,
-            packed: HashMap::new(),
-            packs: HashMap::new(),
-        };
-        for e in &img.packs {
-            if e.items.iter().any(|i| !valid_item(i)) {
-                return Err("pack table item at an impossible offset".into());
-            }
-            t.place(e.pack, &e.items, &mut Vec::new());
-        }
-        Ok(t)
-    }
-
-    /// The image written into a checkpoint (sorted by inode number; the
-    /// pack table sorted by pack, items by offset).
-    pub fn to_image(&self) -> TreeImage {
-        let mut inodes: Vec<Inode> = self.inodes.values().cloned().collect();
-        inodes.sort_by_key(|i| i.ino);
-        TreeImage {
-            next_ino: self.next_ino,
-            inodes,
-            packs: self.pack_entries(),
-        }
-    }
-
-    /// The pack table of a checkpoint: each pack's items, in order.
-    pub fn pack_entries(&self) -> Vec<PackEntry> {
-        let mut by_pack: BTreeMap<BlobId, Vec<PackItem>> = BTreeMap::new();
-        for (id, l) in &self.packed {
-            by_pack.entry(l.pack).or_default().push(PackItem {
-                id: *id,
-                offset: l.offset,
-                blob_len: l.blob_len,
-            });
-        }
-        by_pack
-            .into_iter()
-            .map(|(pack, mut items)| {
-                items.sort_by_key(|i| (i.offset, i.id));
-                PackEntry { pack, items }
-            })
-            .collect()
     }
 
     /// Where blob `id` is stored when it is in a pack.
     pub fn packed(&self, id: &BlobId) -> Option<PackLoc> {
-        self.packed.get(id).copied()
+        self.blobs.packed(id)
     }
 
     /// Every pack with live items.
     pub fn packs(&self) -> &HashMap<BlobId, PackUse> {
-        &self.packs
+        self.blobs.packs()
     }
 
-    /// The pack table (blob → location).
-    pub fn pack_table(&self) -> &HashMap<BlobId, PackLoc> {
-        &self.packed
+    /// The pack table (blob → location), copied out of the tree.
+    pub fn pack_table(&self) -> HashMap<BlobId, PackLoc> {
+        self.blobs.packed_iter().collect()
+    }
+
+    /// How many referenced blobs are in packs.
+    pub fn packed_count(&self) -> usize {
+        self.blobs.packed_count()
     }
 
     /// Record that the referenced blobs of `items` are in `pack` (moving
@@ -294,41 +213,12 @@ impl Tree {
     /// to `dead`.
     fn place(&mut self, pack: BlobId, items: &[PackItem], dead: &mut Vec<BlobId>) {
         for it in items {
-            if self.blob_refs(&it.id) == 0 {
-                continue;
-            }
             let loc = PackLoc {
                 pack,
                 offset: it.offset,
                 blob_len: it.blob_len,
             };
-            if let Some(old) = self.packed.insert(it.id, loc) {
-                self.pack_dec(&old, dead);
-            }
-            let u = self.packs.entry(pack).or_default();
-            u.items += 1;
-            u.bytes += item_len(u64::from(it.blob_len));
-        }
-    }
-
-    fn pack_dec(&mut self, l: &PackLoc, dead: &mut Vec<BlobId>) {
-        if let Some(u) = self.packs.get_mut(&l.pack) {
-            u.items -= 1;
-            u.bytes = u.bytes.saturating_sub(item_len(u64::from(l.blob_len)));
-            if u.items == 0 {
-                self.packs.remove(&l.pack);
-                dead.push(l.pack);
-            }
-        }
-    }
-
-    /// [`Tree::to_image`] without the copy.
-    pub fn image_ref(&self) -> TreeImageRef<'_> {
-        let mut inodes: Vec<&Inode> = self.inodes.values().collect();
-        inodes.sort_unstable_by_key(|i| i.ino);
-        TreeImageRef {
-            next_ino: self.next_ino,
-            inodes,
+            self.blobs.place(&it.id, loc, dead);
         }
     }
 
@@ -362,17 +252,17 @@ impl Tree {
 
     /// Reference count of a blob.
     pub fn blob_refs(&self, id: &BlobId) -> u64 {
-        self.refs.get(id).copied().unwrap_or(0)
+        self.blobs.refs(id)
     }
 
     /// How many distinct blobs the tree references.
     pub fn blob_count(&self) -> usize {
-        self.refs.len()
+        self.blobs.len()
     }
 
     /// All referenced blobs with their chunk refs (one per distinct blob).
     pub fn referenced_blobs(&self) -> HashMap<BlobId, ChunkRef> {
-        let mut out = HashMap::with_capacity(self.refs.len());
+        let mut out = HashMap::with_capacity(self.blobs.len());
         for i in self.inodes.values() {
             for c in i.chunks.iter().flatten() {
                 out.entry(c.id).or_insert(*c);
@@ -394,18 +284,10 @@ impl Tree {
     }
 
     fn unref(&mut self, c: &ChunkRef, freed: &mut Freed) {
-        if let Some(n) = self.refs.get_mut(&c.id) {
-            *n -= 1;
-            if *n == 0 {
-                self.refs.remove(&c.id);
-                match self.packed.remove(&c.id) {
-                    Some(l) => {
-                        self.pack_dec(&l, &mut freed.packs);
-                        freed.unplaced.push((c.id, l));
-                    }
-                    None => freed.blobs.push(c.id),
-                }
-            }
+        match self.blobs.unref(&c.id, &mut freed.packs) {
+            Some(Some(l)) => freed.unplaced.push((c.id, l)),
+            Some(None) => freed.blobs.push(c.id),
+            None => {}
         }
     }
 
@@ -708,7 +590,7 @@ impl Tree {
                 {
                     let n = self.node_mut(*ino)?;
                     if n.chunks.len() < first + chunks.len() {
-                        n.chunks.resize(first + chunks.len(), None);
+                        n.chunks.resize(first + chunks.len());
                     }
                     for (slot, new) in n.chunks[first..first + chunks.len()].iter_mut().zip(chunks)
                     {
@@ -722,7 +604,7 @@ impl Tree {
                     n.ctime = n.ctime.max(*mtime);
                 }
                 for c in chunks.iter().flatten() {
-                    *self.refs.entry(c.id).or_default() += 1;
+                    self.blobs.add_ref(c.id);
                 }
                 for o in &old {
                     self.unref(o, &mut freed);
@@ -767,17 +649,17 @@ impl Tree {
             ctime: a.time,
             btime: a.time,
             target: a.target.clone(),
-            xattrs: BTreeMap::new(),
+            xattrs: Xattrs::new(),
             chunk_size: if a.kind == Kind::File {
                 a.chunk_size
             } else {
                 0
             },
-            chunks: Vec::new(),
-            entries: BTreeMap::new(),
+            chunks: ChunkList::new(),
+            entries: Entries::new(),
             parent,
         };
-        self.inodes.insert(ino, node);
+        self.inodes.insert(node);
         self.next_ino = self.next_ino.max(ino + 1);
         if let Some(d) = self.inodes.get_mut(&parent) {
             d.entries.insert(name.to_vec(), ino);
@@ -884,7 +766,7 @@ impl Tree {
             let cs = u64::from(n.chunk_size.max(1));
             let keep = usize::try_from(size.div_ceil(cs)).unwrap_or(usize::MAX);
             if n.chunks.len() > keep {
-                dropped.extend(n.chunks.drain(keep..).flatten());
+                dropped.extend(n.chunks.resize(keep).into_iter().flatten());
             }
             // Only the slot of the chunk holding the new end can hold bytes
             // past it (the chunk list may be shorter than the file: holes).
@@ -906,221 +788,4 @@ impl Tree {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file_attr(t: Ts) -> NewInode {
-        NewInode {
-            kind: Kind::File,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            time: t,
-            target: None,
-            chunk_size: 4,
-        }
-    }
-
-    fn cref(b: u8, len: u32) -> ChunkRef {
-        ChunkRef {
-            id: BlobId([b; 32]),
-            blob_len: 4,
-            len,
-        }
-    }
-
-    #[test]
-    fn borrowed_image_encodes_like_the_copy() {
-        let mut t = Tree::new_root(0, 0, 0);
-        for i in 0..20u8 {
-            let f = t.alloc_ino();
-            t.apply(&Record::Create {
-                ino: f,
-                parent: ROOT_INO,
-                name: vec![b'a' + i],
-                attr: file_attr(i64::from(i)),
-            })
-            .unwrap();
-            t.apply(&Record::SetChunks {
-                ino: f,
-                first: 0,
-                chunks: vec![Some(cref(i, 4)), None],
-                size: 6,
-                mtime: 2,
-            })
-            .unwrap();
-        }
-        let owned = postcard::to_stdvec(&t.to_image()).unwrap();
-        let borrowed = postcard::to_stdvec(&t.image_ref()).unwrap();
-        assert_eq!(owned, borrowed);
-    }
-
-    #[test]
-    fn create_link_unlink_refcounts() {
-        let mut t = Tree::new_root(0, 0, 0);
-        let f = t.alloc_ino();
-        t.apply(&Record::Create {
-            ino: f,
-            parent: ROOT_INO,
-            name: b"a".to_vec(),
-            attr: file_attr(1),
-        })
-        .unwrap();
-        t.apply(&Record::SetChunks {
-            ino: f,
-            first: 0,
-            chunks: vec![Some(cref(1, 4)), Some(cref(1, 2))],
-            size: 6,
-            mtime: 2,
-        })
-        .unwrap();
-        assert_eq!(t.blob_refs(&BlobId([1; 32])), 2);
-        t.apply(&Record::Link {
-            ino: f,
-            parent: ROOT_INO,
-            name: b"b".to_vec(),
-            time: 2,
-        })
-        .unwrap();
-        assert_eq!(t.get(f).unwrap().nlink, 2);
-        let freed = t
-            .apply(&Record::Unlink {
-                parent: ROOT_INO,
-                name: b"a".to_vec(),
-                keep_orphan: false,
-                time: 3,
-            })
-            .unwrap();
-        assert!(freed.is_empty());
-        let freed = t
-            .apply(&Record::Unlink {
-                parent: ROOT_INO,
-                name: b"b".to_vec(),
-                keep_orphan: false,
-                time: 3,
-            })
-            .unwrap();
-        assert_eq!(freed, vec![BlobId([1; 32])]);
-        assert!(t.get(f).is_none());
-    }
-
-    #[test]
-    fn truncate_clamps_partial_chunk() {
-        let mut t = Tree::new_root(0, 0, 0);
-        let f = t.alloc_ino();
-        t.apply(&Record::Create {
-            ino: f,
-            parent: ROOT_INO,
-            name: b"a".to_vec(),
-            attr: file_attr(1),
-        })
-        .unwrap();
-        t.apply(&Record::SetChunks {
-            ino: f,
-            first: 0,
-            chunks: vec![Some(cref(1, 4)), Some(cref(2, 4))],
-            size: 8,
-            mtime: 2,
-        })
-        .unwrap();
-        let freed = t
-            .apply(&Record::SetAttr {
-                ino: f,
-                perm: None,
-                uid: None,
-                gid: None,
-                size: Some(3),
-                atime: None,
-                mtime: None,
-                ctime: 3,
-            })
-            .unwrap();
-        assert_eq!(freed, vec![BlobId([2; 32])]);
-        assert_eq!(t.get(f).unwrap().chunks, vec![Some(cref(1, 3))]);
-    }
-
-    #[test]
-    fn truncate_into_a_trailing_hole_keeps_earlier_chunks() {
-        let mut t = Tree::new_root(0, 0, 0);
-        let f = t.alloc_ino();
-        t.apply(&Record::Create {
-            ino: f,
-            parent: ROOT_INO,
-            name: b"a".to_vec(),
-            attr: file_attr(1),
-        })
-        .unwrap();
-        // one stored chunk, then a hole up to 10 bytes
-        t.apply(&Record::SetChunks {
-            ino: f,
-            first: 0,
-            chunks: vec![Some(cref(1, 4))],
-            size: 10,
-            mtime: 2,
-        })
-        .unwrap();
-        t.apply(&Record::SetAttr {
-            ino: f,
-            perm: None,
-            uid: None,
-            gid: None,
-            size: Some(6),
-            atime: None,
-            mtime: None,
-            ctime: 3,
-        })
-        .unwrap();
-        assert_eq!(
-            t.get(f).unwrap().chunks,
-            vec![Some(cref(1, 4))],
-            "chunk 0 untouched"
-        );
-    }
-
-    #[test]
-    fn rename_rules() {
-        let mut t = Tree::new_root(0, 0, 0);
-        let d = t.alloc_ino();
-        let mut dir = file_attr(1);
-        dir.kind = Kind::Dir;
-        t.apply(&Record::Create {
-            ino: d,
-            parent: ROOT_INO,
-            name: b"d".to_vec(),
-            attr: dir.clone(),
-        })
-        .unwrap();
-        let e = t.alloc_ino();
-        t.apply(&Record::Create {
-            ino: e,
-            parent: d,
-            name: b"e".to_vec(),
-            attr: dir,
-        })
-        .unwrap();
-        // moving a directory into its own subdirectory is invalid
-        let r = Record::Rename {
-            parent: ROOT_INO,
-            name: b"d".to_vec(),
-            new_parent: e,
-            new_name: b"x".to_vec(),
-            flags: 0,
-            time: 2,
-        };
-        assert_eq!(t.apply(&r), Err(ApplyError::Invalid));
-        assert_eq!(t.get(ROOT_INO).unwrap().nlink, 3);
-        let r = Record::Rename {
-            parent: d,
-            name: b"e".to_vec(),
-            new_parent: ROOT_INO,
-            new_name: b"e".to_vec(),
-            flags: 0,
-            time: 2,
-        };
-        t.apply(&r).unwrap();
-        assert_eq!(t.get(ROOT_INO).unwrap().nlink, 4);
-        assert_eq!(t.get(d).unwrap().nlink, 2);
-        assert_eq!(t.get(e).unwrap().parent, ROOT_INO);
-    }
-}
+mod tests;

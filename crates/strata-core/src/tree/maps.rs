@@ -1,0 +1,190 @@
+//! An inode's directory entries and extended attributes: maps that most
+//! inodes leave empty (a file has no entries, and rarely any attribute),
+//! so they take one pointer until they hold something (an empty
+//! `BTreeMap` takes three). They read as the `BTreeMap` they hold, and
+//! encode exactly like it.
+
+use std::collections::{btree_map, BTreeMap};
+use std::ops::Deref;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Directory entries: name → inode.
+pub type Entries = BoxedMap<BTreeMap<Vec<u8>, u64>>;
+/// Extended attributes: name → value.
+pub type Xattrs = BoxedMap<BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// A map of one of the types above, on the heap once not empty.
+#[derive(Clone)]
+pub struct BoxedMap<M>(Option<Box<M>>);
+
+/// The empty map a [`BoxedMap`] reads as while it holds nothing.
+pub trait EmptyMap: Default + 'static {
+    fn empty() -> &'static Self;
+    fn is_empty_map(&self) -> bool;
+}
+
+impl EmptyMap for BTreeMap<Vec<u8>, u64> {
+    fn empty() -> &'static Self {
+        static EMPTY: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        &EMPTY
+    }
+    fn is_empty_map(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl EmptyMap for BTreeMap<Vec<u8>, Vec<u8>> {
+    fn empty() -> &'static Self {
+        static EMPTY: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        &EMPTY
+    }
+    fn is_empty_map(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl<M> BoxedMap<M> {
+    pub const fn new() -> Self {
+        BoxedMap(None)
+    }
+}
+
+impl<M> Default for BoxedMap<M> {
+    fn default() -> Self {
+        BoxedMap(None)
+    }
+}
+
+impl<M: EmptyMap> Deref for BoxedMap<M> {
+    type Target = M;
+    fn deref(&self) -> &M {
+        match &self.0 {
+            Some(m) => m,
+            None => M::empty(),
+        }
+    }
+}
+
+impl<M: EmptyMap> From<M> for BoxedMap<M> {
+    fn from(m: M) -> Self {
+        BoxedMap((!m.is_empty_map()).then(|| Box::new(m)))
+    }
+}
+
+impl<K: Ord, V> BoxedMap<BTreeMap<K, V>>
+where
+    BTreeMap<K, V>: EmptyMap,
+{
+    pub(crate) fn insert(&mut self, k: K, v: V) -> Option<V> {
+        let m = self.0.get_or_insert_with(Box::default);
+        let old = m.insert(k, v);
+        // Entries inserted in order (as `put` does, its walk is sorted)
+        // leave every B-tree node half full; rebuilt from its sorted
+        // contents the map fills its nodes. At each doubling from 64, so
+        // it costs a constant per insert.
+        if old.is_none() && m.len() >= 64 && m.len().is_power_of_two() {
+            let full: BTreeMap<K, V> = std::mem::take(&mut **m).into_iter().collect();
+            **m = full;
+        }
+        old
+    }
+
+    pub(crate) fn remove<Q>(&mut self, k: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        let m = self.0.as_mut()?;
+        let v = m.remove(k);
+        if m.is_empty() {
+            self.0 = None;
+        }
+        v
+    }
+}
+
+impl<'a, K, V> IntoIterator for &'a BoxedMap<BTreeMap<K, V>>
+where
+    BTreeMap<K, V>: EmptyMap,
+{
+    type Item = (&'a K, &'a V);
+    type IntoIter = btree_map::Iter<'a, K, V>;
+    fn into_iter(self) -> Self::IntoIter {
+        (**self).iter()
+    }
+}
+
+impl<M: EmptyMap + PartialEq> PartialEq for BoxedMap<M> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<M: EmptyMap + Eq> Eq for BoxedMap<M> {}
+
+impl<M: EmptyMap + std::fmt::Debug> std::fmt::Debug for BoxedMap<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<M: EmptyMap + Serialize> Serialize for BoxedMap<M> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de, M: EmptyMap + Deserialize<'de>> Deserialize<'de> for BoxedMap<M> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        M::deserialize(d).map(BoxedMap::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_like_the_map_and_frees_when_emptied() {
+        let mut m: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        let mut b = Entries::new();
+        assert_eq!(
+            postcard::to_stdvec(&b).unwrap(),
+            postcard::to_stdvec(&m).unwrap()
+        );
+        for (i, n) in [&b"b"[..], b"a", b"c"].into_iter().enumerate() {
+            m.insert(n.to_vec(), i as u64);
+            b.insert(n.to_vec(), i as u64);
+        }
+        let bytes = postcard::to_stdvec(&b).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&m).unwrap());
+        let back: Entries = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, b);
+        assert_eq!(*back, m);
+        assert_eq!(
+            (&b).into_iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        for n in [&b"a"[..], b"b", b"c"] {
+            assert!(b.remove(n).is_some());
+        }
+        assert!(b.0.is_none(), "an emptied map takes no heap");
+        assert!(b.remove(&b"a"[..]).is_none());
+    }
+
+    #[test]
+    fn stays_the_same_map_across_rebuilds() {
+        let mut m: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        let mut b = Entries::new();
+        // in order, then out of order, past several doublings
+        for i in (0..3000u64).chain((3000..5000).rev()) {
+            let k = format!("f{i:05}").into_bytes();
+            assert_eq!(b.insert(k.clone(), i), m.insert(k, i));
+        }
+        assert_eq!(b.insert(b"f00007".to_vec(), 1), Some(7));
+        m.insert(b"f00007".to_vec(), 1);
+        assert_eq!(*b, m);
+        assert!(b.keys().zip(b.keys().skip(1)).all(|(x, y)| x < y));
+    }
+}
