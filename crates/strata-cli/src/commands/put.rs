@@ -540,8 +540,14 @@ pub async fn run(g: &Global, ui: Ui, a: &PutArgs) -> Result<()> {
     // whole tree (cost growing with the tree, memory for a copy of it), and
     // most would be skipped anyway while uploads keep applying records. One
     // at the end instead (`CHECKPOINT_RECORDS`), and every 256 logs.
+    // Without conditional create the lease settles (2 s) while the put
+    // walks, seals and uploads: only commits and deletions wait for it
+    // (FORMAT §13).
     let (vault, _pw) = session::open_writer_with(g, "put", &a.lease, |o| {
         o.checkpoint_records = u64::MAX;
+        if let Some(l) = o.lease.as_mut() {
+            l.defer_settle = true;
+        }
     })
     .await?;
     let res = put_all(&vault, ui, a).await;
@@ -581,6 +587,7 @@ async fn put_all(vault: &Vault, ui: Ui, a: &PutArgs) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting: Option<Job> = None;
     let mut walked = false;
+    let mut lease_confirmed = false;
 
     let result: Result<()> = loop {
         if let Err(e) = put.finish_dirs() {
@@ -621,6 +628,12 @@ async fn put_all(vault: &Vault, ui: Ui, a: &PutArgs) -> Result<()> {
                 }
             }
             _ = tokio::time::sleep_until(gate), if !gate_open => gate_open = true,
+            // a refused lease stops the uploads at once (they would only
+            // leave more unreferenced objects for gc)
+            r = vault.lease_confirmed(), if !lease_confirmed => match r {
+                Ok(()) => lease_confirmed = true,
+                Err(e) => break Err(e.into()),
+            },
             _ = tick.tick(), if commits.is_empty() => {
                 if vault.uncommitted_records() > 0 {
                     commits.push(Box::pin(session::commit(vault)));
@@ -652,6 +665,14 @@ async fn put_all(vault: &Vault, ui: Ui, a: &PutArgs) -> Result<()> {
     }
     let tally = put.tally;
     drop(put.progress);
+    if vault.lease_refused() {
+        // Nothing was committed; what was uploaded is unreferenced, for gc.
+        // The error is the one an open that waited would have failed with.
+        return match vault.lease_confirmed().await {
+            Err(e) => Err(e.into()),
+            Ok(()) => result,
+        };
+    }
     let committed = match session::commit(vault).await {
         Ok(()) if vault.writer_seq().saturating_sub(first_seq) >= CHECKPOINT_RECORDS => {
             // the logs are durable: a failed checkpoint is only a warning
