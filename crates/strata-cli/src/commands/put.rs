@@ -28,6 +28,7 @@ mod walk;
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, Metadata};
 use std::future::Future;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,12 @@ const COMMIT_RECORDS: u64 = 20_000;
 const SLOTS: usize = 8;
 /// A put that committed this many records ends with a checkpoint.
 const CHECKPOINT_RECORDS: u64 = 20_000;
+/// Files up to this size are read whole on the async thread instead of
+/// through a reader thread: a few KiB from the page cache take microseconds,
+/// less than the handoff to a blocking thread and back, which for many
+/// small files was a good part of the put. (One that grew past this since
+/// it was looked at is streamed after all.)
+const INLINE_READ: u64 = 64 << 10;
 /// How long uploads wait for the listing of the store's blobs (so that what
 /// an interrupted put left there is reused) before they start without it.
 const LISTING_WAIT: Duration = Duration::from_secs(5);
@@ -238,19 +245,36 @@ async fn run_job(vault: &Vault, job: &Job, progress: Progress) -> Result<Outcome
             return Ok(Outcome::Unchanged);
         }
     }
-    let file = File::open(&job.local)
-        .map_err(|e| Failure::entry(anyhow!("cannot read {}: {e}", job.local.display())))?;
     let replace = !matches!(job.action, Action::Add);
-    vault
-        .write_file(
-            &job.vpath,
-            Box::new(file),
-            job.meta,
-            replace,
-            Some(progress),
-        )
-        .await
-        .map_err(|e| Failure::from((e, job.local.as_path(), job.vpath.as_str())))?;
+    let cannot_read =
+        |e: std::io::Error| Failure::entry(anyhow!("cannot read {}: {e}", job.local.display()));
+    let mut file = File::open(&job.local).map_err(cannot_read)?;
+    let mut head = Vec::new();
+    if job.size <= INLINE_READ {
+        // small: read whole, here (see INLINE_READ)
+        (&mut file)
+            .take(INLINE_READ + 1)
+            .read_to_end(&mut head)
+            .map_err(cannot_read)?;
+    }
+    let written = if job.size <= INLINE_READ && head.len() as u64 <= INLINE_READ {
+        vault
+            .write_file_data(&job.vpath, head, job.meta, replace, Some(progress))
+            .await
+    } else {
+        // large, or grew since it was looked at: streamed
+        let reader = std::io::Cursor::new(head).chain(file);
+        vault
+            .write_file(
+                &job.vpath,
+                Box::new(reader),
+                job.meta,
+                replace,
+                Some(progress),
+            )
+            .await
+    };
+    written.map_err(|e| Failure::from((e, job.local.as_path(), job.vpath.as_str())))?;
     Ok(if replace {
         Outcome::Replaced
     } else {
