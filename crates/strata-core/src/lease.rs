@@ -14,7 +14,8 @@
 //! epoch, so on stores that enforce conditional create two writers can never
 //! both win, and a renewal never overwrites someone else's lease. Without
 //! conditional create the writer puts, waits a settle delay and reads back
-//! (a residual race, documented in THREAT_MODEL.md §7).
+//! (a residual race, documented in THREAT_MODEL.md §7) — before the open
+//! returns, or in the background while it uploads (module `acquire`).
 //!
 //! A holder that finds its lease gone or superseded marks it *lost*: the
 //! vault then refuses to commit (see [`crate::Vault::commit`]).
