@@ -38,6 +38,11 @@ use crate::tree::{Inode, PackLoc};
 
 /// Decrypting more than this many bytes moves off the async threads.
 const INLINE_DECRYPT: usize = 256 * 1024;
+/// Data up to this size is hashed and sealed on the calling (async) thread:
+/// a few microseconds of work, less than handing it to a blocking thread
+/// and back (which, per small file, was most of a `put` of many of them).
+pub const INLINE_CRYPTO: usize = 64 << 10;
+
 /// How long the location of a packed blob the tree dropped is kept.
 const UNPLACED_KEEP: Duration = Duration::from_secs(600);
 /// Whole packs kept in memory on stores without range reads.
@@ -462,8 +467,12 @@ impl Chunks {
         out
     }
 
-    /// The content address of `data` (hashed off the async threads).
+    /// The content address of `data` (hashed off the async threads, unless
+    /// it is small: see [`INLINE_CRYPTO`]).
     pub async fn blob_id(&self, data: Vec<u8>) -> VaultResult<(BlobId, Vec<u8>)> {
+        if data.len() <= INLINE_CRYPTO {
+            return Ok((self.keys.blob_id(&data), data));
+        }
         let keys = self.keys.clone();
         tokio::task::spawn_blocking(move || (keys.blob_id(&data), data))
             .await
@@ -493,13 +502,19 @@ impl Chunks {
     /// Its location is kept as *unrecorded* until the vault records it
     /// ([`Chunks::take_unrecorded`]).
     pub async fn put_packed(&self, id: BlobId, data: Vec<u8>) -> VaultResult<PackLoc> {
+        let small = data.len() <= INLINE_CRYPTO;
         let keys = self.keys.clone();
-        let item = tokio::task::spawn_blocking(move || {
+        let seal = move || {
             let mut out = Vec::with_capacity(item_len(data.len() as u64) as usize);
             blob::seal_segments_into(&keys, &id, &data, &mut out).map(|()| (out, data.len()))
-        })
-        .await
-        .map_err(|e| VaultError::Invalid(format!("encryption task failed: {e}")))??;
+        };
+        let item = if small {
+            seal()?
+        } else {
+            tokio::task::spawn_blocking(seal)
+                .await
+                .map_err(|e| VaultError::Invalid(format!("encryption task failed: {e}")))??
+        };
         let (item, len) = item;
         let blob_len =
             u32::try_from(len).map_err(|_| VaultError::Invalid("item too large".into()))?;

@@ -73,6 +73,13 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// See [`Vault::write_target`].
+struct WriteTarget {
+    parent: u64,
+    name: Vec<u8>,
+    existing: Option<(u64, Kind, u32)>,
+}
+
 impl Vault {
     /// Store the bytes of `reader` as the file `path` (replacing an existing
     /// file when `overwrite`). Memory use is bounded by chunk size × parallelism.
@@ -84,6 +91,54 @@ impl Vault {
         overwrite: bool,
         progress: Option<Progress>,
     ) -> VaultResult<u64> {
+        let target = self.write_target(path, overwrite)?;
+        let _data = self.data_lock.read().await;
+        let (chunks, size) = self.upload_stream(reader, path, progress).await?;
+        self.finish_write(path, target, chunks, size, meta)
+    }
+
+    /// [`Vault::write_file`] of contents already in memory (a small file
+    /// read whole): no reader thread, and small chunks are hashed and
+    /// sealed on this thread ([`crate::chunks::INLINE_CRYPTO`]).
+    pub async fn write_file_data(
+        &self,
+        path: &str,
+        data: Vec<u8>,
+        meta: FileMeta,
+        overwrite: bool,
+        progress: Option<Progress>,
+    ) -> VaultResult<u64> {
+        let target = self.write_target(path, overwrite)?;
+        let _data = self.data_lock.read().await;
+        let cs = (self.chunk_size as usize).max(1);
+        let size = data.len() as u64;
+        let pieces: Vec<Vec<u8>> = if data.len() <= cs {
+            vec![data]
+        } else {
+            data.chunks(cs).map(<[u8]>::to_vec).collect()
+        };
+        let chunks = stream::iter(pieces)
+            .map(|piece| {
+                let progress = progress.clone();
+                async move {
+                    let n = piece.len() as u64;
+                    let c = self.upload_chunk_with(piece, false, true).await?;
+                    if let Some(p) = &progress {
+                        p(n);
+                    }
+                    Ok::<_, VaultError>(c)
+                }
+            })
+            .buffered(self.opts.parallelism.max(1))
+            .try_collect::<Vec<_>>()
+            .await?;
+        self.finish_write(path, target, chunks, size, meta)
+    }
+
+    /// Where a new file `path` goes: its parent, its name, and the entry
+    /// it replaces (refused if that is a directory, or exists and not
+    /// `overwrite`).
+    fn write_target(&self, path: &str, overwrite: bool) -> VaultResult<WriteTarget> {
         let (parent, name) = self.resolve_parent(path)?;
         let existing = self.with_tree(|t| {
             t.lookup(parent, &name)
@@ -94,8 +149,28 @@ impl Vault {
             Some(_) if !overwrite => return Err(VaultError::Exists { path: path.into() }),
             _ => {}
         }
-        let _data = self.data_lock.read().await;
-        let (chunks, size) = self.upload_stream(reader, path, progress).await?;
+        Ok(WriteTarget {
+            parent,
+            name,
+            existing,
+        })
+    }
+
+    /// Apply the records of a file whose chunks are uploaded (caller holds
+    /// `data_lock` shared).
+    fn finish_write(
+        &self,
+        path: &str,
+        target: WriteTarget,
+        chunks: Vec<Option<ChunkRef>>,
+        size: u64,
+        meta: FileMeta,
+    ) -> VaultResult<u64> {
+        let WriteTarget {
+            parent,
+            name,
+            existing,
+        } = target;
         let mut records = Vec::with_capacity(4 + chunks.len() / CHUNKS_PER_RECORD);
         // The old file goes, but its inode (and so its chunks) lives until
         // the new one holds its chunks: a chunk both share (deduplicated

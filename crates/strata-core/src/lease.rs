@@ -14,11 +14,13 @@
 //! epoch, so on stores that enforce conditional create two writers can never
 //! both win, and a renewal never overwrites someone else's lease. Without
 //! conditional create the writer puts, waits a settle delay and reads back
-//! (a residual race, documented in THREAT_MODEL.md §7).
+//! (a residual race, documented in THREAT_MODEL.md §7) — before the open
+//! returns, or in the background while it uploads (module `acquire`).
 //!
 //! A holder that finds its lease gone or superseded marks it *lost*: the
 //! vault then refuses to commit (see [`crate::Vault::commit`]).
 
+mod acquire;
 pub mod handoff;
 
 use std::collections::{BTreeMap, HashSet};
@@ -173,6 +175,13 @@ pub struct LeaseOptions {
     /// Without enforced conditional create: wait this long after writing the
     /// lease, then read it back to see that no other writer overwrote it.
     pub settle: Duration,
+    /// Without enforced conditional create: let the open return as soon as
+    /// the lease is written and wait out `settle` (and read back) in the
+    /// background; every store change that needs the lease waits for that
+    /// confirmation and fails with the refusal if the lease was not ours
+    /// (FORMAT §13). For a command that can upload content-addressed data
+    /// meanwhile (`strata put`); a mount wants to know before it mounts.
+    pub defer_settle: bool,
     /// Take over at once a lease held by a process of this machine that is
     /// gone (crashed), instead of waiting for its expiry. Tests of expiry
     /// turn it off.
@@ -225,6 +234,7 @@ impl LeaseOptions {
             ttl: Duration::from_secs(60),
             clock_margin: Duration::from_secs(30),
             settle: Duration::from_secs(2),
+            defer_settle: false,
             local_liveness: true,
             take_over: false,
             poll: Duration::from_secs(60),
@@ -475,10 +485,17 @@ pub(crate) struct Lease {
     vault_id: [u8; 16],
     opts: LeaseOptions,
     conditional: bool,
+    /// Acquired with [`LeaseOptions::defer_settle`] (and no conditional
+    /// create): confirmed in the background.
+    deferred: bool,
     state: Mutex<State>,
     /// Serializes renewals, verifications and release.
     op: tokio::sync::Mutex<()>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Confirmed yet? (Always, unless `deferred`.)
+    confirm: tokio::sync::watch::Sender<acquire::Confirm>,
+    /// The deferred confirmation, while it runs.
+    confirm_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// A handoff asked of this holder (the first valid request seen).
     handoff: tokio::sync::watch::Sender<Option<HandoffRequest>>,
 }
@@ -533,142 +550,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Lease {
-    /// Take the writer lease, or fail with [`VaultError::Locked`].
-    pub(crate) async fn acquire(
-        store: DynStore,
-        keys: Arc<Keys>,
-        vault_id: [u8; 16],
-        opts: LeaseOptions,
-    ) -> VaultResult<Arc<Lease>> {
-        let conditional = store.capabilities().conditional_create;
-        let name = store.describe();
-        let mut last_locked = None;
-        let mut asked = false;
-        for _attempt in 0..4 {
-            let now = unix_now();
-            let next = match top_lease(&store, &keys, &vault_id).await? {
-                Top::None => 1,
-                Top::Found(epoch, h) => {
-                    let stale = h.lease.as_ref().and_then(|l| stale_reason(l, now, &opts));
-                    if opts.break_lease {
-                        warn!(store = %name, holder = %h.describe(), "breaking the writer lease");
-                    } else if let Some(why) = stale {
-                        warn!(
-                            "taking over the stale writer lease of {} ({why}); if that writer left \
-                             uncommitted changes (a crashed mount keeps them in its cache), they \
-                             can no longer be applied once this writer commits",
-                            h.describe()
-                        );
-                    } else if opts.take_over && !asked && h.lease.is_some() {
-                        asked = true;
-                        let mut id = [0u8; 16];
-                        strata_crypto::random_bytes(&mut id)?;
-                        let me = my_body(id, &opts, now, Duration::ZERO);
-                        match handoff::ask(&store, &keys, &vault_id, epoch, &h, &me, &opts).await? {
-                            handoff::Asked::Released => continue,
-                            handoff::Asked::Failed(e) => return Err(e),
-                        }
-                    } else {
-                        return Err(VaultError::Locked {
-                            holder: Box::new(h),
-                            now,
-                            margin: opts.clock_margin.as_secs(),
-                            note: asked.then(|| {
-                                "it had handed over, but another writer that asked took the lease first"
-                                    .to_string()
-                            }),
-                        });
-                    }
-                    epoch
-                        .checked_add(1)
-                        .ok_or_else(|| VaultError::Invalid("lease epoch overflow".into()))?
-                }
-            };
-            let mut holder = [0u8; 16];
-            strata_crypto::random_bytes(&mut holder)?;
-            let registered = LiveGuard::new(holder);
-            let body = my_body(holder, &opts, now, opts.ttl);
-            let key = lease_key(next);
-            let bytes = Bytes::from(seal_lease(&keys, &vault_id, next, &body)?);
-            let t0 = Instant::now();
-            if conditional {
-                if !store.put_if_absent(&key, bytes).await? {
-                    debug!(%key, "another writer created the same lease epoch first");
-                    continue;
-                }
-            } else {
-                store.put(&key, bytes).await?;
-                if !opts.settle.is_zero() {
-                    tokio::time::sleep(opts.settle).await;
-                }
-                match top_lease(&store, &keys, &vault_id).await? {
-                    Top::Found(e, h)
-                        if e == next && h.lease.as_ref().is_some_and(|l| l.holder == holder) => {}
-                    Top::Found(_, h) => {
-                        // lost the race: leave the winner alone, drop our
-                        // object if it is still there and ours
-                        debug!(%key, winner = %h.describe(), "lost the race for the writer lease");
-                        if let Ok(b) = store.get(&key).await {
-                            if open_lease(&keys, &vault_id, next, &b)
-                                .is_some_and(|l| l.holder == holder)
-                            {
-                                let _ = store.delete(&key).await;
-                            }
-                        }
-                        last_locked = Some(h);
-                        continue;
-                    }
-                    Top::None => continue,
-                }
-            }
-            // older epochs are history now
-            if let Ok(list) = store.list(LEASE_PREFIX).await {
-                for o in list {
-                    if parse_lease_key(&o.key).is_some_and(|e| e < next) {
-                        let _ = store.delete(&o.key).await;
-                    }
-                }
-            }
-            registered.keep();
-            info!(store = %name, %key, "took the writer lease");
-            let lease = Arc::new(Lease {
-                store,
-                keys,
-                vault_id,
-                conditional,
-                state: Mutex::new(State {
-                    epoch: next,
-                    body,
-                    valid_until: t0 + opts.ttl,
-                    last_active: t0,
-                    phase: Phase::Held,
-                    last_error: None,
-                    next_poll: t0 + opts.poll,
-                    seen_asks: HashSet::new(),
-                }),
-                opts,
-                op: tokio::sync::Mutex::new(()),
-                task: Mutex::new(None),
-                handoff: tokio::sync::watch::Sender::new(None),
-            });
-            let weak = Arc::downgrade(&lease);
-            let tick = (lease.opts.ttl / 3).min(lease.opts.poll);
-            *lock(&lease.task) = Some(tokio::spawn(renew_loop(weak, tick)));
-            return Ok(lease);
-        }
-        match last_locked {
-            Some(h) => Err(VaultError::Locked {
-                holder: Box::new(h),
-                now: unix_now(),
-                margin: opts.clock_margin.as_secs(),
-                note: None,
-            }),
-            None => Err(VaultError::Invalid(format!(
-                "could not take the writer lease of {name}: other writers kept taking it; try again"
-            ))),
-        }
-    }
-
     fn key(&self) -> String {
         lease_key(lock(&self.state).epoch)
     }
@@ -827,6 +708,7 @@ impl Lease {
     /// Verify, then extend the lease by `ttl` (by the idle lifetime if the
     /// writer is idle).
     pub(crate) async fn renew(&self) -> VaultResult<()> {
+        self.confirmed().await?;
         let _op = self.op.lock().await;
         let lifetime = self.lifetime();
         self.renew_locked(lifetime, true).await
@@ -936,10 +818,12 @@ impl Lease {
         }
     }
 
-    /// Before a commit (or any other store change): the lease must be held
-    /// and comfortably valid (renewed inline if the background renewal is
-    /// late), and still be ours in the store.
+    /// Before a commit (or any other store change): the lease must be
+    /// confirmed (waits for a deferred confirmation), held and comfortably
+    /// valid (renewed inline if the background renewal is late), and still
+    /// be ours in the store.
     pub(crate) async fn check_writable(&self) -> VaultResult<()> {
+        self.confirmed().await?;
         let _op = self.op.lock().await;
         self.phase_ok()?;
         let remaining = {
@@ -970,6 +854,7 @@ impl Lease {
 
     /// Delete the lease if it is still ours; afterwards nothing commits.
     pub(crate) async fn release(&self) -> VaultResult<()> {
+        self.stop_confirming();
         let _op = self.op.lock().await;
         if let Some(t) = lock(&self.task).take() {
             t.abort();
@@ -1034,6 +919,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.stop_confirming();
         if let Some(t) = lock(&self.task).take() {
             t.abort();
         }

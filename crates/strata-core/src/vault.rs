@@ -68,7 +68,10 @@ pub struct OpenOptions {
     pub parallelism: usize,
     /// Take the writer lease (every front end that writes does; readers
     /// and embedded single-process use leave it `None`). With a lease,
-    /// nothing is written to the store unless the lease is held.
+    /// nothing is committed or deleted unless the lease is held; with
+    /// [`LeaseOptions::defer_settle`], content-addressed data (blobs,
+    /// packs: unreferenced until a log commits them) may be uploaded while
+    /// the lease is still being confirmed.
     pub lease: Option<LeaseOptions>,
     /// A read cache for file data (mounts keep one; see
     /// [`crate::readcache`]).
@@ -175,6 +178,9 @@ pub struct Vault {
     pub(crate) chunks: Arc<Chunks>,
     /// The writer lease, when opened as a lease-holding writer.
     lease: Option<Arc<Lease>>,
+    /// A deferred lease was confirmed and nobody committed while this
+    /// vault was read (see [`Vault::check_writable`]).
+    settled: tokio::sync::OnceCell<()>,
     /// Called with every newly sealed log before it is sent (see
     /// [`Vault::set_stage_hook`]).
     stage_hook: std::sync::OnceLock<StageHook>,
@@ -337,6 +343,7 @@ impl Vault {
             data_lock: Arc::new(tokio::sync::RwLock::new(())),
 
             lease: None,
+            settled: tokio::sync::OnceCell::new(),
             stage_hook: std::sync::OnceLock::new(),
         }
     }
@@ -604,9 +611,50 @@ impl Vault {
     /// lease; with one, only while it is held.
     pub(crate) async fn check_writable(&self) -> VaultResult<()> {
         match &self.lease {
-            Some(l) => l.check_writable().await,
+            Some(l) => {
+                if l.deferred() {
+                    self.settled.get_or_try_init(|| self.settle(l)).await?;
+                }
+                l.check_writable().await
+            }
             None => Ok(()),
         }
+    }
+
+    /// A lease taken with [`LeaseOptions::defer_settle`]: wait for its
+    /// confirmation, then make sure no other writer committed while this
+    /// vault was read under the unconfirmed lease (a writer whose lease was
+    /// taken over as stale, still running): the next log must not exist
+    /// yet. Logs are created without conditional create here, so the first
+    /// commit would otherwise overwrite it (FORMAT §13).
+    async fn settle(&self, l: &Lease) -> VaultResult<()> {
+        l.confirmed().await?;
+        let next = format::log_key(lock(&self.inner).version + 1);
+        if self.store.stat(&next).await?.is_some() {
+            return Err(VaultError::LeaseLost {
+                detail: format!(
+                    "another writer committed {next} while this one was taking the lease over \
+                     (the writer whose lease it took is still running)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Wait until the writer lease is confirmed (at once unless it was
+    /// taken with [`LeaseOptions::defer_settle`]); its refusal otherwise
+    /// (the same error an open without deferral would have failed with).
+    pub async fn lease_confirmed(&self) -> VaultResult<()> {
+        match &self.lease {
+            Some(l) => l.confirmed().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The writer lease was refused after a deferred confirmation: nothing
+    /// was or will be committed by this vault.
+    pub fn lease_refused(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.refused())
     }
 
     /// Register a function called (under the commit lock) whenever new logs

@@ -31,6 +31,9 @@ struct Plain {
     pause_key: std::sync::Mutex<Option<String>>,
     paused: tokio::sync::Notify,
     resume: tokio::sync::Notify,
+    /// Every put, list and delete, in order ("put KEY", "list PREFIX",
+    /// "delete KEY").
+    log: std::sync::Mutex<Vec<String>>,
 }
 
 impl Plain {
@@ -42,11 +45,16 @@ impl Plain {
             pause_key: std::sync::Mutex::new(None),
             paused: tokio::sync::Notify::new(),
             resume: tokio::sync::Notify::new(),
+            log: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
 
 impl Plain {
+    fn note(&self, op: &str, key: &str) {
+        self.log.lock().unwrap().push(format!("{op} {key}"));
+    }
+
     fn check(&self, op: &'static str) -> StoreResult<()> {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::new(
@@ -74,6 +82,7 @@ impl Store for Plain {
     }
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
         self.check("put")?;
+        self.note("put", key);
         let pause = self.pause_key.lock().unwrap().as_deref() == Some(key);
         if pause {
             self.paused.notify_one();
@@ -102,10 +111,12 @@ impl Store for Plain {
     }
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
         self.check("list")?;
+        self.note("list", prefix);
         self.inner.list(prefix).await
     }
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.check("delete")?;
+        self.note("delete", key);
         self.inner.delete(key).await
     }
     async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
@@ -923,4 +934,154 @@ async fn a_holder_that_dies_while_handing_over_is_taken_over_when_its_lease_runs
         b.commit().await.unwrap();
         b.release_lease().await.unwrap();
     }
+}
+
+/// [`lopts`] confirmed in the background after `settle_ms`.
+fn deferred(label: &str, settle_ms: u64) -> LeaseOptions {
+    LeaseOptions {
+        settle: Duration::from_millis(settle_ms),
+        defer_settle: true,
+        ..lopts(label)
+    }
+}
+
+#[tokio::test]
+async fn a_deferred_lease_commits_only_after_its_read_back() {
+    let e = Env::new(Kind::NoConditional).await;
+    let plain = e.plain.clone().unwrap();
+    plain.log.lock().unwrap().clear();
+    let a = e
+        .open(Some(deferred("deferred writer", 300)))
+        .await
+        .unwrap();
+    // uploads need no confirmed lease: a file of several chunks, and a
+    // small one (packed)
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    put(&a, "/big", &big).await;
+    put(&a, "/small", b"small").await;
+    a.commit().await.unwrap();
+    assert!(!a.lease_refused());
+    let log = plain.log.lock().unwrap().clone();
+    let pos = |what: &dyn Fn(&str) -> bool, from: usize| {
+        log.iter()
+            .skip(from)
+            .position(|l| what(l))
+            .map(|i| i + from)
+            .unwrap_or_else(|| panic!("not in {log:#?}"))
+    };
+    let claim = pos(&|l| l.starts_with("put lease/"), 0);
+    let read_back = pos(&|l| l == "list lease/", claim + 1);
+    let first_log = pos(&|l| l.starts_with("put meta/"), 0);
+    assert!(
+        read_back < first_log,
+        "the log was written before the lease was read back: {log:#?}"
+    );
+    assert!(
+        !log[..read_back].iter().any(|l| l.starts_with("delete ")),
+        "something was deleted before the lease was confirmed: {log:#?}"
+    );
+    a.release_lease().await.unwrap();
+    let r = e.open(None).await.unwrap();
+    assert_eq!(read(&r, "/big").await, big);
+    assert_eq!(read(&r, "/small").await, b"small");
+    let report = r.check(true, None).await.unwrap();
+    assert!(report.damaged.is_empty(), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_deferred_lease_lost_to_a_racer_commits_and_deletes_nothing() {
+    let e = Env::new(Kind::NoConditional).await;
+    let w = e.writer("setup").await;
+    put(&w, "/old", b"the old contents").await;
+    w.commit().await.unwrap();
+    w.release_lease().await.unwrap();
+    drop(w);
+
+    let a = e.open(Some(deferred("slow writer", 1000))).await.unwrap();
+    // another writer takes the vault while A's lease settles
+    let b = e
+        .open(Some(LeaseOptions {
+            break_lease: true,
+            ..lopts("racer B")
+        }))
+        .await
+        .unwrap();
+    // A goes on: replaces a file (its old blob loses its last reference)
+    // and uploads a new one
+    put(&a, "/old", b"replaced by the slow writer").await;
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
+    put(&a, "/new", &big).await;
+    let err = a.commit().await.unwrap_err();
+    assert!(matches!(err, VaultError::Locked { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("vault is in use by racer B on "), "{msg}");
+    assert!(a.lease_refused());
+    assert!(matches!(
+        a.lease_confirmed().await,
+        Err(VaultError::Locked { .. })
+    ));
+    assert!(a.uncommitted_records() > 0, "nothing was committed");
+    a.release_lease().await.unwrap();
+    drop(a);
+
+    // B's lease is untouched and B commits on top of the old state
+    assert_eq!(e.lease_objects().await.len(), 1);
+    b.mkdir("/by-b", 0o755, false).unwrap();
+    b.commit().await.unwrap();
+    assert_eq!(read(&b, "/old").await, b"the old contents");
+    assert!(b.stat_path("/new").is_err());
+    let report = b.check(true, None).await.unwrap();
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert!(
+        report.unreferenced > 0,
+        "A's uploads are orphans: {report:?}"
+    );
+    // gc removes what A uploaded
+    let gc = b.gc().await.unwrap();
+    assert!(gc.blobs_deleted > 0, "{gc:?}");
+    assert_eq!(b.check(true, None).await.unwrap().unreferenced, 0);
+    b.release_lease().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deferred_lease_refuses_to_commit_over_a_log_written_while_it_settled() {
+    let e = Env::new(Kind::NoConditional).await;
+    let plain = e.plain.clone().unwrap();
+    let old = Arc::new(e.writer("old holder").await);
+    old.mkdir("/late", 0o755, false).unwrap();
+    // the old holder has checked its lease and its log is on the way…
+    *plain.pause_key.lock().unwrap() = Some(strata_core::format::log_key(1));
+    let committing = {
+        let old = old.clone();
+        tokio::spawn(async move { old.commit().await })
+    };
+    plain.paused.notified().await;
+    *plain.pause_key.lock().unwrap() = None;
+    // …when another writer takes the vault over and reads it…
+    let a = e
+        .open(Some(LeaseOptions {
+            break_lease: true,
+            ..deferred("taker", 300)
+        }))
+        .await
+        .unwrap();
+    assert_eq!(a.version(), 0);
+    // …and the log lands after that read
+    plain.resume.notify_one();
+    committing.await.unwrap().unwrap();
+    a.mkdir("/mine", 0o755, false).unwrap();
+    let err = a.commit().await.unwrap_err();
+    assert!(matches!(err, VaultError::LeaseLost { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("another writer committed meta/log.0000000000000001"),
+        "{err}"
+    );
+    a.release_lease().await.unwrap();
+    let r = e.open(None).await.unwrap();
+    assert!(
+        r.stat_path("/late").is_ok(),
+        "the old holder's log survives"
+    );
+    assert!(r.stat_path("/mine").is_err());
 }

@@ -28,6 +28,7 @@ mod walk;
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, Metadata};
 use std::future::Future;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,12 @@ const COMMIT_RECORDS: u64 = 20_000;
 const SLOTS: usize = 8;
 /// A put that committed this many records ends with a checkpoint.
 const CHECKPOINT_RECORDS: u64 = 20_000;
+/// Files up to this size are read whole on the async thread instead of
+/// through a reader thread: a few KiB from the page cache take microseconds,
+/// less than the handoff to a blocking thread and back, which for many
+/// small files was a good part of the put. (One that grew past this since
+/// it was looked at is streamed after all.)
+const INLINE_READ: u64 = 64 << 10;
 /// How long uploads wait for the listing of the store's blobs (so that what
 /// an interrupted put left there is reused) before they start without it.
 const LISTING_WAIT: Duration = Duration::from_secs(5);
@@ -238,19 +245,36 @@ async fn run_job(vault: &Vault, job: &Job, progress: Progress) -> Result<Outcome
             return Ok(Outcome::Unchanged);
         }
     }
-    let file = File::open(&job.local)
-        .map_err(|e| Failure::entry(anyhow!("cannot read {}: {e}", job.local.display())))?;
     let replace = !matches!(job.action, Action::Add);
-    vault
-        .write_file(
-            &job.vpath,
-            Box::new(file),
-            job.meta,
-            replace,
-            Some(progress),
-        )
-        .await
-        .map_err(|e| Failure::from((e, job.local.as_path(), job.vpath.as_str())))?;
+    let cannot_read =
+        |e: std::io::Error| Failure::entry(anyhow!("cannot read {}: {e}", job.local.display()));
+    let mut file = File::open(&job.local).map_err(cannot_read)?;
+    let mut head = Vec::new();
+    if job.size <= INLINE_READ {
+        // small: read whole, here (see INLINE_READ)
+        (&mut file)
+            .take(INLINE_READ + 1)
+            .read_to_end(&mut head)
+            .map_err(cannot_read)?;
+    }
+    let written = if job.size <= INLINE_READ && head.len() as u64 <= INLINE_READ {
+        vault
+            .write_file_data(&job.vpath, head, job.meta, replace, Some(progress))
+            .await
+    } else {
+        // large, or grew since it was looked at: streamed
+        let reader = std::io::Cursor::new(head).chain(file);
+        vault
+            .write_file(
+                &job.vpath,
+                Box::new(reader),
+                job.meta,
+                replace,
+                Some(progress),
+            )
+            .await
+    };
+    written.map_err(|e| Failure::from((e, job.local.as_path(), job.vpath.as_str())))?;
     Ok(if replace {
         Outcome::Replaced
     } else {
@@ -540,8 +564,14 @@ pub async fn run(g: &Global, ui: Ui, a: &PutArgs) -> Result<()> {
     // whole tree (cost growing with the tree, memory for a copy of it), and
     // most would be skipped anyway while uploads keep applying records. One
     // at the end instead (`CHECKPOINT_RECORDS`), and every 256 logs.
+    // Without conditional create the lease settles (2 s) while the put
+    // walks, seals and uploads: only commits and deletions wait for it
+    // (FORMAT §13).
     let (vault, _pw) = session::open_writer_with(g, "put", &a.lease, |o| {
         o.checkpoint_records = u64::MAX;
+        if let Some(l) = o.lease.as_mut() {
+            l.defer_settle = true;
+        }
     })
     .await?;
     let res = put_all(&vault, ui, a).await;
@@ -581,6 +611,7 @@ async fn put_all(vault: &Vault, ui: Ui, a: &PutArgs) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting: Option<Job> = None;
     let mut walked = false;
+    let mut lease_confirmed = false;
 
     let result: Result<()> = loop {
         if let Err(e) = put.finish_dirs() {
@@ -621,6 +652,12 @@ async fn put_all(vault: &Vault, ui: Ui, a: &PutArgs) -> Result<()> {
                 }
             }
             _ = tokio::time::sleep_until(gate), if !gate_open => gate_open = true,
+            // a refused lease stops the uploads at once (they would only
+            // leave more unreferenced objects for gc)
+            r = vault.lease_confirmed(), if !lease_confirmed => match r {
+                Ok(()) => lease_confirmed = true,
+                Err(e) => break Err(e.into()),
+            },
             _ = tick.tick(), if commits.is_empty() => {
                 if vault.uncommitted_records() > 0 {
                     commits.push(Box::pin(session::commit(vault)));
@@ -652,6 +689,14 @@ async fn put_all(vault: &Vault, ui: Ui, a: &PutArgs) -> Result<()> {
     }
     let tally = put.tally;
     drop(put.progress);
+    if vault.lease_refused() {
+        // Nothing was committed; what was uploaded is unreferenced, for gc.
+        // The error is the one an open that waited would have failed with.
+        return match vault.lease_confirmed().await {
+            Err(e) => Err(e.into()),
+            Ok(()) => result,
+        };
+    }
     let committed = match session::commit(vault).await {
         Ok(()) if vault.writer_seq().saturating_sub(first_seq) >= CHECKPOINT_RECORDS => {
             // the logs are durable: a failed checkpoint is only a warning
