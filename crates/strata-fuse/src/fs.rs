@@ -503,8 +503,17 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if self.inline_io {
+            // on this thread: the request's buffer is written as it is
+            let _inline = strata_store::inline::enter();
+            match self.rt.block_on(self.vfs.write(ino.0, fh.0, offset, data)) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            }
+            return;
+        }
         let data = data.to_vec();
-        self.data_op(move |vfs| async move {
+        self.spawn(move |vfs| async move {
             match vfs.write(ino.0, fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
