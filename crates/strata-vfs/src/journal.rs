@@ -52,6 +52,10 @@ const HDR: u64 = sealed::HDR;
 /// Length of a journal that holds no record (its header).
 pub const EMPTY_LEN: u64 = HDR;
 
+/// A journal holding uncommitted records is rewritten (without what the
+/// store has) once it is this large.
+pub const PENDING_LIMIT: u64 = 64 << 20;
+
 /// Bytes kept allocated past the end of the journal (about 10 000 records).
 pub const RESERVE: u64 = 1 << 20;
 
@@ -76,6 +80,8 @@ pub struct Journal {
     pub max_seq: u64,
     /// File length (header and entries).
     bytes: u64,
+    /// Length past which a journal with uncommitted records is rewritten.
+    pending_limit: u64,
     synced: Arc<AtomicU64>,
 }
 
@@ -254,6 +260,7 @@ impl Journal {
                 appended: 0,
                 max_seq,
                 bytes: valid as u64,
+                pending_limit: PENDING_LIMIT,
                 synced: Arc::new(AtomicU64::new(0)),
             },
             entries,
@@ -321,13 +328,37 @@ impl Journal {
     /// the chunks kept in memory that the journal must still hold (`None`:
     /// cannot tell now, try later); if there are any, the journal is
     /// rewritten with just them instead (this needs space for them).
+    ///
+    /// While records are still uncommitted (a long burst of changes never
+    /// leaves the store a moment to catch up), a journal past
+    /// `pending_limit` is rewritten with those records and the live
+    /// chunks, so the bytes of small files the store has since received do
+    /// not pile up in it.
     pub fn compact(
         &mut self,
         writer_seq: u64,
         now: bool,
         live: impl FnOnce() -> Option<Vec<ChunkData>>,
     ) -> std::io::Result<bool> {
-        if self.max_seq > writer_seq || self.bytes <= HDR || !(now || self.bytes > 4 << 20) {
+        if self.bytes <= HDR {
+            return Ok(false);
+        }
+        if self.max_seq > writer_seq {
+            if self.bytes < self.pending_limit {
+                return Ok(false);
+            }
+            let Some(live) = live() else {
+                return Ok(false);
+            };
+            let mut entries = self.records_after(writer_seq)?;
+            entries.extend(live.into_iter().map(Entry::Data));
+            self.rewrite(&entries)?;
+            // a journal that stays large (many pending records, many
+            // chunks in memory) is not rewritten again at once
+            self.pending_limit = PENDING_LIMIT.max(2 * self.bytes);
+            return Ok(true);
+        }
+        if !(now || self.bytes > 4 << 20) {
             return Ok(false);
         }
         let Some(live) = live() else {
@@ -344,6 +375,17 @@ impl Journal {
         self.synced.store(self.appended, Ordering::SeqCst);
         reserve(&self.file, HDR);
         Ok(true)
+    }
+
+    /// The records in the file with a sequence number above `seq`, in order.
+    fn records_after(&self, seq: u64) -> std::io::Result<Vec<Entry>> {
+        let bytes = std::fs::read(&self.path)?;
+        let end = (self.bytes as usize).min(bytes.len());
+        let (entries, _) = parse(&bytes[..end], HDR as usize, Some(&self.key));
+        Ok(entries
+            .into_iter()
+            .filter(|e| matches!(e, Entry::Record(s, _) if *s > seq))
+            .collect())
     }
 
     /// Appends known to be on disk (synced).
@@ -584,6 +626,39 @@ mod tests {
         );
         // records not committed cover nothing
         assert_eq!(surviving_data(&e, 1).len(), 4);
+    }
+
+    #[test]
+    fn a_large_journal_with_pending_records_drops_what_the_store_has() {
+        let d = tempfile::tempdir().unwrap();
+        let k = keys();
+        let (mut j, _) = Journal::open(d.path(), k.clone()).unwrap();
+        let big = vec![7u8; 200 << 10];
+        let mut seq = 0;
+        while j.len() < PENDING_LIMIT {
+            seq += 1;
+            j.append(seq, &rec(seq)).unwrap();
+            j.append_data(data(seq, 0, &big)).unwrap();
+        }
+        // the store has all but the last two records; one chunk is live
+        let live = data(seq, 0, b"live");
+        assert!(!j.compact(seq - 2, false, || None).unwrap(), "busy: later");
+        assert!(j
+            .compact(seq - 2, false, || Some(vec![live.clone()]))
+            .unwrap());
+        assert!(j.len() < 1 << 20, "{} bytes left", j.len());
+        j.append(seq + 1, &rec(seq + 1)).unwrap();
+        drop(j);
+        let (_, e) = Journal::open(d.path(), k).unwrap();
+        assert_eq!(
+            e,
+            vec![
+                Entry::Record(seq - 1, rec(seq - 1)),
+                Entry::Record(seq, rec(seq)),
+                Entry::Data(live),
+                Entry::Record(seq + 1, rec(seq + 1)),
+            ]
+        );
     }
 
     #[test]
