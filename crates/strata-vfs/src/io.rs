@@ -451,9 +451,9 @@ impl Vfs {
     }
 
     /// Make the file's data and size durable on local disk (close
-    /// semantics): its chunk files synced, the bytes of its memory chunks
-    /// appended to the journal, and the journal synced (one fsync for
-    /// both when the file has no chunk file).
+    /// semantics): its chunk files and the journal synced (the journal
+    /// alone for a file whose chunks are in memory: their writes are in
+    /// it).
     pub async fn flush(&self, ino: u64) -> VfsResult<()> {
         if self.read_only() {
             return Ok(());

@@ -233,8 +233,8 @@ pub struct StatFs {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub dirty_bytes: u64,
-    /// Of `dirty_bytes`, those of small chunks kept in memory (their
-    /// bytes are in the journal once the file was closed).
+    /// Of `dirty_bytes`, those of small chunks kept in memory (each write
+    /// to them is in the journal).
     pub dirty_memory_bytes: u64,
     pub dirty_chunks: u64,
     pub dirty_files: u64,

@@ -57,8 +57,9 @@ pub(crate) struct DChunk {
     /// A memory chunk whose next journal entry must carry its whole
     /// content (it was just created, or filled from the store).
     pub(crate) fresh: bool,
-    /// A change of this memory chunk could not be journaled (disk full):
-    /// its close uploads and commits instead.
+    /// The last change of this memory chunk could not be journaled (disk
+    /// full): its close uploads and commits instead, until an entry with
+    /// its whole content gets in.
     pub(crate) unjournaled: bool,
 }
 
@@ -542,9 +543,12 @@ impl Vfs {
         match appended {
             Ok(n) => {
                 c.fresh = false;
+                c.unjournaled = false;
                 lock(&self.content_appends).insert(ino, n);
             }
             Err(e) => {
+                // the next entry that gets in carries the whole content
+                c.fresh = true;
                 if e.raw_os_error() == Some(libc::ENOSPC) {
                     self.space.hit_full();
                 }
