@@ -216,8 +216,13 @@ impl StrataFs {
         if !self.inline_io {
             return self.spawn(f);
         }
+        self.run_inline(f(self.vfs.clone()));
+    }
+
+    /// Drive `fut` on this FUSE thread, blocking work inline.
+    fn run_inline<T>(&self, fut: impl Future<Output = T>) -> T {
         let _inline = strata_store::inline::enter();
-        self.rt.block_on(f(self.vfs.clone()));
+        self.rt.block_on(fut)
     }
 
     fn listing(&self, ino: u64) -> VfsResult<Listing> {
@@ -505,8 +510,7 @@ impl Filesystem for StrataFs {
     ) {
         if self.inline_io {
             // on this thread: the request's buffer is written as it is
-            let _inline = strata_store::inline::enter();
-            match self.rt.block_on(self.vfs.write(ino.0, fh.0, offset, data)) {
+            match self.run_inline(self.vfs.write(ino.0, fh.0, offset, data)) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
             }

@@ -18,7 +18,7 @@ use strata_core::{Inode, Kind, Record, Ts};
 use tracing::{debug, trace, warn};
 
 use crate::sealed::SealedFile;
-use crate::writeback::{block, committed_len, stays_in_memory, DChunk, Overlay};
+use crate::writeback::{block, committed_len, DChunk, Overlay};
 use crate::{io_errno, lock, vault_errno, Errno, Vfs, VfsResult};
 
 /// fdatasync each file that exists (a chunk file may have been uploaded,
@@ -215,11 +215,7 @@ impl Vfs {
             let src = &data[(r.start - offset) as usize..(r.end - offset) as usize];
             let was_in_memory = c.mem.is_some();
             let cs = node.chunk_size;
-            let written = if was_in_memory && stays_in_memory(p.b, cs) {
-                self.wb.write_body((ino, ci), c, created, (src, p.a), cs)
-            } else {
-                block(|| self.wb.write_body((ino, ci), c, created, (src, p.a), cs))
-            };
+            let written = self.wb.write_body((ino, ci), c, created, (src, p.a), cs);
             if let Err(e) = written {
                 // Part of the bytes may be in the file: the chunk counts as
                 // changed. A chunk file this write created holds nothing.
@@ -320,14 +316,9 @@ impl Vfs {
                     let mut buf = vec![0u8; p.len() as usize];
                     let have = c.len.min(p.b).saturating_sub(p.a) as usize;
                     if have > 0 {
-                        let key = (ino, p.index);
-                        let dst = &mut buf[..have];
-                        if c.mem.is_some() {
-                            self.wb.read_body(key, c, dst, p.a)
-                        } else {
-                            block(|| self.wb.read_body(key, c, dst, p.a))
-                        }
-                        .map_err(|e| io_errno(e, "reading from the cache"))?;
+                        self.wb
+                            .read_body((ino, p.index), c, &mut buf[..have], p.a)
+                            .map_err(|e| io_errno(e, "reading from the cache"))?;
                     }
                     out.extend_from_slice(&buf);
                 }
@@ -371,7 +362,8 @@ impl Vfs {
             let (last, valid) = (lp.index, lp.b);
             if let Some(c) = o.chunks.get_mut(&last) {
                 if c.len > valid {
-                    block(|| self.wb.truncate_body((node.ino, last), c, valid))
+                    self.wb
+                        .truncate_body((node.ino, last), c, valid)
                         .map_err(|e| io_errno(e, "truncating a cache file"))?;
                     self.wb.add_bytes(c.len, valid);
                     c.len = valid;
@@ -477,9 +469,7 @@ impl Vfs {
         if journal_failed {
             // the journal refused the bytes of a memory chunk: durable in
             // the store instead, like an fsync in cloud mode
-            self.upload_file_now(ino).await?;
-            self.flush_attr(ino).await?;
-            return self.commit_now().await;
+            return self.commit_file(ino).await;
         }
         if paths.is_empty() {
             return self.make_content_durable(ino).await;
@@ -517,6 +507,12 @@ impl Vfs {
             // the file's records too, not only its contents (a new empty file)
             return self.make_records_durable().await;
         }
+        self.commit_file(ino).await
+    }
+
+    /// Upload the file's dirty chunks and commit: its data and metadata
+    /// are in the store when this returns.
+    async fn commit_file(&self, ino: u64) -> VfsResult<()> {
         self.upload_file_now(ino).await?;
         self.flush_attr(ino).await?;
         self.commit_now().await

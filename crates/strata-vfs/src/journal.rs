@@ -101,7 +101,33 @@ pub struct ChunkData {
     pub fresh: bool,
 }
 
+/// [`ChunkData`] borrowed for an append (the same encoding): the bytes of
+/// a write are sealed from the chunk, not copied first.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ChunkWrite<'a> {
+    pub ino: u64,
+    pub chunk: u64,
+    pub start: u64,
+    pub at: u64,
+    pub bytes: &'a [u8],
+    pub len: u64,
+    pub fresh: bool,
+}
+
 impl ChunkData {
+    /// This entry, borrowed for [`Journal::append_data`].
+    pub fn as_write(&self) -> ChunkWrite<'_> {
+        ChunkWrite {
+            ino: self.ino,
+            chunk: self.chunk,
+            start: self.start,
+            at: self.at,
+            bytes: &self.bytes,
+            len: self.len,
+            fresh: self.fresh,
+        }
+    }
+
     /// The whole content of a chunk.
     pub fn whole(ino: u64, chunk: u64, start: u64, bytes: Vec<u8>) -> ChunkData {
         ChunkData {
@@ -152,7 +178,11 @@ fn check(payload: &[u8]) -> [u8; 8] {
 
 /// One entry, to be written at file offset `at`.
 fn encode(key: &FileKey, at: u64, e: &Entry) -> std::io::Result<Vec<u8>> {
-    let payload = e.payload().map_err(std::io::Error::other)?;
+    seal_entry(key, at, e.payload().map_err(std::io::Error::other)?)
+}
+
+/// One entry of `payload`, to be written at file offset `at`.
+fn seal_entry(key: &FileKey, at: u64, payload: Vec<u8>) -> std::io::Result<Vec<u8>> {
     let sealed = key
         .seal_vec(&at.to_le_bytes(), payload)
         .map_err(std::io::Error::other)?;
@@ -270,16 +300,19 @@ impl Journal {
     /// Append one record (not yet synced). On failure (disk full, I/O
     /// error) the file is cut back to its previous end.
     pub fn append(&mut self, seq: u64, r: &Record) -> std::io::Result<u64> {
-        self.append_entry(&Entry::Record(seq, r.clone()))
+        let payload = postcard::to_stdvec(&(seq, r)).map_err(std::io::Error::other)?;
+        self.append_payload(payload, Some(seq))
     }
 
-    /// Append the bytes of a chunk kept in memory (not yet synced).
-    pub fn append_data(&mut self, d: ChunkData) -> std::io::Result<u64> {
-        self.append_entry(&Entry::Data(d))
+    /// Append a write to a chunk kept in memory (not yet synced).
+    pub fn append_data(&mut self, w: &ChunkWrite<'_>) -> std::io::Result<u64> {
+        let payload = postcard::to_stdvec(&(0u64, w)).map_err(std::io::Error::other)?;
+        self.append_payload(payload, None)
     }
 
-    fn append_entry(&mut self, entry: &Entry) -> std::io::Result<u64> {
-        let e = encode(&self.key, self.bytes, entry)?;
+    /// Append one entry (`seq`: a record's); cut off again if it fails.
+    fn append_payload(&mut self, payload: Vec<u8>, seq: Option<u64>) -> std::io::Result<u64> {
+        let e = seal_entry(&self.key, self.bytes, payload)?;
         if let Err(err) = self.file.write_all(&e) {
             if let Err(cut) = self.file.set_len(self.bytes) {
                 tracing::warn!(error = %cut, path = %self.path.display(), "could not cut a failed journal append");
@@ -288,8 +321,8 @@ impl Journal {
         }
         self.appended += 1;
         self.bytes += e.len() as u64;
-        if let Entry::Record(seq, _) = entry {
-            self.max_seq = self.max_seq.max(*seq);
+        if let Some(seq) = seq {
+            self.max_seq = self.max_seq.max(seq);
         }
         Ok(self.appended)
     }
@@ -589,26 +622,30 @@ mod tests {
         let (mut j, _) = Journal::open(d.path(), k.clone()).unwrap();
         j.append(1, &rec(1)).unwrap();
         // a chunk written in two steps
-        j.append_data(data(5, 0, &secret)).unwrap();
-        j.append_data(write(5, 0, 4, b"PLAIN", 29)).unwrap();
+        j.append_data(&data(5, 0, &secret).as_write()).unwrap();
+        j.append_data(&write(5, 0, 4, b"PLAIN", 29).as_write())
+            .unwrap();
         // uploaded and committed: the store has it
-        j.append_data(data(7, 0, b"uploaded")).unwrap();
+        j.append_data(&data(7, 0, b"uploaded").as_write()).unwrap();
         j.append(2, &set_chunk(7, 0, 8)).unwrap();
         // uploaded, then written again: restored
-        j.append_data(data(7, 1, b"first")).unwrap();
+        j.append_data(&data(7, 1, b"first").as_write()).unwrap();
         j.append(3, &set_chunk(7, 1, 105)).unwrap();
-        j.append_data(write(7, 1, 0, b"F", 5)).unwrap();
+        j.append_data(&write(7, 1, 0, b"F", 5).as_write()).unwrap();
         // cut, then grown again: the cut bytes stay cut (a hole)
-        j.append_data(data(8, 0, b"0123456789")).unwrap();
+        j.append_data(&data(8, 0, b"0123456789").as_write())
+            .unwrap();
         j.append(4, &set_size(8, 4)).unwrap();
         j.append(5, &set_size(8, 10)).unwrap();
-        j.append_data(write(8, 0, 8, b"xy", 10)).unwrap();
+        j.append_data(&write(8, 0, 8, b"xy", 10).as_write())
+            .unwrap();
         // cut to nothing: gone
-        j.append_data(data(9, 1, b"second chunk")).unwrap();
+        j.append_data(&data(9, 1, b"second chunk").as_write())
+            .unwrap();
         j.append(6, &set_size(9, 100)).unwrap();
         // moved into a chunk file: nothing to restore
-        j.append_data(data(10, 0, b"big")).unwrap();
-        j.append_data(data(10, 0, b"")).unwrap();
+        j.append_data(&data(10, 0, b"big").as_write()).unwrap();
+        j.append_data(&data(10, 0, b"").as_write()).unwrap();
         assert_eq!(j.max_seq, 6);
         drop(j);
         let raw = std::fs::read(d.path().join(NAME)).unwrap();
@@ -638,7 +675,7 @@ mod tests {
         while j.len() < PENDING_LIMIT {
             seq += 1;
             j.append(seq, &rec(seq)).unwrap();
-            j.append_data(data(seq, 0, &big)).unwrap();
+            j.append_data(&data(seq, 0, &big).as_write()).unwrap();
         }
         // the store has all but the last two records; one chunk is live
         let live = data(seq, 0, b"live");
@@ -667,7 +704,7 @@ mod tests {
         let k = keys();
         let (mut j, _) = Journal::open(d.path(), k.clone()).unwrap();
         j.append(1, &rec(1)).unwrap();
-        j.append_data(data(5, 0, b"gone")).unwrap();
+        j.append_data(&data(5, 0, b"gone").as_write()).unwrap();
         // not committed yet: nothing happens
         assert!(!j.compact(0, true, || Some(vec![data(5, 0, b"x")])).unwrap());
         // busy overlays: try later

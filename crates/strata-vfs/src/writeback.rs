@@ -32,7 +32,7 @@ use strata_core::{Inode, Kind, Record, Ts, Vault};
 use strata_crypto::Keys;
 use tracing::{info, warn};
 
-use crate::journal::ChunkData;
+use crate::journal::{ChunkData, ChunkWrite};
 use crate::sealed::{self, SealedFile};
 use crate::{io_errno, lock, vault_errno, Vfs, VfsResult};
 
@@ -88,7 +88,7 @@ impl DChunk {
 pub const MEM_CHUNK_MAX: u64 = 256 << 10;
 
 /// Whether a memory chunk written up to `end` stays in memory.
-pub(crate) fn stays_in_memory(end: u64, chunk_size: u32) -> bool {
+fn stays_in_memory(end: u64, chunk_size: u32) -> bool {
     end <= MEM_CHUNK_MAX && end < u64::from(chunk_size)
 }
 /// Memory for chunks kept in memory, all files together; past it new
@@ -143,14 +143,14 @@ impl WriteBack {
     /// chunk (a whole one is uploaded at once) of at most
     /// [`MEM_CHUNK_MAX`] bytes, within [`MEM_BUDGET`].
     pub(crate) fn fits_in_memory(&self, len: u64, chunk_size: u32) -> bool {
-        len < u64::from(chunk_size)
-            && len <= MEM_CHUNK_MAX
+        stays_in_memory(len, chunk_size)
             && self.mem_bytes.load(Ordering::Relaxed) + len <= MEM_BUDGET
     }
 
     /// Write `src` at `at` into chunk `(ino, ci)` (its file opened, unless
     /// `file` is the one just created). A memory chunk that would grow past
-    /// [`MEM_CHUNK_MAX`] moves into a chunk file first.
+    /// [`MEM_CHUNK_MAX`] moves into a chunk file first. These body methods
+    /// take the blocking section (see [`block`]) only for file I/O.
     pub(crate) fn write_body(
         &self,
         (ino, ci): (u64, u64),
@@ -171,17 +171,22 @@ impl WriteBack {
                 return Ok(());
             }
             // too big for memory: into a chunk file, then written there
-            let f = self.create_file(&self.path(ino, ci))?;
-            f.write_at(m, 0)?;
+            let f = block(|| -> std::io::Result<SealedFile> {
+                let f = self.create_file(&self.path(ino, ci))?;
+                f.write_at(m, 0)?;
+                Ok(f)
+            })?;
             sub_bytes(&self.mem_bytes, m.len() as u64);
             c.mem = None;
-            return f.write_at(src, at);
+            return block(|| f.write_at(src, at));
         }
-        let f = match file {
-            Some(f) => f,
-            None => self.open_file(&self.path(ino, ci))?,
-        };
-        f.write_at(src, at)
+        block(|| {
+            let f = match file {
+                Some(f) => f,
+                None => self.open_file(&self.path(ino, ci))?,
+            };
+            f.write_at(src, at)
+        })
     }
 
     /// Read `buf.len()` valid bytes of chunk `(ino, ci)` at `at`.
@@ -200,7 +205,7 @@ impl WriteBack {
                 buf.copy_from_slice(src);
                 Ok(())
             }
-            None => self.open_file(&self.path(ino, ci))?.read_at(buf, at),
+            None => block(|| self.open_file(&self.path(ino, ci))?.read_at(buf, at)),
         }
     }
 
@@ -218,7 +223,7 @@ impl WriteBack {
                 add(&self.mem_bytes, old, m.len() as u64);
                 Ok(())
             }
-            None => self.open_file(&self.path(ino, ci))?.set_len(len),
+            None => block(|| self.open_file(&self.path(ino, ci))?.set_len(len)),
         }
     }
 
@@ -510,21 +515,23 @@ impl Vfs {
         let Some(m) = &c.mem else {
             return;
         };
-        let start = chunk_start(ci, chunk_size);
-        let d = if c.fresh {
-            ChunkData::whole(ino, ci, start, m.clone())
+        // the whole content when fresh, else just the bytes written
+        let (at, bytes) = if c.fresh {
+            (0, &m[..])
         } else {
-            ChunkData {
-                ino,
-                chunk: ci,
-                start,
-                at,
-                bytes: m[at as usize..(at + len) as usize].to_vec(),
-                len: m.len() as u64,
-                fresh: false,
-            }
+            (at, &m[at as usize..(at + len) as usize])
         };
-        self.journal_chunk(ino, c, d);
+        let w = ChunkWrite {
+            ino,
+            chunk: ci,
+            start: chunk_start(ci, chunk_size),
+            at,
+            bytes,
+            len: m.len() as u64,
+            fresh: c.fresh,
+        };
+        let appended = lock(&self.journal).append_data(&w);
+        self.journaled(ino, c, appended);
     }
 
     /// Journal that memory chunk `(ino, ci)` moved into its chunk file.
@@ -535,11 +542,13 @@ impl Vfs {
         chunk_size: u32,
     ) {
         let start = chunk_start(ci, chunk_size);
-        self.journal_chunk(ino, c, ChunkData::whole(ino, ci, start, Vec::new()));
+        let gone = ChunkData::whole(ino, ci, start, Vec::new());
+        let appended = lock(&self.journal).append_data(&gone.as_write());
+        self.journaled(ino, c, appended);
     }
 
-    fn journal_chunk(&self, ino: u64, c: &mut DChunk, d: ChunkData) {
-        let appended = lock(&self.journal).append_data(d);
+    /// Note the outcome of a journal append for memory chunk `c` of `ino`.
+    fn journaled(&self, ino: u64, c: &mut DChunk, appended: std::io::Result<u64>) {
         match appended {
             Ok(n) => {
                 c.fresh = false;
@@ -573,7 +582,7 @@ impl Vfs {
             let o = ov.try_read().ok()?;
             for (ci, c) in &o.chunks {
                 if let Some(m) = &c.mem {
-                    let cs = self.vault.inode(ino).map(|n| n.chunk_size)?;
+                    let cs = self.with_node(ino, |n| n.chunk_size).ok()?;
                     out.push(ChunkData::whole(ino, *ci, chunk_start(*ci, cs), m.clone()));
                 }
             }
