@@ -70,6 +70,21 @@ pub(crate) struct Remote {
     pub(crate) prepared: std::sync::atomic::AtomicBool,
 }
 
+/// A deferred put of an object this large is synced at once: its fdatasync
+/// costs about what writing it does, runs while the uploader goes on, and
+/// leaves `sync` no reason to flush the whole filesystem (which would also
+/// write the write-back cache's chunk files, about to be deleted, to disk).
+const SYNC_AT_PUT: usize = 1 << 20;
+
+/// Up to this many deferred objects, `sync` syncs them one by one; past
+/// it, one `syncfs(2)` (one journal commit for any number of objects, but
+/// it also flushes every other dirty file of that filesystem).
+const SYNC_EACH_MAX: usize = 16;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Directories of a `file://` store.
 #[derive(Debug)]
 struct FsDirs {
@@ -77,6 +92,11 @@ struct FsDirs {
     tmp: PathBuf,
     /// A `put_deferred` happened since the last `sync`.
     unsynced: std::sync::atomic::AtomicBool,
+    /// The keys put deferred since the last `sync`, while there are at
+    /// most [`SYNC_EACH_MAX`] of them (`None`: more; `sync` uses syncfs).
+    deferred: Mutex<Option<Vec<String>>>,
+    /// The objects range-read last, kept open.
+    open: crate::open_objects::OpenObjects,
 }
 
 impl std::fmt::Debug for OpendalStore {
@@ -174,6 +194,8 @@ impl OpendalStore {
                 root,
                 tmp,
                 unsynced: std::sync::atomic::AtomicBool::new(false),
+                deferred: Mutex::new(Some(Vec::new())),
+                open: Default::default(),
             })),
             remote: None,
         })
@@ -329,6 +351,7 @@ impl OpendalStore {
         if let Some(dirs) = &self.fs {
             let dirs = dirs.clone();
             let k = key.to_owned();
+            dirs.open.forget(key);
             return self
                 .blocking(op, key, move || fs_put(&dirs, &k, &data, if_absent, true))
                 .await;
@@ -395,10 +418,24 @@ impl Store for OpendalStore {
             return self.put(key, data).await;
         };
         self.check_key("put", key)?;
+        dirs.open.forget(key);
         let dirs = dirs.clone();
         let k = key.to_owned();
         self.blocking("put", key, move || {
+            if data.len() >= SYNC_AT_PUT {
+                // Synced now: see SYNC_AT_PUT.
+                fs_put(&dirs, &k, &data, false, true)?;
+                return Ok(());
+            }
             fs_put(&dirs, &k, &data, false, false)?;
+            let mut deferred = lock(&dirs.deferred);
+            if let Some(keys) = deferred.as_mut() {
+                if keys.len() < SYNC_EACH_MAX {
+                    keys.push(k);
+                } else {
+                    *deferred = None;
+                }
+            }
             dirs.unsynced
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
@@ -415,8 +452,15 @@ impl Store for OpendalStore {
             return Ok(());
         }
         let d = dirs.clone();
-        let res = self.blocking("sync", "", move || syncfs(&d.root)).await;
+        let keys = lock(&dirs.deferred).replace(Vec::new());
+        let res = self
+            .blocking("sync", "", move || match keys {
+                Some(keys) => sync_each(&d.root, &keys),
+                None => syncfs(&d.root),
+            })
+            .await;
         if res.is_err() {
+            *lock(&dirs.deferred) = None;
             dirs.unsynced
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
@@ -474,9 +518,10 @@ impl Store for OpendalStore {
     async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
         self.check_key("get_range", key)?;
         if let Some(dirs) = &self.fs {
-            let path = dirs.root.join(key);
+            let dirs = dirs.clone();
+            let k = key.to_owned();
             return self
-                .blocking("get_range", key, move || fs_read(&path, Some(range)))
+                .blocking("get_range", key, move || fs_read_range(&dirs, &k, range))
                 .await;
         }
         if self.remote.is_some() && range.start < range.end {
@@ -555,6 +600,7 @@ impl Store for OpendalStore {
         self.check_key("delete", key)?;
         if let Some(dirs) = &self.fs {
             let path = dirs.root.join(key);
+            dirs.open.forget(key);
             return self.blocking("delete", key, move || fs_delete(&path)).await;
         }
         match self.op.delete(key).await {
@@ -699,6 +745,30 @@ fn syncfs(root: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Make the objects `keys` (put deferred) durable one by one: each file's
+/// data, then each directory holding one once. A key deleted since is
+/// skipped.
+fn sync_each(root: &Path, keys: &[String]) -> io::Result<()> {
+    let mut parents: Vec<PathBuf> = Vec::new();
+    for key in keys {
+        let path = root.join(key);
+        match std::fs::File::open(&path) {
+            Ok(f) => f.sync_data()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(p) = path.parent() {
+            if !parents.iter().any(|q| q == p) {
+                parents.push(p.to_path_buf());
+            }
+        }
+    }
+    for p in &parents {
+        fsync_dir(p)?;
+    }
+    Ok(())
+}
+
 /// Read a whole object, or `range` of it clamped to its end.
 fn fs_read(path: &Path, range: Option<Range<u64>>) -> io::Result<Bytes> {
     let f = std::fs::File::open(path).map_err(not_found_if_not_dir)?;
@@ -731,6 +801,27 @@ fn fs_read(path: &Path, range: Option<Range<u64>>) -> io::Result<Bytes> {
         return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
     }
     Ok(Bytes::from(buf))
+}
+
+/// Read `range` of an object, clamped to its end, through the store's
+/// open files ([`crate::open_objects`]).
+fn fs_read_range(dirs: &FsDirs, key: &str, range: Range<u64>) -> io::Result<Bytes> {
+    let (file, size) = match dirs.open.get(key) {
+        Some(open) => open,
+        None => {
+            let f = std::fs::File::open(dirs.root.join(key)).map_err(not_found_if_not_dir)?;
+            let meta = f.metadata()?;
+            if !meta.is_file() {
+                return Err(io::Error::from(io::ErrorKind::NotFound));
+            }
+            let f = Arc::new(f);
+            dirs.open.insert(key, f.clone(), meta.len());
+            (f, meta.len())
+        }
+    };
+    let start = range.start.min(size);
+    let end = range.end.clamp(start, size);
+    crate::open_objects::pread(&file, start, end).map(Bytes::from)
 }
 
 /// A key whose "directory" part is a file (ENOTDIR) names no object.

@@ -806,3 +806,77 @@ async fn deferred_puts_are_visible_at_once_and_synced_through_the_stack() {
     assert_eq!(err.kind, strata_store::StoreErrorKind::TooLarge);
     assert!(store.stat("data/ab/y").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn deferred_puts_of_every_size_sync_even_after_a_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/s", dir.path().display());
+    let (store, _) = strata_store::open_url(&url).unwrap();
+    // A few small ones (synced one by one), one deleted before the sync.
+    for i in 0..3 {
+        let key = format!("data/0{i}/small");
+        store
+            .put_deferred(&key, Bytes::from(vec![i as u8; 100]))
+            .await
+            .unwrap();
+    }
+    store.delete("data/01/small").await.unwrap();
+    // A large one (synced at the put).
+    let big = Bytes::from(vec![7u8; 3 << 20]);
+    store
+        .put_deferred("data/ff/big", big.clone())
+        .await
+        .unwrap();
+    store.sync().await.unwrap();
+    assert_eq!(store.get("data/ff/big").await.unwrap(), big);
+    assert!(store.stat("data/01/small").await.unwrap().is_none());
+    // More than the one-by-one limit: one filesystem sync.
+    for i in 0..40 {
+        let key = format!("data/aa/{i}");
+        store
+            .put_deferred(&key, Bytes::from(vec![1u8; 10]))
+            .await
+            .unwrap();
+    }
+    store.sync().await.unwrap();
+    assert_eq!(store.list("data/aa/").await.unwrap().len(), 40);
+}
+
+#[tokio::test]
+async fn range_reads_see_a_replaced_or_deleted_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/s", dir.path().display());
+    let (store, _) = strata_store::open_url(&url).unwrap();
+    store
+        .put("data/ab/o", Bytes::from_static(b"first version"))
+        .await
+        .unwrap();
+    assert_eq!(
+        &store.get_range("data/ab/o", 0..5).await.unwrap()[..],
+        b"first"
+    );
+    // Clamped to the end, through the object kept open.
+    assert_eq!(
+        &store.get_range("data/ab/o", 6..100).await.unwrap()[..],
+        b"version"
+    );
+    store
+        .put("data/ab/o", Bytes::from_static(b"second"))
+        .await
+        .unwrap();
+    assert_eq!(
+        &store.get_range("data/ab/o", 0..100).await.unwrap()[..],
+        b"second"
+    );
+    store
+        .put_deferred("data/ab/o", Bytes::from_static(b"third"))
+        .await
+        .unwrap();
+    assert_eq!(
+        &store.get_range("data/ab/o", 0..100).await.unwrap()[..],
+        b"third"
+    );
+    store.delete("data/ab/o").await.unwrap();
+    let err = store.get_range("data/ab/o", 0..5).await.unwrap_err();
+    assert_eq!(err.kind, strata_store::StoreErrorKind::NotFound);
+}
