@@ -12,7 +12,7 @@
 //! decrypted here. Cached bytes that fail authentication drop the blob from
 //! the cache and are fetched once more from the store.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,10 +85,13 @@ pub struct Chunks {
     /// One pack upload round at a time (so a commit waits for packs other
     /// writers are sending).
     pack_upload: tokio::sync::Mutex<()>,
-    /// Whole packs fetched on a store without range reads (newest last),
-    /// and one such fetch at a time.
+    /// Whole packs fetched (on a store without range reads, or for
+    /// [`Chunks::read_whole`]; newest last), and one such fetch at a time.
     pack_cache: Mutex<VecDeque<(PackId, Bytes)>>,
     pack_fetch: tokio::sync::Mutex<()>,
+    /// Packs a bulk reader will read many items of: fetched whole, like on
+    /// a store without range reads ([`Chunks::read_whole`]).
+    whole: Mutex<HashSet<PackId>>,
     /// Blobs found in the store that nothing referenced when they were
     /// listed (left by an interrupted writer), with their stored sizes: a
     /// chunk with one of these ids need not be sent again. Filled by
@@ -128,6 +131,7 @@ impl Chunks {
             pack_upload: tokio::sync::Mutex::new(()),
             pack_cache: Mutex::new(VecDeque::new()),
             pack_fetch: tokio::sync::Mutex::new(()),
+            whole: Mutex::new(HashSet::new()),
             present: Mutex::new(HashMap::new()),
             unplaced: Mutex::new(HashMap::new()),
             any_unplaced: AtomicBool::new(false),
@@ -162,6 +166,15 @@ impl Chunks {
         let now = Instant::now();
         m.extend(gone.into_iter().map(|(id, l)| (id, (now, l))));
         self.any_unplaced.store(!m.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Read the items of `packs` by fetching each pack whole (one request,
+    /// kept in a small cache while its other items are read) instead of one
+    /// range request per item: for a reader about to read many of their
+    /// items, such as `get` of a folder of small files. The reader should
+    /// go pack by pack, as the cache holds only a few.
+    pub fn read_whole(&self, packs: impl IntoIterator<Item = PackId>) {
+        relock(&self.whole).extend(packs);
     }
 
     /// Size of new packs.
@@ -293,7 +306,9 @@ impl Chunks {
         let r = item_range(u64::from(loc.offset), blob_len, span.first, span.last);
         let bytes = match self.unsent_pack_bytes(&loc.pack, r.clone()) {
             Some(b) => b,
-            None if self.caps.range_reads => self.fetcher.get(&key, r.clone(), false).await?,
+            None if self.caps.range_reads && !relock(&self.whole).contains(&loc.pack) => {
+                self.fetcher.get(&key, r.clone(), false).await?
+            }
             None => {
                 let whole = self.whole_pack(&loc.pack, &key).await?;
                 if (whole.len() as u64) < r.end {
