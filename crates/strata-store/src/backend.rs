@@ -65,6 +65,8 @@ pub(crate) struct Remote {
     /// opendal can send a conditional create to this service (it may still
     /// be ignored by the server: `prepare` probes it).
     pub(crate) can_try_conditional: bool,
+    /// WebDAV: exclusive create through a lock (see [`crate::webdav`]).
+    pub(crate) dav: Option<crate::webdav::DavCreate>,
     /// `prepare` proved the server enforces conditional create.
     pub(crate) conditional_proven: std::sync::atomic::AtomicBool,
     pub(crate) prepared: std::sync::atomic::AtomicBool,
@@ -333,6 +335,11 @@ impl OpendalStore {
                 .blocking(op, key, move || fs_put(&dirs, &k, &data, if_absent, true))
                 .await;
         }
+        if if_absent {
+            if let Some(dav) = self.remote.as_deref().and_then(|r| r.dav.as_ref()) {
+                return self.dav_create(dav, op, key, data, false).await;
+            }
+        }
         let write = |data: Bytes| async move {
             if if_absent {
                 self.op.write_with(key, data).if_not_exists(true).await
@@ -370,6 +377,70 @@ impl OpendalStore {
             Err(e) if if_absent && e.kind() == opendal::ErrorKind::ConditionNotMatch => Ok(false),
             Err(e) => Err(self.err_opendal(&e, op, key)),
         }
+    }
+}
+
+impl OpendalStore {
+    /// The probe's first create (see [`crate::cloud::prepare`]): on WebDAV
+    /// it also checks that the server refuses a second lock.
+    pub(crate) async fn probe_create(&self, key: &str, data: Bytes) -> StoreResult<bool> {
+        self.check_key("put_if_absent", key)?;
+        match self.remote.as_deref().and_then(|r| r.dav.as_ref()) {
+            Some(dav) => self.dav_create(dav, "put_if_absent", key, data, true).await,
+            None => self.put_inner("put_if_absent", key, data, true).await,
+        }
+    }
+
+    /// `put_if_absent` on WebDAV ([`crate::webdav`]), creating missing
+    /// parent folders the way plain puts do: on a 409, MKCOL the folder (and
+    /// its missing parents) and create again, a few times, since creates
+    /// into one new folder race to make it and Apache refuses the losing
+    /// MKCOL.
+    async fn dav_create(
+        &self,
+        dav: &crate::webdav::DavCreate,
+        op: &'static str,
+        key: &str,
+        data: Bytes,
+        check_exclusive: bool,
+    ) -> StoreResult<bool> {
+        use crate::webdav::CreateError;
+        let Some(remote) = self.remote.as_deref() else {
+            return Err(StoreError::unsupported(
+                self.description.as_str(),
+                op,
+                Some(key),
+                "not a WebDAV store",
+            ));
+        };
+        let cx = crate::webdav::Ctx {
+            op: &self.op,
+            store: &self.description,
+            flavor: &remote.flavor,
+            what: op,
+            key,
+        };
+        let mut mkcol_err = None;
+        for _ in 0..3 {
+            match dav.create(&cx, data.clone(), check_exclusive).await {
+                Ok(created) => return Ok(created),
+                Err(CreateError::Store(e)) => return Err(e),
+                Err(CreateError::MissingParent(dir)) => {
+                    let path = if dir.is_empty() { "/" } else { dir.as_str() };
+                    mkcol_err = self.op.create_dir(path).await.err();
+                }
+            }
+        }
+        Err(match mkcol_err {
+            Some(e) => self.err_opendal(&e, op, key),
+            None => StoreError::new(
+                StoreErrorKind::NotFound,
+                self.description.as_str(),
+                op,
+                Some(key),
+                "the server keeps answering that the key's folder is missing",
+            ),
+        })
     }
 }
 
@@ -537,6 +608,7 @@ impl Store for OpendalStore {
             .filter_map(|e| {
                 let key = e.path().trim_start_matches('/');
                 let reserved = key == TMP_DIR
+                    || key == crate::webdav::LOCK_NAME
                     || key
                         .strip_prefix(TMP_DIR)
                         .is_some_and(|rest| rest.starts_with('/'));
@@ -586,12 +658,15 @@ impl Store for OpendalStore {
     }
 }
 
-/// A valid key of a `file://` store: a valid key ([`crate::keys`]) not under
-/// the reserved temp folder.
+/// A valid key of an opendal store: a valid key ([`crate::keys`]) not under
+/// the `file://` backend's temp folder and not WebDAV's lock name.
 fn validate_key(key: &str) -> Result<(), &'static str> {
     crate::keys::validate_key(key)?;
     if key.split('/').next() == Some(TMP_DIR) {
         return Err("keys under .strata-tmp/ are reserved");
+    }
+    if key == crate::webdav::LOCK_NAME {
+        return Err("the key .strata-lock is reserved (WebDAV's create lock)");
     }
     Ok(())
 }
@@ -825,11 +900,13 @@ mod tests {
             "a b",
             "a\\b",
             ".strata-tmp/x",
+            ".strata-lock",
             "é",
         ] {
             assert!(validate_key(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(validate_key("x/.strata-tmp/y").is_ok());
+        assert!(validate_key("x/.strata-lock").is_ok());
         assert!(validate_prefix("").is_ok());
         assert!(validate_prefix("data/").is_ok());
         assert!(validate_prefix("/data").is_err());

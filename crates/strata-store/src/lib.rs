@@ -36,6 +36,7 @@ mod layers;
 mod sftp;
 mod tls;
 mod url;
+mod webdav;
 
 use std::ops::Range;
 use std::sync::Arc;
