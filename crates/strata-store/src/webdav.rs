@@ -202,7 +202,7 @@ impl DavCreate {
         // The holder we are waiting for, and since when.
         let mut waiting: Option<(String, Instant)> = None;
         let mut told = false;
-        let mut forbidden_gone = 0;
+        let mut refused_gone = 0;
         loop {
             let status = self.mkcol_lock(cx).await?;
             if status == StatusCode::CREATED {
@@ -212,7 +212,7 @@ impl DavCreate {
                 // 405: it exists (RFC 4918 §9.3.1). 403: Apache's answer
                 // when mkdir lost a race, or a real refusal: look.
                 StatusCode::METHOD_NOT_ALLOWED | StatusCode::FORBIDDEN => {
-                    self.held(cx, status, &mut forbidden_gone).await?
+                    self.held(cx, status, &mut refused_gone).await?
                 }
                 StatusCode::CONFLICT | StatusCode::NOT_FOUND => {
                     return Err(CreateError::MissingParent(String::new()))
@@ -283,28 +283,38 @@ impl DavCreate {
     }
 
     /// After a refused `MKCOL` of the lock: who holds it, if anyone.
-    /// `forbidden_gone` counts `403`s after which the lock was not there:
-    /// one such is a lost race whose winner is already done, several in a
-    /// row mean the server refuses us `MKCOL` (read-only credentials).
+    /// `refused_gone` counts refusals after which the lock was not there:
+    /// one such is a lost race whose winner is already done; several in a
+    /// row mean the server refuses us `MKCOL` itself (read-only
+    /// credentials: `403`; no collections: `405`).
     async fn held(
         &self,
         cx: &Ctx<'_>,
         status: StatusCode,
-        forbidden_gone: &mut u32,
+        refused_gone: &mut u32,
     ) -> Result<Held, StoreError> {
         match cx.op.stat(&format!("{LOCK_NAME}/")).await {
             Ok(m) => {
-                *forbidden_gone = 0;
+                *refused_gone = 0;
                 Ok(Held::By(format!("{:?} {:?}", m.etag(), m.last_modified())))
             }
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
-                if status == StatusCode::FORBIDDEN {
-                    *forbidden_gone += 1;
-                    if *forbidden_gone >= 5 {
-                        return Err(self.status_error(cx, "MKCOL", LOCK_NAME, status));
-                    }
+                *refused_gone += 1;
+                if *refused_gone < 5 {
+                    return Ok(Held::Released);
                 }
-                Ok(Held::Released)
+                Err(if status == StatusCode::FORBIDDEN {
+                    self.status_error(cx, "MKCOL", LOCK_NAME, status)
+                } else {
+                    self.error(
+                        cx,
+                        StoreErrorKind::Unsupported,
+                        format!(
+                            "MKCOL {LOCK_NAME}/ keeps being answered {status} while no such \
+                             folder exists: the server does not let us create folders"
+                        ),
+                    )
+                })
             }
             Err(e) => Err(crate::cloud::explain(
                 &e,
@@ -490,5 +500,28 @@ impl DavCreate {
             kind,
             format!("{method} {path} answered {status}: {hint}"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_encoded_like_opendal_and_secrets_never_print() {
+        let d = DavCreate::new("http://h:8080/", "/my dav/x", Some("u"), Some("s3cret")).unwrap();
+        assert_eq!(d.url("lease/01"), "http://h:8080/my%20dav/x/lease/01");
+        assert_eq!(
+            d.url(".strata-lock/"),
+            "http://h:8080/my%20dav/x/.strata-lock/"
+        );
+        let shown = format!("{d:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        // base64("u:s3cret")
+        assert!(!shown.contains("dTpzM2NyZXQ"), "{shown}");
+        assert!(d.auth.as_ref().is_some_and(|a| a.is_sensitive()));
+        let none = DavCreate::new("https://h", "", None, None).unwrap();
+        assert_eq!(none.url("k"), "https://h/k");
+        assert!(none.auth.is_none());
     }
 }
