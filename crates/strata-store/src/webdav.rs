@@ -78,6 +78,10 @@ pub(crate) const LOCK_NAME: &str = ".strata-lock";
 /// take a round trip each).
 pub(crate) const STALE_AFTER: Duration = Duration::from_secs(180);
 
+/// A real create reports a `MKCOL` of the lock refused while no lock is
+/// there only after this long (see [`DavCreate::held`]).
+const REFUSED_GIVE_UP: Duration = Duration::from_secs(30);
+
 /// How to reach a WebDAV store for the requests opendal cannot send.
 pub(crate) struct DavCreate {
     /// `http(s)://HOST[:PORT]`, as given to opendal.
@@ -183,7 +187,7 @@ impl DavCreate {
         data: Bytes,
         check_exclusive: bool,
     ) -> Result<bool, CreateError> {
-        self.lock(cx).await?;
+        self.lock(cx, !check_exclusive).await?;
         let res = async {
             if check_exclusive {
                 self.check_exclusive(cx).await?;
@@ -197,12 +201,13 @@ impl DavCreate {
 
     /// Step 1: take the lock, waiting while another client holds it, and
     /// breaking a lock left by a client that died.
-    async fn lock(&self, cx: &Ctx<'_>) -> Result<(), CreateError> {
+    /// `patient`: false for the probe (see [`DavCreate::held`]).
+    async fn lock(&self, cx: &Ctx<'_>, patient: bool) -> Result<(), CreateError> {
         let mut pause = Duration::from_millis(5);
         // The holder we are waiting for, and since when.
         let mut waiting: Option<(String, Instant)> = None;
         let mut told = false;
-        let mut refused_gone = 0;
+        let mut gone = None;
         loop {
             let status = self.mkcol_lock(cx).await?;
             if status == StatusCode::CREATED {
@@ -212,7 +217,7 @@ impl DavCreate {
                 // 405: it exists (RFC 4918 §9.3.1). 403: Apache's answer
                 // when mkdir lost a race, or a real refusal: look.
                 StatusCode::METHOD_NOT_ALLOWED | StatusCode::FORBIDDEN => {
-                    self.held(cx, status, &mut refused_gone).await?
+                    self.held(cx, status, &mut gone, patient).await?
                 }
                 StatusCode::CONFLICT | StatusCode::NOT_FOUND => {
                     return Err(CreateError::MissingParent(String::new()))
@@ -283,24 +288,28 @@ impl DavCreate {
     }
 
     /// After a refused `MKCOL` of the lock: who holds it, if anyone.
-    /// `refused_gone` counts refusals after which the lock was not there:
-    /// one such is a lost race whose winner is already done; several in a
-    /// row mean the server refuses us `MKCOL` itself (read-only
-    /// credentials: `403`; no collections: `405`).
+    /// `gone` counts the refusals in a row after which the lock was not
+    /// there, and since when: such is a lost race whose winner was quick
+    /// (common when many creators contend), but a server that refuses us
+    /// `MKCOL` itself (read-only credentials: `403`; no collections: `405`)
+    /// looks the same. The probe gives up after a few; a real create, only
+    /// once that has gone on for [`REFUSED_GIVE_UP`].
     async fn held(
         &self,
         cx: &Ctx<'_>,
         status: StatusCode,
-        refused_gone: &mut u32,
+        gone: &mut Option<(u32, Instant)>,
+        patient: bool,
     ) -> Result<Held, StoreError> {
         match cx.op.stat(&format!("{LOCK_NAME}/")).await {
             Ok(m) => {
-                *refused_gone = 0;
+                *gone = None;
                 Ok(Held::By(format!("{:?} {:?}", m.etag(), m.last_modified())))
             }
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
-                *refused_gone += 1;
-                if *refused_gone < 5 {
+                let (n, since) = gone.get_or_insert((0, Instant::now()));
+                *n += 1;
+                if *n < 5 || (patient && since.elapsed() < REFUSED_GIVE_UP) {
                     return Ok(Held::Released);
                 }
                 Err(if status == StatusCode::FORBIDDEN {
