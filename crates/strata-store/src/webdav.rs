@@ -380,25 +380,38 @@ impl DavCreate {
     /// Step 3, best effort: a lock left behind is removed by the next
     /// creator after [`STALE_AFTER`].
     async fn unlock(&self, cx: &Ctx<'_>) -> bool {
-        let res = match self.request(cx, "DELETE", &format!("{LOCK_NAME}/")) {
-            Ok(req) => self.send(cx, req, Buffer::new()).await.map(|r| r.status()),
-            Err(e) => Err(e),
-        };
-        match res {
-            Ok(s) if s.is_success() || s == StatusCode::NOT_FOUND => return true,
-            Ok(s) => tracing::warn!(
-                store = %cx.store,
-                "DELETE {LOCK_NAME}/ answered {s}; other creates wait until it counts as \
-                 stale ({} s)",
-                STALE_AFTER.as_secs()
-            ),
-            Err(e) => tracing::warn!(
-                store = %cx.store,
-                error = %e,
-                "DELETE {LOCK_NAME}/ failed; other creates wait until it counts as stale \
-                 ({} s)",
-                STALE_AFTER.as_secs()
-            ),
+        // A lock left behind stalls every create for minutes: try again on
+        // a failure that may pass.
+        for attempt in 1..=3 {
+            let res = match self.request(cx, "DELETE", &format!("{LOCK_NAME}/")) {
+                Ok(req) => self.send(cx, req, Buffer::new()).await.map(|r| r.status()),
+                Err(e) => Err(e),
+            };
+            let again = match &res {
+                Ok(s) if s.is_success() || *s == StatusCode::NOT_FOUND => return true,
+                Ok(s) => s.is_server_error(),
+                Err(e) => e.kind == StoreErrorKind::Transient,
+            };
+            if again && attempt < 3 {
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                continue;
+            }
+            match res {
+                Ok(s) => tracing::warn!(
+                    store = %cx.store,
+                    "DELETE {LOCK_NAME}/ answered {s}; other creates wait until it counts as \
+                     stale ({} s)",
+                    STALE_AFTER.as_secs()
+                ),
+                Err(e) => tracing::warn!(
+                    store = %cx.store,
+                    error = %e,
+                    "DELETE {LOCK_NAME}/ failed; other creates wait until it counts as stale \
+                     ({} s)",
+                    STALE_AFTER.as_secs()
+                ),
+            }
+            break;
         }
         false
     }

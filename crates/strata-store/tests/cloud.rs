@@ -340,6 +340,33 @@ async fn webdav_apache_racing_creates_have_one_winner() {
     assert!(created.unwrap());
 }
 
+/// A create finding the lock folder held waits, creates nothing meanwhile,
+/// and goes on once the holder removes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn webdav_create_waits_for_a_held_lock() {
+    let server = WebDavServer::start_apache().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(&dir, &server.password);
+    let store = open_prepared(&webdav_url(&server, "wait", &pw)).await;
+    assert!(store.capabilities().conditional_create);
+    // Another client's lock (made on the server's disk; the probe made the
+    // store's folder).
+    let lock = server.root.join("wait/.strata-lock");
+    std::fs::create_dir(&lock).unwrap();
+    let s2 = store.clone();
+    let create = tokio::spawn(async move { s2.put_if_absent("k", Bytes::from_static(b"v")).await });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(!create.is_finished());
+    assert_eq!(store.stat("k").await.unwrap(), None);
+    std::fs::remove_dir(&lock).unwrap();
+    let created = tokio::time::timeout(std::time::Duration::from_secs(30), create)
+        .await
+        .expect("the create did not go on after the lock was released");
+    assert!(created.unwrap().unwrap());
+    assert_eq!(store.get("k").await.unwrap(), Bytes::from_static(b"v"));
+    assert!(!lock.exists());
+}
+
 /// Apache behind a proxy that hides `If-None-Match` (the server then
 /// accepts the create and overwrites): the probe's second create wins, so
 /// the store reports no conditional create and refuses `put_if_absent`.
