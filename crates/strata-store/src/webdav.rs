@@ -12,11 +12,11 @@
 //! creators racing both pass the check and both get `201`: with 8 creators
 //! started together on loopback, about half the rounds had several winners.
 //! Only a *sequential* second creator is refused. `MOVE` with
-//! `Overwrite: F` is the same check-then-rename. WebDAV `LOCK`s do not help
-//! either: mod_dav_fs guards its lock database with a `fcntl` lock, which
-//! does not exclude the threads of one server process, and two exclusive
-//! `LOCK`s of one resource were granted at once in about a fifth of the
-//! rounds.
+//! `Overwrite: F` is the same check-then-rename. WebDAV `LOCK`s did not help
+//! either: two exclusive `LOCK`s of one resource were granted at once in
+//! about a fifth of such rounds (apparently the guard around mod_dav_fs's
+//! lock database, a file lock, does not exclude the threads of one server
+//! process).
 //!
 //! What the server does atomically is `MKCOL`: it is `mkdir(2)`, so of
 //! several creators of one collection exactly one gets `201` and the others
