@@ -337,7 +337,7 @@ impl OpendalStore {
         }
         if if_absent {
             if let Some(dav) = self.remote.as_deref().and_then(|r| r.dav.as_ref()) {
-                return self.dav_create(dav, op, key, data, false).await;
+                return self.dav_create(dav, op, key, data).await;
             }
         }
         let write = |data: Bytes| async move {
@@ -381,29 +381,50 @@ impl OpendalStore {
 }
 
 impl OpendalStore {
-    /// The probe's first create (see [`crate::cloud::prepare`]): on WebDAV
-    /// it also checks that the server refuses a second lock.
-    pub(crate) async fn probe_create(&self, key: &str, data: Bytes) -> StoreResult<bool> {
-        self.check_key("put_if_absent", key)?;
-        match self.remote.as_deref().and_then(|r| r.dav.as_ref()) {
-            Some(dav) => self.dav_create(dav, "put_if_absent", key, data, true).await,
-            None => self.put_inner("put_if_absent", key, data, true).await,
-        }
+    /// On WebDAV, the probe of [`crate::cloud::prepare`] ([`crate::webdav`]):
+    /// `None` for other stores; else `Ok(None)` if the first create found
+    /// `key` there, `Ok(Some(refused))` whether the second was refused.
+    pub(crate) async fn probe_dav(
+        &self,
+        key: &str,
+        first: Bytes,
+        second: Bytes,
+    ) -> Option<StoreResult<Option<bool>>> {
+        let dav = self.remote.as_deref()?.dav.as_ref()?;
+        let op = "put_if_absent";
+        Some(match self.check_key(op, key) {
+            Err(e) => Err(e),
+            Ok(()) => self.dav_run(dav, op, key, first, Some(second)).await,
+        })
     }
 
-    /// `put_if_absent` on WebDAV ([`crate::webdav`]), creating missing
-    /// parent folders the way plain puts do: on a 409, MKCOL the folder (and
-    /// its missing parents) and create again, a few times, since creates
-    /// into one new folder race to make it and Apache refuses the losing
-    /// MKCOL.
+    /// `put_if_absent` on WebDAV ([`crate::webdav`]).
     async fn dav_create(
         &self,
         dav: &crate::webdav::DavCreate,
         op: &'static str,
         key: &str,
         data: Bytes,
-        check_exclusive: bool,
     ) -> StoreResult<bool> {
+        Ok(self
+            .dav_run(dav, op, key, data, None)
+            .await?
+            .unwrap_or(false))
+    }
+
+    /// A create (`second` = None: `Some(created)`) or the probe, creating
+    /// missing parent folders the way plain puts do: on a 409, MKCOL the
+    /// folder (and its missing parents) and go again, a few times, since
+    /// creates into one new folder race to make it and Apache refuses the
+    /// losing MKCOL.
+    async fn dav_run(
+        &self,
+        dav: &crate::webdav::DavCreate,
+        op: &'static str,
+        key: &str,
+        data: Bytes,
+        second: Option<Bytes>,
+    ) -> StoreResult<Option<bool>> {
         use crate::webdav::CreateError;
         let Some(remote) = self.remote.as_deref() else {
             return Err(StoreError::unsupported(
@@ -422,8 +443,12 @@ impl OpendalStore {
         };
         let mut mkcol_err = None;
         for _ in 0..3 {
-            match dav.create(&cx, data.clone(), check_exclusive).await {
-                Ok(created) => return Ok(created),
+            let res = match &second {
+                None => dav.create(&cx, data.clone()).await.map(Some),
+                Some(s) => dav.probe(&cx, data.clone(), s.clone()).await,
+            };
+            match res {
+                Ok(r) => return Ok(r),
                 Err(CreateError::Store(e)) => return Err(e),
                 Err(CreateError::MissingParent(dir)) => {
                     let path = if dir.is_empty() { "/" } else { dir.as_str() };

@@ -620,9 +620,21 @@ async fn probe_conditional(store: &OpendalStore) -> StoreResult<bool> {
     let first = Bytes::from_static(b"strata conditional-create probe 1");
     let second = Bytes::from_static(b"strata conditional-create probe 2");
     let result = async {
-        // On WebDAV, the first create also checks that the server refuses
-        // a second lock while ours is held (webdav.rs).
-        match store.probe_create(&key, first.clone()).await {
+        // WebDAV: both creates under one hold of the lock, which also
+        // checks that the server refuses a second one (webdav.rs).
+        if let Some(probed) = store.probe_dav(&key, first.clone(), second.clone()).await {
+            let refused = match probed {
+                Ok(Some(refused)) => refused,
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let kept = store.get(&key).await? == first;
+            return Ok(refused && kept);
+        }
+        match store
+            .put_inner("put_if_absent", &key, first.clone(), true)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return Ok(false),
             Err(e) if e.kind == StoreErrorKind::Unsupported => return Ok(false),

@@ -46,8 +46,9 @@
 //!
 //! Nothing here is trusted until [`crate::cloud::prepare`] has proven it on
 //! the server: the probe takes the lock, checks that a second `MKCOL` of it
-//! is refused, creates a probe object, and checks that a second create is
-//! refused and left the first content. A server that ignores
+//! is refused, creates a probe object and creates it again under the same
+//! hold, and checks that the second create was refused and left the first
+//! content. A server that ignores
 //! `If-None-Match` (rclone's, for one) fails the probe, and the store
 //! reports no conditional create (the lease then settles instead). The
 //! probe runs requests one after another: that `MKCOL` is atomic under
@@ -179,20 +180,32 @@ impl DavCreate {
     }
 
     /// Create `key` with `data` unless it exists: `Ok(true)` created,
-    /// `Ok(false)` it was there. With `check_exclusive` (the probe), also
-    /// make sure a second `MKCOL` of the lock is refused while we hold it.
-    pub(crate) async fn create(
+    /// `Ok(false)` it was there.
+    pub(crate) async fn create(&self, cx: &Ctx<'_>, data: Bytes) -> Result<bool, CreateError> {
+        self.lock(cx, true).await?;
+        let res = self.put_if_none_match(cx, data).await;
+        self.unlock(cx).await;
+        res
+    }
+
+    /// The probe of [`crate::cloud::prepare`], under one hold of the lock:
+    /// a second `MKCOL` of the lock must be refused, then `key` is created
+    /// with `first` and created again with `second`. `Ok(None)`: the first
+    /// create found `key` there; `Ok(Some(refused))`: whether the second
+    /// was refused.
+    pub(crate) async fn probe(
         &self,
         cx: &Ctx<'_>,
-        data: Bytes,
-        check_exclusive: bool,
-    ) -> Result<bool, CreateError> {
-        self.lock(cx, !check_exclusive).await?;
+        first: Bytes,
+        second: Bytes,
+    ) -> Result<Option<bool>, CreateError> {
+        self.lock(cx, false).await?;
         let res = async {
-            if check_exclusive {
-                self.check_exclusive(cx).await?;
+            self.check_exclusive(cx).await?;
+            if !self.put_if_none_match(cx, first).await? {
+                return Ok(None);
             }
-            self.put_if_none_match(cx, data).await
+            Ok(Some(!self.put_if_none_match(cx, second).await?))
         }
         .await;
         self.unlock(cx).await;
