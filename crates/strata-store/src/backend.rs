@@ -65,6 +65,8 @@ pub(crate) struct Remote {
     /// opendal can send a conditional create to this service (it may still
     /// be ignored by the server: `prepare` probes it).
     pub(crate) can_try_conditional: bool,
+    /// WebDAV: exclusive create through a lock (see [`crate::webdav`]).
+    pub(crate) dav: Option<crate::webdav::DavCreate>,
     /// `prepare` proved the server enforces conditional create.
     pub(crate) conditional_proven: std::sync::atomic::AtomicBool,
     pub(crate) prepared: std::sync::atomic::AtomicBool,
@@ -356,6 +358,11 @@ impl OpendalStore {
                 .blocking(op, key, move || fs_put(&dirs, &k, &data, if_absent, true))
                 .await;
         }
+        if if_absent {
+            if let Some(dav) = self.remote.as_deref().and_then(|r| r.dav.as_ref()) {
+                return self.dav_create(dav, op, key, data).await;
+            }
+        }
         let write = |data: Bytes| async move {
             if if_absent {
                 self.op.write_with(key, data).if_not_exists(true).await
@@ -393,6 +400,95 @@ impl OpendalStore {
             Err(e) if if_absent && e.kind() == opendal::ErrorKind::ConditionNotMatch => Ok(false),
             Err(e) => Err(self.err_opendal(&e, op, key)),
         }
+    }
+}
+
+impl OpendalStore {
+    /// On WebDAV, the probe of [`crate::cloud::prepare`] ([`crate::webdav`]):
+    /// `None` for other stores; else `Ok(None)` if the first create found
+    /// `key` there, `Ok(Some(refused))` whether the second was refused.
+    pub(crate) async fn probe_dav(
+        &self,
+        key: &str,
+        first: Bytes,
+        second: Bytes,
+    ) -> Option<StoreResult<Option<bool>>> {
+        let dav = self.remote.as_deref()?.dav.as_ref()?;
+        let op = "put_if_absent";
+        Some(match self.check_key(op, key) {
+            Err(e) => Err(e),
+            Ok(()) => self.dav_run(dav, op, key, first, Some(second)).await,
+        })
+    }
+
+    /// `put_if_absent` on WebDAV ([`crate::webdav`]).
+    async fn dav_create(
+        &self,
+        dav: &crate::webdav::DavCreate,
+        op: &'static str,
+        key: &str,
+        data: Bytes,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .dav_run(dav, op, key, data, None)
+            .await?
+            .unwrap_or(false))
+    }
+
+    /// A create (`second` = None: `Some(created)`) or the probe, creating
+    /// missing parent folders the way plain puts do: on a 409, MKCOL the
+    /// folder (and its missing parents) and go again, a few times, since
+    /// creates into one new folder race to make it and Apache refuses the
+    /// losing MKCOL.
+    async fn dav_run(
+        &self,
+        dav: &crate::webdav::DavCreate,
+        op: &'static str,
+        key: &str,
+        data: Bytes,
+        second: Option<Bytes>,
+    ) -> StoreResult<Option<bool>> {
+        use crate::webdav::CreateError;
+        let Some(remote) = self.remote.as_deref() else {
+            return Err(StoreError::unsupported(
+                self.description.as_str(),
+                op,
+                Some(key),
+                "not a WebDAV store",
+            ));
+        };
+        let cx = crate::webdav::Ctx {
+            op: &self.op,
+            store: &self.description,
+            flavor: &remote.flavor,
+            what: op,
+            key,
+        };
+        let mut mkcol_err = None;
+        for _ in 0..3 {
+            let res = match &second {
+                None => dav.create(&cx, data.clone()).await.map(Some),
+                Some(s) => dav.probe(&cx, data.clone(), s.clone()).await,
+            };
+            match res {
+                Ok(r) => return Ok(r),
+                Err(CreateError::Store(e)) => return Err(e),
+                Err(CreateError::MissingParent(dir)) => {
+                    let path = if dir.is_empty() { "/" } else { dir.as_str() };
+                    mkcol_err = self.op.create_dir(path).await.err();
+                }
+            }
+        }
+        Err(match mkcol_err {
+            Some(e) => self.err_opendal(&e, op, key),
+            None => StoreError::new(
+                StoreErrorKind::NotFound,
+                self.description.as_str(),
+                op,
+                Some(key),
+                "the server keeps answering that the key's folder is missing",
+            ),
+        })
     }
 }
 
@@ -582,6 +678,7 @@ impl Store for OpendalStore {
             .filter_map(|e| {
                 let key = e.path().trim_start_matches('/');
                 let reserved = key == TMP_DIR
+                    || key == crate::webdav::LOCK_NAME
                     || key
                         .strip_prefix(TMP_DIR)
                         .is_some_and(|rest| rest.starts_with('/'));
@@ -632,12 +729,15 @@ impl Store for OpendalStore {
     }
 }
 
-/// A valid key of a `file://` store: a valid key ([`crate::keys`]) not under
-/// the reserved temp folder.
+/// A valid key of an opendal store: a valid key ([`crate::keys`]) not under
+/// the `file://` backend's temp folder and not WebDAV's lock name.
 fn validate_key(key: &str) -> Result<(), &'static str> {
     crate::keys::validate_key(key)?;
     if key.split('/').next() == Some(TMP_DIR) {
         return Err("keys under .strata-tmp/ are reserved");
+    }
+    if key == crate::webdav::LOCK_NAME {
+        return Err("the key .strata-lock is reserved (WebDAV's create lock)");
     }
     Ok(())
 }
@@ -916,11 +1016,13 @@ mod tests {
             "a b",
             "a\\b",
             ".strata-tmp/x",
+            ".strata-lock",
             "é",
         ] {
             assert!(validate_key(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(validate_key("x/.strata-tmp/y").is_ok());
+        assert!(validate_key("x/.strata-lock").is_ok());
         assert!(validate_prefix("").is_ok());
         assert!(validate_prefix("data/").is_ok());
         assert!(validate_prefix("/data").is_err());

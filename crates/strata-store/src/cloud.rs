@@ -50,7 +50,7 @@ pub const WEBDAV_PASSWORD_ENV: &str = "STRATA_WEBDAV_PASSWORD";
 /// Whole-request and idle-I/O time limits for cloud requests: a server that
 /// stops answering fails the request (and the retry layer tries again)
 /// instead of hanging a mount forever.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which cloud a [`Remote`] store talks to, for error messages.
@@ -159,6 +159,7 @@ fn remote_store(
     description: String,
     flavor: Flavor,
     can_try_conditional: bool,
+    dav: Option<crate::webdav::DavCreate>,
 ) -> OpendalStore {
     OpendalStore::remote(
         op,
@@ -172,6 +173,7 @@ fn remote_store(
         Arc::new(Remote {
             flavor,
             can_try_conditional,
+            dav,
             conditional_proven: AtomicBool::new(false),
             prepared: AtomicBool::new(false),
         }),
@@ -261,7 +263,7 @@ pub(crate) fn open_s3(
             .unwrap_or_else(|| "AWS".to_owned()),
         bucket: bucket.to_owned(),
     };
-    Ok(remote_store(finish(op), description, flavor, true))
+    Ok(remote_store(finish(op), description, flavor, true, None))
 }
 
 /// Read `[profile]`'s keys from an AWS shared-credentials (INI) file.
@@ -338,9 +340,11 @@ pub(crate) fn open_webdav(
     } else {
         format!("{root}/")
     };
+    let shown = format!("{endpoint}{root}");
+    let root = percent_decode(&root);
     let mut b = opendal::services::Webdav::default()
         .endpoint(&endpoint)
-        .root(&percent_decode(&root));
+        .root(&root);
     let user = extra
         .get("user")
         .map(str::to_owned)
@@ -372,10 +376,18 @@ pub(crate) fn open_webdav(
     b = b.disable_create_dir(true);
     let op = Operator::new(b).map_err(|e| format!("cannot set up the WebDAV client: {e}"))?;
     let op = with_ca_file(op, extra)?;
-    let flavor = Flavor::WebDav {
-        endpoint: format!("{endpoint}{root}"),
-    };
-    Ok(remote_store(finish(op), description, flavor, false))
+    // Exclusive create through a WebDAV lock (webdav.rs), tried by the
+    // probe in `prepare`.
+    let dav =
+        crate::webdav::DavCreate::new(&endpoint, &root, user.as_deref(), password.as_deref())?;
+    let flavor = Flavor::WebDav { endpoint: shown };
+    Ok(remote_store(
+        finish(op),
+        description,
+        flavor,
+        true,
+        Some(dav),
+    ))
 }
 
 /// `onedrive:/PATH` with `token-file=PATH` (an access token), or
@@ -423,6 +435,7 @@ pub(crate) fn open_onedrive(
         description,
         Flavor::OneDrive,
         false,
+        None,
     ))
 }
 
@@ -560,7 +573,8 @@ fn short_cause(text: &str) -> String {
 /// come at open, not at the first write), then probes conditional create by
 /// writing one probe object twice: enforced only if the second create is
 /// refused and the first content survives. Servers that accept
-/// `If-None-Match: *` and overwrite anyway are caught here.
+/// `If-None-Match: *` and overwrite anyway are caught here, and so are
+/// WebDAV servers whose locks are not exclusive (webdav.rs).
 pub(crate) async fn prepare(store: &OpendalStore, remote: &Remote) -> StoreResult<()> {
     if remote.prepared.load(Ordering::SeqCst) {
         return Ok(());
@@ -574,6 +588,16 @@ pub(crate) async fn prepare(store: &OpendalStore, remote: &Remote) -> StoreResul
             Ok(p) => p,
             // Read-only credentials: a reader needs no conditional create.
             Err(e) if e.kind == StoreErrorKind::PermissionDenied => false,
+            // A WebDAV server without (exclusive) locks: the store works,
+            // only without conditional create.
+            Err(e) if remote.dav.is_some() && e.kind != StoreErrorKind::Transient => {
+                tracing::info!(
+                    store = %store.description(),
+                    reason = %e,
+                    "no exclusive create on this WebDAV server"
+                );
+                false
+            }
             Err(e) => return Err(e),
         }
     } else {
@@ -596,6 +620,17 @@ async fn probe_conditional(store: &OpendalStore) -> StoreResult<bool> {
     let first = Bytes::from_static(b"strata conditional-create probe 1");
     let second = Bytes::from_static(b"strata conditional-create probe 2");
     let result = async {
+        // WebDAV: both creates under one hold of the lock, which also
+        // checks that the server refuses a second one (webdav.rs).
+        if let Some(probed) = store.probe_dav(&key, first.clone(), second.clone()).await {
+            let refused = match probed {
+                Ok(Some(refused)) => refused,
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let kept = store.get(&key).await? == first;
+            return Ok(refused && kept);
+        }
         match store
             .put_inner("put_if_absent", &key, first.clone(), true)
             .await

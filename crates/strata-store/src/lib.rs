@@ -37,6 +37,7 @@ mod open_objects;
 mod sftp;
 mod tls;
 mod url;
+mod webdav;
 
 use std::ops::Range;
 use std::sync::Arc;

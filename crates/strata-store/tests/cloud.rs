@@ -209,19 +209,30 @@ fn password_file(dir: &tempfile::TempDir, password: &str) -> String {
     p.display().to_string()
 }
 
-async fn webdav_suite(server: WebDavServer) {
+/// `exclusive`: whether the server proves exclusive create (a second
+/// `MKCOL` of the lock collection refused, and `If-None-Match: *` refusing
+/// an existing key; webdav.rs).
+async fn webdav_suite(server: WebDavServer, exclusive: bool) {
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(&dir, &server.password);
     let store = open_prepared(&webdav_url(&server, "conf", &pw)).await;
-    // WebDAV has no create-if-absent that opendal can send.
+    assert_eq!(store.capabilities().conditional_create, exclusive);
     conformance_with(
         store,
         Expect {
-            conditional_create: false,
+            conditional_create: exclusive,
             range_reads: true,
         },
     )
     .await;
+    // The probe object is gone and the lock name is never listed.
+    let store = open_prepared(&webdav_url(&server, "conf", &pw)).await;
+    assert!(store
+        .list("")
+        .await
+        .unwrap()
+        .iter()
+        .all(|m| !m.key.contains("probe.") && !m.key.contains(".strata-lock")));
     let store = open_prepared(&webdav_url(&server, "many", &pw)).await;
     many_objects(store, 1200).await;
 
@@ -272,14 +283,122 @@ async fn webdav_suite(server: WebDavServer) {
     );
 }
 
+/// Apache mod_dav: `MKCOL` is `mkdir` and `PUT` checks `If-None-Match: *`,
+/// so the probe proves exclusive create (webdav.rs).
 #[tokio::test(flavor = "multi_thread")]
 async fn webdav_apache_conformance() {
-    webdav_suite(WebDavServer::start_apache().unwrap()).await;
+    webdav_suite(WebDavServer::start_apache().unwrap(), true).await;
 }
 
+/// rclone's server overwrites despite `If-None-Match: *`: the probe must
+/// find that out.
 #[tokio::test(flavor = "multi_thread")]
 async fn webdav_rclone_conformance() {
-    webdav_suite(WebDavServer::start_rclone().unwrap()).await;
+    webdav_suite(WebDavServer::start_rclone().unwrap(), false).await;
+}
+
+/// Creators racing for one key on Apache, each through its own store (its
+/// own connections): exactly one creates it, every other is told it
+/// exists, and the content is the winner's. A plain `PUT` with
+/// `If-None-Match: *` lets several win here (webdav.rs).
+#[tokio::test(flavor = "multi_thread")]
+async fn webdav_apache_racing_creates_have_one_winner() {
+    let server = WebDavServer::start_apache().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(&dir, &server.password);
+    let url = webdav_url(&server, "race", &pw);
+    let mut stores = Vec::new();
+    for _ in 0..8 {
+        stores.push(open_prepared(&url).await);
+    }
+    assert!(stores[0].capabilities().conditional_create);
+    for round in 0..10u8 {
+        let key = format!("lease/{round:016x}");
+        let creates = stores.iter().enumerate().map(|(i, store)| {
+            let (store, key) = (store.clone(), key.clone());
+            async move {
+                let created = store
+                    .put_if_absent(&key, bytes_of(3000, i as u8))
+                    .await
+                    .unwrap();
+                (i, created)
+            }
+        });
+        let results = futures::future::join_all(creates).await;
+        let winners: Vec<usize> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        assert_eq!(
+            stores[0].get(&key).await.unwrap(),
+            bytes_of(3000, winners[0] as u8)
+        );
+    }
+    // Every create released the lock: the next one goes through at once.
+    let next = stores[0].put_if_absent("lease/after", bytes_of(10, 1));
+    let created = tokio::time::timeout(std::time::Duration::from_secs(60), next)
+        .await
+        .expect("the create lock was left held");
+    assert!(created.unwrap());
+}
+
+/// A create finding the lock folder held waits, creates nothing meanwhile,
+/// and goes on once the holder removes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn webdav_create_waits_for_a_held_lock() {
+    let server = WebDavServer::start_apache().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(&dir, &server.password);
+    let store = open_prepared(&webdav_url(&server, "wait", &pw)).await;
+    assert!(store.capabilities().conditional_create);
+    // Another client's lock (made on the server's disk; the probe made the
+    // store's folder).
+    let lock = server.root.join("wait/.strata-lock");
+    std::fs::create_dir(&lock).unwrap();
+    let s2 = store.clone();
+    let create = tokio::spawn(async move { s2.put_if_absent("k", Bytes::from_static(b"v")).await });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(!create.is_finished());
+    assert_eq!(store.stat("k").await.unwrap(), None);
+    std::fs::remove_dir(&lock).unwrap();
+    let created = tokio::time::timeout(std::time::Duration::from_secs(30), create)
+        .await
+        .expect("the create did not go on after the lock was released");
+    assert!(created.unwrap().unwrap());
+    assert_eq!(store.get("k").await.unwrap(), Bytes::from_static(b"v"));
+    assert!(!lock.exists());
+}
+
+/// Apache behind a proxy that hides `If-None-Match` (the server then
+/// accepts the create and overwrites): the probe's second create wins, so
+/// the store reports no conditional create and refuses `put_if_absent`.
+#[tokio::test(flavor = "multi_thread")]
+async fn webdav_server_ignoring_if_none_match_is_detected() {
+    let server = WebDavServer::start_apache().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(&dir, &server.password);
+    let target = server
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/dav/");
+    let proxy = strata_testkit::ignore_if_none_match_proxy(target).unwrap();
+    let url = format!(
+        "webdav+{}/dav/ignoring/?user={}&password-file={pw}",
+        proxy, server.user
+    );
+    let store = open_prepared(&url).await;
+    assert!(!store.capabilities().conditional_create);
+    let e = store
+        .put_if_absent("k", Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Unsupported, "{e}");
+    conformance_with(
+        store,
+        Expect {
+            conditional_create: false,
+            range_reads: true,
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
