@@ -319,9 +319,17 @@ pub fn seal_checkpoint_bytes(
     Ok(parts)
 }
 
+/// Longest body of a checkpoint part a writer makes, whatever the store
+/// takes: a part is encoded and sealed in memory beside the tree, so
+/// small parts keep that from adding much to a big tree's footprint
+/// (readers join parts of any length, §7).
+pub const CHECKPOINT_PART_MAX: usize = 8 << 20;
+
 /// Bodies per checkpoint part for objects of at most `max` bytes.
 pub fn checkpoint_part_len(max: Option<u64>) -> usize {
-    usize::try_from(max_body(max)).unwrap_or(usize::MAX).max(1)
+    usize::try_from(max_body(max))
+        .unwrap_or(usize::MAX)
+        .clamp(1, CHECKPOINT_PART_MAX)
 }
 
 /// Seal part `part` of `count` of checkpoint `version`: `body` is that
