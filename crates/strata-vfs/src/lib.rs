@@ -181,7 +181,7 @@ impl Attr {
             nlink: n.nlink,
             uid: n.uid,
             gid: n.gid,
-            rdev: n.rdev,
+            rdev: n.rdev(),
             size: n.size,
             blocks: n.size.div_ceil(512),
             atime: n.atime,

@@ -154,7 +154,7 @@ impl Planner<'_> {
                 if !exists {
                     self.plan.tally.dirs += 1;
                 }
-                for (name, child) in &node.entries {
+                for (name, child) in node.entries() {
                     let Some(c) = self.vault.inode(*child) else {
                         continue;
                     };
@@ -193,7 +193,7 @@ impl Planner<'_> {
                 }
             }
             Kind::Symlink => {
-                let target = node.target.unwrap_or_default();
+                let target = node.target().unwrap_or_default().to_vec();
                 let same = |m: &fs::Metadata| {
                     m.file_type().is_symlink()
                         && fs::read_link(&local)

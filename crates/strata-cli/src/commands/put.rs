@@ -476,7 +476,9 @@ impl<'a> Put<'a> {
                 )))
             }
             Some(n)
-                if !self.force && n.kind == Kind::Symlink && n.target == Some(target.clone()) =>
+                if !self.force
+                    && n.kind == Kind::Symlink
+                    && n.target() == Some(target.as_slice()) =>
             {
                 self.tally.links_unchanged += 1;
                 return Ok(());

@@ -103,7 +103,7 @@ impl Tree {
         }
         let mut blobs = Blobs::default();
         for i in inodes.values() {
-            for child in i.entries.values() {
+            for child in i.entries().values() {
                 if !inodes.contains_key(child) {
                     return Err(format!(
                         "entry of inode {} points to missing inode {child}",
