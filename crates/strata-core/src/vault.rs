@@ -1158,6 +1158,7 @@ impl Vault {
             }
             let time = now();
             let in_one = std::mem::take(&mut g.checkpoint_in_one);
+            g.tree.sort_for_image();
             let body = meta::CheckpointBodyRef {
                 version: g.version,
                 head: g.head,

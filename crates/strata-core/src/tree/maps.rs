@@ -82,10 +82,12 @@ where
         let m = self.0.get_or_insert_with(Box::default);
         let old = m.insert(k, v);
         // Entries inserted in order (as `put` does, its walk is sorted)
-        // leave every B-tree node half full; rebuilt from its sorted
-        // contents the map fills its nodes. At each doubling from 64, so
-        // it costs a constant per insert.
-        if old.is_none() && m.len() >= 64 && m.len().is_power_of_two() {
+        // leave every B-tree node little more than half full; rebuilt
+        // from its sorted contents the map fills its nodes. Each time it
+        // grew by a sixteenth to an eighth from 64 entries (at sizes with
+        // at most four significant bits), so it costs a constant per
+        // insert and at most a ninth of the entries sit in part-full nodes.
+        if old.is_none() && m.len() >= 64 && rebuild_at(m.len()) {
             let full: BTreeMap<K, V> = std::mem::take(&mut **m).into_iter().collect();
             **m = full;
         }
@@ -104,6 +106,12 @@ where
         }
         v
     }
+}
+
+/// Sizes at which a map is rebuilt: 64, 72, 80, 88, 96, …, 128, 144, …
+fn rebuild_at(len: usize) -> bool {
+    let shift = len.ilog2().saturating_sub(3);
+    (len >> shift) << shift == len
 }
 
 impl<'a, K, V> IntoIterator for &'a BoxedMap<BTreeMap<K, V>>
@@ -175,6 +183,13 @@ mod tests {
         }
         assert!(b.0.is_none(), "an emptied map takes no heap");
         assert!(b.remove(&b"a"[..]).is_none());
+    }
+
+    #[test]
+    fn rebuilds_at_sizes_with_four_significant_bits() {
+        let at: Vec<usize> = (64..=160).filter(|&n| rebuild_at(n)).collect();
+        assert_eq!(at, [64, 72, 80, 88, 96, 104, 112, 120, 128, 144, 160]);
+        assert!(rebuild_at(1 << 40) && !rebuild_at((1 << 40) + 1));
     }
 
     #[test]

@@ -362,6 +362,19 @@ proptest::proptest! {
         };
         let packs = t.pack_table_ref();
         let bytes = meta::encode_checkpoint(&body, &packs).unwrap();
+        // the same from the tree put in checkpoint order
+        let mut sorted = t.clone();
+        sorted.sort_for_image();
+        proptest::prop_assert_eq!(&sorted, &t);
+        let sorted_body = meta::CheckpointBodyRef {
+            version: 7,
+            head: [1; 32],
+            writer_seq: 9,
+            time: 11,
+            tree: sorted.image_ref(),
+        };
+        proptest::prop_assert_eq!(&meta::encode_checkpoint(&sorted_body, &sorted.pack_table_ref()).unwrap(), &bytes);
+        check_blob_table(&sorted);
         // the owned image (pack table as a Vec) encodes the same
         let owned = meta::CheckpointBody {
             version: 7,
@@ -409,17 +422,36 @@ proptest::proptest! {
 /// did not move.
 #[test]
 fn checkpoint_bytes_did_not_change() {
-    let t = sample_tree();
-    let body = crate::format::meta::CheckpointBodyRef {
-        version: 3,
-        head: [2; 32],
-        writer_seq: 5,
-        time: 1_700_000_000_000_000_000,
-        tree: t.image_ref(),
-    };
-    let bytes = crate::format::meta::encode_checkpoint(&body, &t.pack_table_ref()).unwrap();
-    assert_eq!(bytes.len(), SAMPLE_LEN);
-    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), SAMPLE_HASH);
+    let mut t = sample_tree();
+    // encoded through an index of the tree, then from the tree put in order
+    for sorted in [false, true] {
+        if sorted {
+            t.sort_for_image();
+            assert!(matches!(t.image_ref().inodes, image::InodesRef::Sorted(_)));
+            assert!(t.pack_table_ref().order.is_none());
+        } else {
+            assert!(matches!(t.image_ref().inodes, image::InodesRef::Index(_)));
+            assert!(t.pack_table_ref().order.is_some());
+        }
+        let body = crate::format::meta::CheckpointBodyRef {
+            version: 3,
+            head: [2; 32],
+            writer_seq: 5,
+            time: 1_700_000_000_000_000_000,
+            tree: t.image_ref(),
+        };
+        let bytes = crate::format::meta::encode_checkpoint(&body, &t.pack_table_ref()).unwrap();
+        assert_eq!(bytes.len(), SAMPLE_LEN);
+        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), SAMPLE_HASH);
+    }
+    // and the sorted tree is the same tree
+    assert_eq!(t, sample_tree());
+    assert_eq!(
+        t.lookup(ROOT_INO, b"dir1")
+            .and_then(|d| t.get(d))
+            .map(|d| d.entries().len()),
+        Some(11)
+    );
 }
 
 const SAMPLE_LEN: usize = 3374;
