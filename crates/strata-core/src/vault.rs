@@ -1217,7 +1217,7 @@ impl Vault {
                         };
                         let start = i as usize * per;
                         let range = start..start.saturating_add(per);
-                        meta::encode_checkpoint_window(&body, &g.tree.pack_table_ref(), range)?.0
+                        meta::encode_checkpoint_part(&body, &g.tree.pack_table_ref(), range)?
                     };
                     let sealed = meta::seal_checkpoint_part(
                         &self.keys,

@@ -76,48 +76,83 @@ pub fn encode_checkpoint_window(
     packs: &PackTableRef<'_>,
     range: std::ops::Range<usize>,
 ) -> VaultResult<(Vec<u8>, usize)> {
-    let err = |e: postcard::Error| VaultError::Invalid(format!("checkpoint encoding: {e}"));
-    let w = Window {
-        pos: 0,
-        range,
-        out: Vec::new(),
-    };
-    let mut w = postcard::serialize_with_flavor(body, w).map_err(err)?;
-    if !packs.is_empty() {
-        w = postcard::serialize_with_flavor(packs, w).map_err(err)?;
-    }
-    Ok((w.out, w.pos))
+    let mut out = Vec::new();
+    let len = encode_into(body, packs, range, false, &mut out)?;
+    Ok((out, len))
 }
 
-/// A postcard output keeping only the bytes in `range` of what is written.
-struct Window {
-    pos: usize,
+/// Bytes `range` of the encoding, like [`encode_checkpoint_window`], but
+/// the encoding stops where the range ends (the whole length is not
+/// measured): the later parts of a checkpoint cost less to encode.
+pub fn encode_checkpoint_part(
+    body: &CheckpointBodyRef<'_>,
+    packs: &PackTableRef<'_>,
     range: std::ops::Range<usize>,
-    out: Vec<u8>,
+) -> VaultResult<Vec<u8>> {
+    let mut out = Vec::with_capacity(range.len().min(CHECKPOINT_PART_MAX));
+    encode_into(body, packs, range, true, &mut out)?;
+    Ok(out)
 }
 
-impl postcard::ser_flavors::Flavor for Window {
-    type Output = Window;
+fn encode_into(
+    body: &CheckpointBodyRef<'_>,
+    packs: &PackTableRef<'_>,
+    range: std::ops::Range<usize>,
+    stop: bool,
+    out: &mut Vec<u8>,
+) -> VaultResult<usize> {
+    let end = range.end;
+    let err = |e: postcard::Error| VaultError::Invalid(format!("checkpoint encoding: {e}"));
+    let mut pos = 0;
+    let mut w = Window {
+        pos: &mut pos,
+        range,
+        stop,
+        out,
+    };
+    let mut r = postcard::serialize_with_flavor(body, &mut w);
+    if r.is_ok() && !packs.is_empty() {
+        r = postcard::serialize_with_flavor(packs, &mut w);
+    }
+    match r {
+        Ok(()) => Ok(pos),
+        // stopped at the end of the window: the window is complete
+        Err(postcard::Error::SerializeBufferFull) if stop && pos >= end => Ok(pos),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// A postcard output keeping only the bytes in `range` of what is
+/// written; with `stop`, failing once past the range (to end early).
+struct Window<'a> {
+    pos: &'a mut usize,
+    range: std::ops::Range<usize>,
+    stop: bool,
+    out: &'a mut Vec<u8>,
+}
+
+impl postcard::ser_flavors::Flavor for &mut Window<'_> {
+    type Output = ();
 
     fn try_push(&mut self, b: u8) -> postcard::Result<()> {
-        if self.range.contains(&self.pos) {
-            self.out.push(b);
-        }
-        self.pos += 1;
-        Ok(())
+        self.try_extend(&[b])
     }
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        let end = self.pos + data.len();
-        let a = self.range.start.clamp(self.pos, end) - self.pos;
-        let b = self.range.end.clamp(self.pos, end) - self.pos;
+        let pos = *self.pos;
+        if self.stop && pos >= self.range.end {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        let end = pos + data.len();
+        let a = self.range.start.clamp(pos, end) - pos;
+        let b = self.range.end.clamp(pos, end) - pos;
         self.out.extend_from_slice(&data[a..b]);
-        self.pos = end;
+        *self.pos = end;
         Ok(())
     }
 
-    fn finalize(self) -> postcard::Result<Window> {
-        Ok(self)
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -323,7 +358,7 @@ pub fn seal_checkpoint_bytes(
 /// takes: a part is encoded and sealed in memory beside the tree, so
 /// small parts keep that from adding much to a big tree's footprint
 /// (readers join parts of any length, §7).
-pub const CHECKPOINT_PART_MAX: usize = 8 << 20;
+pub const CHECKPOINT_PART_MAX: usize = 4 << 20;
 
 /// Bodies per checkpoint part for objects of at most `max` bytes.
 pub fn checkpoint_part_len(max: Option<u64>) -> usize {
