@@ -480,7 +480,7 @@ async fn vault_with_files(e: &Env) -> Vault {
 
 async fn blob_of(v: &Vault, path: &str, index: usize) -> String {
     let n = v.stat_path(path).unwrap();
-    strata_core::format::blob_key(&n.chunks[index].unwrap().id)
+    strata_core::format::blob_key(&n.chunks()[index].unwrap().id)
 }
 
 #[tokio::test]

@@ -177,7 +177,7 @@ impl Attr {
         Attr {
             ino: n.ino,
             kind: n.kind,
-            perm: n.perm,
+            perm: u32::from(n.perm),
             nlink: n.nlink,
             uid: n.uid,
             gid: n.gid,

@@ -281,7 +281,7 @@ impl Vfs {
             if (s.uid.is_some() || s.gid.is_some()) && s.mode.is_none() && n.kind == Kind::File {
                 let cleared = n.perm & !0o6000;
                 if cleared != n.perm {
-                    perm = Some(cleared);
+                    perm = Some(u32::from(cleared));
                 }
             }
             let mtime = s.mtime.map(resolve);

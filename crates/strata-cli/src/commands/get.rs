@@ -163,7 +163,7 @@ impl Planner<'_> {
                 }
                 self.plan.items.push(Item::DirDone {
                     local,
-                    perm: node.perm,
+                    perm: u32::from(node.perm),
                     atime: node.atime,
                     mtime: node.mtime,
                 });
@@ -273,7 +273,7 @@ async fn get_file(vault: &Vault, f: &FileGet, force: bool, bar: &Bar) -> Result<
         })?;
     file.set_times(times(f.node.atime, f.node.mtime))
         .map_err(write_err)?;
-    file.set_permissions(Permissions::from_mode(f.node.perm & MODE_MASK))
+    file.set_permissions(Permissions::from_mode(u32::from(f.node.perm) & MODE_MASK))
         .map_err(write_err)?;
     file.sync_all().map_err(write_err)?;
     if force {

@@ -17,7 +17,7 @@ fn line(long: bool, name: &str, n: &Inode, w_links: usize, w_size: usize) -> Str
     }
     let mut s = format!(
         "{} {:>w_links$} {:>w_size$} {} {name}",
-        display::mode_string(n.kind, n.perm),
+        display::mode_string(n.kind, u32::from(n.perm)),
         n.nlink,
         n.size,
         display::time(n.mtime),

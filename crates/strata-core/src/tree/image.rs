@@ -149,7 +149,7 @@ impl Tree {
                     ));
                 }
             }
-            for c in i.chunks.iter().flatten() {
+            for c in i.chunks().iter().flatten() {
                 blobs.add_ref(c.id);
             }
         }

@@ -1,16 +1,17 @@
-//! One inode as the tree holds it: what every inode has in plain fields,
-//! and what few have — a device number, a symlink target, extended
-//! attributes, directory entries — behind one pointer that stays empty for
-//! a plain file (those took 44 bytes of every inode). It encodes exactly
+//! One inode as the tree holds it (128 bytes): what every inode has in
+//! plain fields, a one-slot chunk list inline (most files of a big tree are
+//! small), and what few have — a device number, a symlink target, extended
+//! attributes, directory entries, a chunk list of other lengths — behind
+//! one pointer that stays empty for a plain small file. It encodes exactly
 //! like the struct of FORMAT §6.3, fields in their order there.
 
 use std::collections::BTreeMap;
 
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::maps::{Entries, Xattrs};
 use super::name::Name;
-use super::ChunkList;
 use crate::record::{ChunkRef, Kind, Ts};
 
 /// One inode.
@@ -18,7 +19,8 @@ use crate::record::{ChunkRef, Kind, Ts};
 pub struct Inode {
     pub ino: u64,
     pub kind: Kind,
-    pub perm: u32,
+    /// Permission bits (`0o7777` mask).
+    pub perm: u16,
     pub uid: u32,
     pub gid: u32,
     pub nlink: u32,
@@ -28,7 +30,8 @@ pub struct Inode {
     pub ctime: Ts,
     pub btime: Ts,
     pub chunk_size: u32,
-    pub chunks: ChunkList,
+    /// The chunk list when it is one chunk (not a hole); else in `rare`.
+    one: Option<ChunkRef>,
     /// Parent directory: kept up to date for directories (root is its own
     /// parent); for other kinds, the directory it was created in.
     pub parent: u64,
@@ -42,15 +45,21 @@ struct Rare {
     target: Option<Box<[u8]>>,
     xattrs: Xattrs,
     entries: Entries,
+    /// A chunk list other than one chunk (a hole is `None`).
+    chunks: Option<Box<[Option<ChunkRef>]>>,
 }
 
 impl Rare {
     fn is_empty(&self) -> bool {
-        self.rdev == 0 && self.target.is_none() && self.xattrs.is_empty() && self.entries.is_empty()
+        self.rdev == 0
+            && self.target.is_none()
+            && self.xattrs.is_empty()
+            && self.entries.is_empty()
+            && self.chunks.is_none()
     }
 }
 
-const _: () = assert!(std::mem::size_of::<Inode>() <= 136);
+const _: () = assert!(std::mem::size_of::<Inode>() <= 128);
 
 impl Inode {
     /// A new inode with no chunks, entries or attributes.
@@ -58,7 +67,7 @@ impl Inode {
     pub(crate) fn new(
         ino: u64,
         kind: Kind,
-        perm: u32,
+        perm: u16,
         (uid, gid): (u32, u32),
         nlink: u32,
         size: u64,
@@ -79,7 +88,7 @@ impl Inode {
             ctime: time,
             btime: time,
             chunk_size,
-            chunks: ChunkList::new(),
+            one: None,
             parent,
             rare: None,
         }
@@ -89,8 +98,59 @@ impl Inode {
     pub fn chunk(&self, index: u64) -> Option<ChunkRef> {
         usize::try_from(index)
             .ok()
-            .and_then(|i| self.chunks.get(i).copied())
+            .and_then(|i| self.chunks().get(i).copied())
             .flatten()
+    }
+
+    /// Chunk slots of a file: `None` is a hole.
+    pub fn chunks(&self) -> &[Option<ChunkRef>] {
+        if self.one.is_some() {
+            return std::slice::from_ref(&self.one);
+        }
+        self.rare
+            .as_ref()
+            .and_then(|r| r.chunks.as_deref())
+            .unwrap_or(&[])
+    }
+
+    /// Change the chunk list (taken out as a `Vec`, stored back in the
+    /// form above).
+    pub(crate) fn edit_chunks<R>(&mut self, f: impl FnOnce(&mut Vec<Option<ChunkRef>>) -> R) -> R {
+        let mut v = match self.one.take() {
+            Some(c) => vec![Some(c)],
+            None => self
+                .rare
+                .as_mut()
+                .and_then(|r| r.chunks.take())
+                .map(Vec::from)
+                .unwrap_or_default(),
+        };
+        let out = f(&mut v);
+        self.set_chunks(v);
+        out
+    }
+
+    fn set_chunks(&mut self, v: Vec<Option<ChunkRef>>) {
+        match v[..] {
+            [] => {
+                self.one = None;
+                if let Some(r) = &mut self.rare {
+                    r.chunks = None;
+                }
+                self.tidy();
+            }
+            [Some(c)] => {
+                self.one = Some(c);
+                if let Some(r) = &mut self.rare {
+                    r.chunks = None;
+                }
+                self.tidy();
+            }
+            _ => {
+                self.one = None;
+                self.rare_mut().chunks = Some(v.into_boxed_slice());
+            }
+        }
     }
 
     /// Device number (character and block devices).
@@ -184,7 +244,7 @@ struct Wire<'a> {
     target: Option<&'a [u8]>,
     xattrs: &'a BTreeMap<Vec<u8>, Vec<u8>>,
     chunk_size: u32,
-    chunks: &'a ChunkList,
+    chunks: &'a [Option<ChunkRef>],
     entries: &'a BTreeMap<Name, u64>,
     parent: u64,
 }
@@ -207,7 +267,7 @@ struct WireOwned {
     target: Option<Vec<u8>>,
     xattrs: Xattrs,
     chunk_size: u32,
-    chunks: ChunkList,
+    chunks: Vec<Option<ChunkRef>>,
     entries: Entries,
     parent: u64,
 }
@@ -217,7 +277,7 @@ impl Serialize for Inode {
         Wire {
             ino: self.ino,
             kind: self.kind,
-            perm: self.perm,
+            perm: u32::from(self.perm),
             uid: self.uid,
             gid: self.gid,
             rdev: self.rdev(),
@@ -230,7 +290,7 @@ impl Serialize for Inode {
             target: self.target(),
             xattrs: self.xattrs(),
             chunk_size: self.chunk_size,
-            chunks: &self.chunks,
+            chunks: self.chunks(),
             entries: self.entries(),
             parent: self.parent,
         }
@@ -246,11 +306,17 @@ impl<'de> Deserialize<'de> for Inode {
             target: w.target.map(Vec::into_boxed_slice),
             xattrs: w.xattrs,
             entries: w.entries,
+            chunks: None,
         };
-        Ok(Inode {
+        // writers keep only the 0o7777 bits (records are masked)
+        let perm = u16::try_from(w.perm)
+            .ok()
+            .filter(|p| p & !0o7777 == 0)
+            .ok_or_else(|| D::Error::custom("inode permission bits out of range"))?;
+        let mut i = Inode {
             ino: w.ino,
             kind: w.kind,
-            perm: w.perm,
+            perm,
             uid: w.uid,
             gid: w.gid,
             nlink: w.nlink,
@@ -260,10 +326,12 @@ impl<'de> Deserialize<'de> for Inode {
             ctime: w.ctime,
             btime: w.btime,
             chunk_size: w.chunk_size,
-            chunks: w.chunks,
+            one: None,
             parent: w.parent,
             rare: (!rare.is_empty()).then(|| Box::new(rare)),
-        })
+        };
+        i.set_chunks(w.chunks);
+        Ok(i)
     }
 }
 
@@ -391,15 +459,64 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_vec(), *v))
                 .eq(p.entries.clone()));
-            assert_eq!(i.chunks, p.chunks);
+            assert_eq!(i.chunks(), &p.chunks[..]);
             assert_eq!(
                 (i.size, i.atime, i.btime, i.parent),
                 (p.size, p.atime, p.btime, p.parent)
             );
-            let plain_file =
-                p.rdev == 0 && p.target.is_none() && p.xattrs.is_empty() && p.entries.is_empty();
+            let plain_file = p.rdev == 0
+                && p.target.is_none()
+                && p.xattrs.is_empty()
+                && p.entries.is_empty()
+                && p.chunks.len() < 2
+                && p.chunks.first().is_none_or(Option::is_some);
             assert_eq!(i.rare.is_none(), plain_file);
         }
+    }
+
+    #[test]
+    fn chunk_lists_of_every_shape_round_trip() {
+        let c = |b: u8| {
+            Some(ChunkRef {
+                id: BlobId([b; 32]),
+                blob_len: u32::MAX,
+                len: 1,
+            })
+        };
+        let mut i = Inode::new(2, Kind::File, 0o600, (0, 0), 1, 0, 0, 4096, 1);
+        for list in [
+            vec![],
+            vec![c(1)],
+            vec![None],
+            vec![None, c(2)],
+            vec![c(1), None, c(3)],
+            vec![c(4)],
+            vec![],
+        ] {
+            i.edit_chunks(|l| *l = list.clone());
+            assert_eq!(i.chunks(), &list[..]);
+            assert_eq!(i.chunk(0), list.first().copied().flatten());
+            assert_eq!(i.chunk(u64::MAX), None);
+            // one chunk inline, other lists on the side
+            assert_eq!(
+                i.rare.is_some(),
+                !(list.is_empty() || list == [c(1)] || list == [c(4)])
+            );
+            let bytes = postcard::to_stdvec(&i).unwrap();
+            let back: Inode = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, i);
+            // the list, no entries, parent 1: the end of the encoding
+            let tail = [postcard::to_stdvec(&list).unwrap(), vec![0, 1]].concat();
+            assert!(bytes.ends_with(&tail));
+        }
+    }
+
+    #[test]
+    fn permission_bits_past_0o7777_are_refused() {
+        let mut p = plain(2);
+        p.perm = 0o10000;
+        let bytes = postcard::to_stdvec(&p).unwrap();
+        assert!(postcard::from_bytes::<Inode>(&bytes).is_err());
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! record leaves the tree untouched.
 
 mod blobs;
-mod chunk_list;
 mod image;
 mod inode;
 mod maps;
@@ -20,7 +19,6 @@ use crate::record::{
     ChunkRef, Kind, NewInode, PackItem, Record, Ts, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use blobs::Blobs;
-pub use chunk_list::ChunkList;
 pub use image::{PackEntry, PackTableRef, TreeImage, TreeImageRef};
 pub use inode::Inode;
 pub use maps::{BoxedMap, EmptyMap, Entries, Xattrs};
@@ -223,7 +221,7 @@ impl Tree {
     pub fn referenced_blobs(&self) -> HashMap<BlobId, ChunkRef> {
         let mut out = HashMap::with_capacity(self.blobs.len());
         for i in self.inodes.values() {
-            for c in i.chunks.iter().flatten() {
+            for c in i.chunks().iter().flatten() {
                 out.entry(c.id).or_insert(*c);
             }
         }
@@ -252,7 +250,7 @@ impl Tree {
 
     fn drop_inode(&mut self, ino: u64, freed: &mut Freed) {
         if let Some(node) = self.inodes.remove(&ino) {
-            for c in node.chunks.iter().flatten() {
+            for c in node.chunks().iter().flatten() {
                 self.unref(c, freed);
             }
         }
@@ -523,7 +521,7 @@ impl Tree {
                 }
                 let n = self.node_mut(*ino)?;
                 if let Some(p) = perm {
-                    n.perm = p & 0o7777;
+                    n.perm = (p & 0o7777) as u16;
                 }
                 if let Some(u) = uid {
                     n.uid = *u;
@@ -550,16 +548,18 @@ impl Tree {
                 let mut old = Vec::new();
                 {
                     let n = self.node_mut(*ino)?;
-                    if n.chunks.len() < first + chunks.len() {
-                        n.chunks.resize(first + chunks.len());
-                    }
-                    for (slot, new) in n.chunks[first..first + chunks.len()].iter_mut().zip(chunks)
-                    {
-                        if let Some(o) = slot.take() {
-                            old.push(o);
+                    n.edit_chunks(|list| {
+                        if list.len() < first + chunks.len() {
+                            list.resize(first + chunks.len(), None);
                         }
-                        *slot = *new;
-                    }
+                        for (slot, new) in list[first..first + chunks.len()].iter_mut().zip(chunks)
+                        {
+                            if let Some(o) = slot.take() {
+                                old.push(o);
+                            }
+                            *slot = *new;
+                        }
+                    });
                     n.mtime = *mtime;
                     // ctime never goes back (mtime may be an explicit old time)
                     n.ctime = n.ctime.max(*mtime);
@@ -604,7 +604,7 @@ impl Tree {
         let mut node = Inode::new(
             ino,
             a.kind,
-            a.perm & 0o7777,
+            (a.perm & 0o7777) as u16,
             (a.uid, a.gid),
             if is_dir { 2 } else { 1 },
             a.target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
@@ -720,20 +720,23 @@ impl Tree {
             }
             let cs = u64::from(n.chunk_size.max(1));
             let keep = usize::try_from(size.div_ceil(cs)).unwrap_or(usize::MAX);
-            if n.chunks.len() > keep {
-                dropped.extend(n.chunks.resize(keep).into_iter().flatten());
-            }
-            // Only the slot of the chunk holding the new end can hold bytes
-            // past it (the chunk list may be shorter than the file: holes).
-            if size < n.size && keep > 0 && n.chunks.len() == keep {
-                if let Some(Some(last)) = n.chunks.last_mut() {
-                    let start = (keep as u64 - 1) * cs;
-                    let valid = size - start;
-                    if u64::from(last.len) > valid {
-                        last.len = valid as u32;
+            let shrink = size < n.size;
+            n.edit_chunks(|list| {
+                if list.len() > keep {
+                    dropped.extend(list.drain(keep..).flatten());
+                }
+                // Only the slot of the chunk holding the new end can hold
+                // bytes past it (the list may be shorter than the file: holes).
+                if shrink && keep > 0 && list.len() == keep {
+                    if let Some(Some(last)) = list.last_mut() {
+                        let start = (keep as u64 - 1) * cs;
+                        let valid = size - start;
+                        if u64::from(last.len) > valid {
+                            last.len = valid as u32;
+                        }
                     }
                 }
-            }
+            });
             n.size = size;
         }
         for c in &dropped {

@@ -130,7 +130,7 @@ fn truncate_clamps_partial_chunk() {
         })
         .unwrap();
     assert_eq!(freed, vec![BlobId([2; 32])]);
-    assert_eq!(t.get(f).unwrap().chunks, vec![Some(cref(1, 3))]);
+    assert_eq!(t.get(f).unwrap().chunks(), &[Some(cref(1, 3))]);
 }
 
 #[test]
@@ -165,8 +165,8 @@ fn truncate_into_a_trailing_hole_keeps_earlier_chunks() {
     })
     .unwrap();
     assert_eq!(
-        t.get(f).unwrap().chunks,
-        vec![Some(cref(1, 4))],
+        t.get(f).unwrap().chunks(),
+        &[Some(cref(1, 4))],
         "chunk 0 untouched"
     );
 }
@@ -318,7 +318,7 @@ fn record_of(t: &mut Tree, s: &Step) -> Option<Record> {
 fn check_blob_table(t: &Tree) {
     let mut counted: HashMap<BlobId, u64> = HashMap::new();
     for n in t.inodes() {
-        for c in n.chunks.iter().flatten() {
+        for c in n.chunks().iter().flatten() {
             *counted.entry(c.id).or_default() += 1;
         }
     }
