@@ -204,7 +204,7 @@ impl Tree {
 
     /// Look `name` up in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
-        self.inodes.get(&parent)?.entries().get(&name[..]).copied()
+        self.inodes.get(&parent)?.entries().get(name).copied()
     }
 
     /// Reference count of a blob.
