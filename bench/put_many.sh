@@ -5,8 +5,8 @@
 # same tree (everything skipped as unchanged). The peak RSS of the put is
 # mostly the vault's in-memory tree (about 225 bytes per small file,
 # docs/ARCHITECTURE.md "The tree in memory") plus one checkpoint part of at
-# most 4 MiB; the second put's peak is the checkpoint load (its joined
-# encoding beside the tree).
+# most 4 MiB; the second put's peak is the checkpoint load (its parts'
+# ciphertext, fetched whole, beside the tree being decoded from them).
 #
 #   bench/put_many.sh [FILES (200000)]
 # Env: BENCH_WORK=target/bench-put-many (deleted at the end), STRATA_BIN=PATH
