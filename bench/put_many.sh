@@ -2,9 +2,11 @@
 # Benchmark: `strata put` of a tree of many small files (default 200 000;
 # in 1000 folders from 200 000 files on, else 100) to a file:// store on
 # the local disk. Prints the time and peak RSS of the put, then of a second put of the
-# same tree (everything skipped as unchanged). The peak RSS is mostly the
-# vault's in-memory tree (about 330 bytes per small file, docs/ARCHITECTURE.md
-# "The tree in memory") plus one checkpoint part at the end of the put.
+# same tree (everything skipped as unchanged). The peak RSS of the put is
+# mostly the vault's in-memory tree (about 225 bytes per small file,
+# docs/ARCHITECTURE.md "The tree in memory") plus one checkpoint part of at
+# most 4 MiB; the second put's peak is the checkpoint load (its parts'
+# ciphertext, fetched whole, beside the tree being decoded from them).
 #
 #   bench/put_many.sh [FILES (200000)]
 # Env: BENCH_WORK=target/bench-put-many (deleted at the end), STRATA_BIN=PATH

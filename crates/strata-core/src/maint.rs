@@ -118,7 +118,7 @@ impl Vault {
                     Kind::Symlink => i.symlinks += 1,
                     _ => {}
                 }
-                for c in n.chunks.iter().flatten() {
+                for c in n.chunks().iter().flatten() {
                     let sz = if t.packed(&c.id).is_some() {
                         item_len(u64::from(c.blob_len))
                     } else {
@@ -369,7 +369,7 @@ impl Vault {
         let mut users: HashMap<BlobId, Vec<String>> = HashMap::new();
         self.with_tree(|t| {
             for n in t.inodes() {
-                for c in n.chunks.iter().flatten() {
+                for c in n.chunks().iter().flatten() {
                     let p = paths
                         .get(&n.ino)
                         .cloned()

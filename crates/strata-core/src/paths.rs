@@ -108,9 +108,9 @@ impl Vault {
             if d.kind != Kind::Dir {
                 return Err(VaultError::NotADirectory { path: path.into() });
             }
-            Ok(d.entries
+            Ok(d.entries()
                 .iter()
-                .filter_map(|(n, i)| t.get(*i).map(|node| (n.clone(), node.clone())))
+                .filter_map(|(n, i)| t.get(*i).map(|node| (n.to_vec(), node.clone())))
                 .collect())
         })
     }
@@ -188,11 +188,11 @@ impl Vault {
         let node = self
             .inode(ino)
             .ok_or_else(|| VaultError::NotFound { path: path.into() })?;
-        if node.kind == Kind::Dir && !node.entries.is_empty() {
+        if node.kind == Kind::Dir && !node.entries().is_empty() {
             if !recursive {
                 return Err(VaultError::DirNotEmpty { path: path.into() });
             }
-            for child in node.entries.keys() {
+            for child in node.entries().keys() {
                 let cp = format!(
                     "{}/{}",
                     path.trim_end_matches('/'),
@@ -216,7 +216,7 @@ impl Vault {
                 self.with_tree(|t| t.lookup(parent, name).and_then(|i| t.get(i).cloned()))
             {
                 if node.kind == Kind::Dir {
-                    for child in node.entries.keys() {
+                    for child in node.entries().keys() {
                         let cp = format!("{path}/{}", String::from_utf8_lossy(child));
                         self.remove_entry(node.ino, child, &cp, true)?;
                     }
@@ -273,7 +273,7 @@ impl Vault {
             let mut stack = vec![(ROOT_INO, String::from("/"))];
             while let Some((ino, p)) = stack.pop() {
                 if let Some(n) = t.get(ino) {
-                    for (name, child) in &n.entries {
+                    for (name, child) in n.entries() {
                         let cp = format!(
                             "{}{}{}",
                             p,

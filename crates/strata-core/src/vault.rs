@@ -33,6 +33,9 @@ use crate::tree::{ApplyError, Inode, Tree};
 /// Opening replays every log since the last checkpoint (one GET each), so
 /// checkpoint after this many logs even if they hold few records.
 const MAX_LOGS_BETWEEN_CHECKPOINTS: u64 = 256;
+/// Largest checkpoint encoding written in one go after a multi-part one
+/// was interrupted by a change to the tree.
+const CHECKPOINT_IN_ONE_MAX: usize = 32 << 20;
 
 /// Default chunk size for new vaults.
 pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
@@ -1155,6 +1158,7 @@ impl Vault {
             }
             let time = now();
             let in_one = std::mem::take(&mut g.checkpoint_in_one);
+            g.tree.sort_for_image();
             let body = meta::CheckpointBodyRef {
                 version: g.version,
                 head: g.head,
@@ -1197,7 +1201,11 @@ impl Vault {
                         let mut g = lock(&self.inner);
                         if g.version != version || !g.pending.is_empty() || !g.staged.is_empty() {
                             debug!(version, "tree changed while checkpointing; retried later");
-                            g.checkpoint_in_one = true;
+                            // In one go next time, unless that would hold
+                            // a big encoding beside the tree: such a
+                            // checkpoint waits for a quiet moment (the end
+                            // of a `put`, an idle mount).
+                            g.checkpoint_in_one = len <= CHECKPOINT_IN_ONE_MAX;
                             return Ok(());
                         }
                         let body = meta::CheckpointBodyRef {
@@ -1209,7 +1217,7 @@ impl Vault {
                         };
                         let start = i as usize * per;
                         let range = start..start.saturating_add(per);
-                        meta::encode_checkpoint_window(&body, &g.tree.pack_table_ref(), range)?.0
+                        meta::encode_checkpoint_part(&body, &g.tree.pack_table_ref(), range)?
                     };
                     let sealed = meta::seal_checkpoint_part(
                         &self.keys,

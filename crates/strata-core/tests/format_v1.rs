@@ -60,7 +60,7 @@ async fn version_1_fixture_opens_reads_and_accepts_new_writes() {
     assert_eq!(v.stat_path("/empty").unwrap().size, 0);
     let link = v.stat_path("/link").unwrap();
     assert_eq!(link.kind, Kind::Symlink);
-    assert_eq!(link.target.as_deref(), Some(&b"dir/hello.txt"[..]));
+    assert_eq!(link.target(), Some(&b"dir/hello.txt"[..]));
     assert_eq!(v.stat_path("/later").unwrap().kind, Kind::Dir);
     let report = v.check(true, None).await.unwrap();
     assert!(

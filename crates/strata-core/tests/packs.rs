@@ -122,7 +122,7 @@ fn small(i: usize) -> Vec<u8> {
 /// The pack holding `path`'s first chunk, and the item's location.
 fn loc_of(v: &Vault, path: &str) -> strata_core::tree::PackLoc {
     let n = v.stat_path(path).unwrap();
-    let c = n.chunks[0].unwrap();
+    let c = n.chunks()[0].unwrap();
     v.with_tree(|t| t.packed(&c.id)).expect("packed")
 }
 
@@ -145,7 +145,7 @@ async fn small_files_go_into_few_packs_and_read_back() {
     assert_eq!(packs.len(), 1, "300 small files and a tail in one pack");
     assert!(d.puts <= 6, "{d:?}");
     assert!(loc_of(&v, "/f0").pack == parse_pack_key(&packs[0]).unwrap());
-    let tail = v.stat_path("/big").unwrap().chunks[2].unwrap();
+    let tail = v.stat_path("/big").unwrap().chunks()[2].unwrap();
     assert!(v.with_tree(|t| t.packed(&tail.id)).is_some());
     for i in 0..300 {
         assert_eq!(get(&v, &format!("/f{i}")).await.unwrap(), small(i));

@@ -208,7 +208,7 @@ async fn small_read_fetches_one_segment_not_the_chunk() {
     let e = env("", 4 * MIB, 64 * MIB).await;
     let data = random(4 * MIB, 3);
     let node = put(&e, "/f", &data).await;
-    assert_eq!(node.chunks.len(), 1);
+    assert_eq!(node.chunks().len(), 1);
     let before = snap(&e);
     let off = 2 * MIB + 12345;
     assert_eq!(read(&e, &node, off, 10).await, slice(&data, off, 10));
@@ -278,7 +278,7 @@ async fn cap_evicts_least_recently_used_blobs() {
     assert_eq!(snap(&e).since(&before).range_gets, 1);
     assert!(e.cache.stats().size <= cap);
     // evicted blobs' files are gone from disk
-    let id0 = files[1].0.chunks[0].unwrap().id;
+    let id0 = files[1].0.chunks()[0].unwrap().id;
     assert!(!e.cache.blob_path(&id0).unwrap().exists());
 }
 
@@ -287,7 +287,7 @@ async fn corrupted_cache_file_is_healed_from_the_store() {
     let e = env("", MIB, 64 * MIB).await;
     let data = random(MIB, 5);
     let node = put(&e, "/f", &data).await;
-    let c = node.chunks[0].unwrap();
+    let c = node.chunks()[0].unwrap();
     assert_eq!(
         read(&e, &node, 0, 3 * SEGMENT).await,
         slice(&data, 0, 3 * SEGMENT)
@@ -624,7 +624,7 @@ async fn rangeless_read_ahead_keeps_one_chunk_coming() {
     let d = snap(&e).since(&before);
     // chunks 0..=2 are read; chunk 3 may be on its way; never chunk 4
     assert!(d.gets <= 4, "{d:?}");
-    assert!(!e.cache.is_cached(&node.chunks[4].unwrap().id, 0));
+    assert!(!e.cache.is_cached(&node.chunks()[4].unwrap().id, 0));
     assert_eq!(d.range_gets, 0);
 }
 
@@ -715,7 +715,7 @@ async fn holes_are_not_prefetched() {
     data[..1000].fill(1); // chunk 0 has data; chunks 1..3 are holes
     data[3 * MIB as usize + 5..3 * MIB as usize + 10].fill(2);
     let node = put(&e, "/sparse", &data).await;
-    assert!(node.chunks[1].is_none() && node.chunks[2].is_none());
+    assert!(node.chunks()[1].is_none() && node.chunks()[2].is_none());
     let before = snap(&e);
     let mut p = Prefetcher::default();
     let mut off = 0;

@@ -259,7 +259,7 @@ async fn tree_operations_survive_reopen() {
     assert_eq!(v.with_tree(|t| t.to_image().inodes), before);
     assert_eq!(get(&v, "/a/moved").await.unwrap(), b"hello");
     assert_eq!(
-        v.stat_path("/a/link").unwrap().target.as_deref(),
+        v.stat_path("/a/link").unwrap().target(),
         Some(&b"b/c/file"[..])
     );
     assert_eq!(v.stat_path("/a/b/c").unwrap().perm, 0o750);
@@ -480,7 +480,7 @@ async fn vault_with_files(e: &Env) -> Vault {
 
 async fn blob_of(v: &Vault, path: &str, index: usize) -> String {
     let n = v.stat_path(path).unwrap();
-    strata_core::format::blob_key(&n.chunks[index].unwrap().id)
+    strata_core::format::blob_key(&n.chunks()[index].unwrap().id)
 }
 
 #[tokio::test]
@@ -879,6 +879,6 @@ async fn a_record_too_large_for_one_object_is_refused_and_nothing_breaks() {
     v.commit().await.unwrap();
     drop(v);
     let v = reopen(&e).await.unwrap();
-    assert!(v.stat_path("/f").unwrap().xattrs.is_empty());
+    assert!(v.stat_path("/f").unwrap().xattrs().is_empty());
     assert_eq!(get(&v, "/f").await.unwrap(), b"data");
 }

@@ -125,7 +125,7 @@ impl Vfs {
                         c.inodes.push(n.ino);
                         if n.kind == Kind::Dir {
                             c.entries
-                                .extend(n.entries.keys().map(|name| (n.ino, name.clone())));
+                                .extend(n.entries().keys().map(|name| (n.ino, name.to_vec())));
                         }
                     }
                 };

@@ -177,11 +177,11 @@ impl Attr {
         Attr {
             ino: n.ino,
             kind: n.kind,
-            perm: n.perm,
+            perm: u32::from(n.perm),
             nlink: n.nlink,
             uid: n.uid,
             gid: n.gid,
-            rdev: n.rdev,
+            rdev: n.rdev(),
             size: n.size,
             blocks: n.size.div_ceil(512),
             atime: n.atime,

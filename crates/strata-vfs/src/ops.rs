@@ -42,7 +42,7 @@ impl Vfs {
             if p.kind != Kind::Dir {
                 return Err(Errno(libc::ENOTDIR));
             }
-            p.entries.get(name).copied().ok_or(Errno(libc::ENOENT))
+            p.entries().get(name).copied().ok_or(Errno(libc::ENOENT))
         })?
     }
 
@@ -62,11 +62,11 @@ impl Vfs {
             if d.kind != Kind::Dir {
                 return Err(Errno(libc::ENOTDIR));
             }
-            Ok(d.entries
+            Ok(d.entries()
                 .iter()
                 .filter_map(|(name, child)| {
                     t.get(*child).map(|c| DirEntry {
-                        name: name.clone(),
+                        name: name.to_vec(),
                         ino: *child,
                         kind: c.kind,
                     })
@@ -147,7 +147,7 @@ impl Vfs {
 
     pub fn readlink(&self, ino: u64) -> VfsResult<Vec<u8>> {
         let n = self.node(ino)?;
-        n.target.ok_or(Errno(libc::EINVAL))
+        n.target().map(<[u8]>::to_vec).ok_or(Errno(libc::EINVAL))
     }
 
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> VfsResult<Attr> {
@@ -203,7 +203,7 @@ impl Vfs {
         if n.kind != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
         }
-        if !n.entries.is_empty() {
+        if !n.entries().is_empty() {
             return Err(Errno(libc::ENOTEMPTY));
         }
         self.remove_entry(parent, name, ino)
@@ -281,7 +281,7 @@ impl Vfs {
             if (s.uid.is_some() || s.gid.is_some()) && s.mode.is_none() && n.kind == Kind::File {
                 let cleared = n.perm & !0o6000;
                 if cleared != n.perm {
-                    perm = Some(cleared);
+                    perm = Some(u32::from(cleared));
                 }
             }
             let mtime = s.mtime.map(resolve);
@@ -370,12 +370,12 @@ impl Vfs {
 
     /// (`ls -l` asks for an xattr or two of every file: no copy of the inode.)
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> VfsResult<Vec<u8>> {
-        self.with_node(ino, |n| n.xattrs.get(name).cloned())?
+        self.with_node(ino, |n| n.xattrs().get(name).cloned())?
             .ok_or(Errno(libc::ENODATA))
     }
 
     pub fn listxattr(&self, ino: u64) -> VfsResult<Vec<Vec<u8>>> {
-        self.with_node(ino, |n| n.xattrs.keys().cloned().collect())
+        self.with_node(ino, |n| n.xattrs().keys().cloned().collect())
     }
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> VfsResult<()> {
@@ -386,7 +386,7 @@ impl Vfs {
         if value.len() > 64 * 1024 {
             return Err(Errno(libc::E2BIG));
         }
-        let exists = n.xattrs.contains_key(name);
+        let exists = n.xattrs().contains_key(name);
         if flags & XATTR_CREATE != 0 && exists {
             return Err(Errno(libc::EEXIST));
         }
@@ -403,7 +403,7 @@ impl Vfs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> VfsResult<()> {
-        if !self.node(ino)?.xattrs.contains_key(name) {
+        if !self.node(ino)?.xattrs().contains_key(name) {
             return Err(Errno(libc::ENODATA));
         }
         self.apply(Record::RemoveXattr {

@@ -20,7 +20,7 @@ fn follow(vault: &Vault, path: &str) -> Result<Inode> {
         if n.kind != Kind::Symlink {
             return Ok(n);
         }
-        let target = display::name(n.target.as_deref().unwrap_or_default());
+        let target = display::name(n.target().unwrap_or_default());
         p = if target.starts_with('/') {
             target
         } else {

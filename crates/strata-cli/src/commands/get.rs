@@ -158,7 +158,7 @@ impl Planner<'_> {
                 if !exists {
                     self.plan.tally.dirs += 1;
                 }
-                for (name, child) in &node.entries {
+                for (name, child) in node.entries() {
                     let Some(c) = self.vault.inode(*child) else {
                         continue;
                     };
@@ -167,7 +167,7 @@ impl Planner<'_> {
                 }
                 self.plan.items.push(Item::DirDone {
                     local,
-                    perm: node.perm,
+                    perm: u32::from(node.perm),
                     atime: node.atime,
                     mtime: node.mtime,
                 });
@@ -197,7 +197,7 @@ impl Planner<'_> {
                 }
             }
             Kind::Symlink => {
-                let target = node.target.unwrap_or_default();
+                let target = node.target().unwrap_or_default().to_vec();
                 let same = |m: &fs::Metadata| {
                     m.file_type().is_symlink()
                         && fs::read_link(&local)
@@ -277,7 +277,7 @@ async fn get_file(vault: &Vault, f: &FileGet, force: bool, bar: &Bar) -> Result<
         })?;
     file.set_times(times(f.node.atime, f.node.mtime))
         .map_err(write_err)?;
-    file.set_permissions(Permissions::from_mode(f.node.perm & MODE_MASK))
+    file.set_permissions(Permissions::from_mode(u32::from(f.node.perm) & MODE_MASK))
         .map_err(write_err)?;
     // Not synced one by one: `run` syncs the destination's filesystem once
     // at the end (a per-file fsync made 5000 small files take seconds).

@@ -17,13 +17,13 @@ fn line(long: bool, name: &str, n: &Inode, w_links: usize, w_size: usize) -> Str
     }
     let mut s = format!(
         "{} {:>w_links$} {:>w_size$} {} {name}",
-        display::mode_string(n.kind, n.perm),
+        display::mode_string(n.kind, u32::from(n.perm)),
         n.nlink,
         n.size,
         display::time(n.mtime),
     );
     if n.kind == Kind::Symlink {
-        if let Some(t) = &n.target {
+        if let Some(t) = n.target() {
             s.push_str(" -> ");
             s.push_str(&display::name(t));
         }
@@ -50,7 +50,7 @@ fn print_entries(out: &mut dyn Write, long: bool, entries: &[(String, Inode)]) -
 
 /// The entries of a directory inode, sorted by name.
 fn children(vault: &Vault, dir: &Inode) -> Vec<(String, Inode)> {
-    dir.entries
+    dir.entries()
         .iter()
         .filter_map(|(name, ino)| vault.inode(*ino).map(|n| (display::name(name), n)))
         .collect()

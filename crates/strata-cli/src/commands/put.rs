@@ -221,7 +221,7 @@ fn set_attrs(
 
 /// Give an unchanged file the source's mode and times if they differ.
 fn touch_up(vault: &Vault, node: &Inode, vpath: &str, meta: &FileMeta) -> Result<()> {
-    if node.perm != meta.perm || node.mtime != meta.mtime {
+    if u32::from(node.perm) != meta.perm || node.mtime != meta.mtime {
         set_attrs(
             vault,
             node.ino,
@@ -476,7 +476,9 @@ impl<'a> Put<'a> {
                 )))
             }
             Some(n)
-                if !self.force && n.kind == Kind::Symlink && n.target == Some(target.clone()) =>
+                if !self.force
+                    && n.kind == Kind::Symlink
+                    && n.target() == Some(target.as_slice()) =>
             {
                 self.tally.links_unchanged += 1;
                 return Ok(());
@@ -536,7 +538,7 @@ impl<'a> Put<'a> {
             let Some(n) = lookup(self.vault, &d.vpath)? else {
                 continue;
             };
-            if n.kind == Kind::Dir && (n.perm != d.perm || n.mtime != d.mtime) {
+            if n.kind == Kind::Dir && (u32::from(n.perm) != d.perm || n.mtime != d.mtime) {
                 set_attrs(self.vault, n.ino, &d.vpath, Some(d.perm), d.atime, d.mtime)?;
             }
         }

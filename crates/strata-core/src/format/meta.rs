@@ -76,48 +76,83 @@ pub fn encode_checkpoint_window(
     packs: &PackTableRef<'_>,
     range: std::ops::Range<usize>,
 ) -> VaultResult<(Vec<u8>, usize)> {
-    let err = |e: postcard::Error| VaultError::Invalid(format!("checkpoint encoding: {e}"));
-    let w = Window {
-        pos: 0,
-        range,
-        out: Vec::new(),
-    };
-    let mut w = postcard::serialize_with_flavor(body, w).map_err(err)?;
-    if !packs.is_empty() {
-        w = postcard::serialize_with_flavor(packs, w).map_err(err)?;
-    }
-    Ok((w.out, w.pos))
+    let mut out = Vec::new();
+    let len = encode_into(body, packs, range, false, &mut out)?;
+    Ok((out, len))
 }
 
-/// A postcard output keeping only the bytes in `range` of what is written.
-struct Window {
-    pos: usize,
+/// Bytes `range` of the encoding, like [`encode_checkpoint_window`], but
+/// the encoding stops where the range ends (the whole length is not
+/// measured): the later parts of a checkpoint cost less to encode.
+pub fn encode_checkpoint_part(
+    body: &CheckpointBodyRef<'_>,
+    packs: &PackTableRef<'_>,
     range: std::ops::Range<usize>,
-    out: Vec<u8>,
+) -> VaultResult<Vec<u8>> {
+    let mut out = Vec::with_capacity(range.len().min(CHECKPOINT_PART_MAX));
+    encode_into(body, packs, range, true, &mut out)?;
+    Ok(out)
 }
 
-impl postcard::ser_flavors::Flavor for Window {
-    type Output = Window;
+fn encode_into(
+    body: &CheckpointBodyRef<'_>,
+    packs: &PackTableRef<'_>,
+    range: std::ops::Range<usize>,
+    stop: bool,
+    out: &mut Vec<u8>,
+) -> VaultResult<usize> {
+    let end = range.end;
+    let err = |e: postcard::Error| VaultError::Invalid(format!("checkpoint encoding: {e}"));
+    let mut pos = 0;
+    let mut w = Window {
+        pos: &mut pos,
+        range,
+        stop,
+        out,
+    };
+    let mut r = postcard::serialize_with_flavor(body, &mut w);
+    if r.is_ok() && !packs.is_empty() {
+        r = postcard::serialize_with_flavor(packs, &mut w);
+    }
+    match r {
+        Ok(()) => Ok(pos),
+        // stopped at the end of the window: the window is complete
+        Err(postcard::Error::SerializeBufferFull) if stop && pos >= end => Ok(pos),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// A postcard output keeping only the bytes in `range` of what is
+/// written; with `stop`, failing once past the range (to end early).
+struct Window<'a> {
+    pos: &'a mut usize,
+    range: std::ops::Range<usize>,
+    stop: bool,
+    out: &'a mut Vec<u8>,
+}
+
+impl postcard::ser_flavors::Flavor for &mut Window<'_> {
+    type Output = ();
 
     fn try_push(&mut self, b: u8) -> postcard::Result<()> {
-        if self.range.contains(&self.pos) {
-            self.out.push(b);
-        }
-        self.pos += 1;
-        Ok(())
+        self.try_extend(&[b])
     }
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        let end = self.pos + data.len();
-        let a = self.range.start.clamp(self.pos, end) - self.pos;
-        let b = self.range.end.clamp(self.pos, end) - self.pos;
+        let pos = *self.pos;
+        if self.stop && pos >= self.range.end {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        let end = pos + data.len();
+        let a = self.range.start.clamp(pos, end) - pos;
+        let b = self.range.end.clamp(pos, end) - pos;
         self.out.extend_from_slice(&data[a..b]);
-        self.pos = end;
+        *self.pos = end;
         Ok(())
     }
 
-    fn finalize(self) -> postcard::Result<Window> {
-        Ok(self)
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -319,9 +354,17 @@ pub fn seal_checkpoint_bytes(
     Ok(parts)
 }
 
+/// Longest body of a checkpoint part a writer makes, whatever the store
+/// takes: a part is encoded and sealed in memory beside the tree, so
+/// small parts keep that from adding much to a big tree's footprint
+/// (readers join parts of any length, §7).
+pub const CHECKPOINT_PART_MAX: usize = 4 << 20;
+
 /// Bodies per checkpoint part for objects of at most `max` bytes.
 pub fn checkpoint_part_len(max: Option<u64>) -> usize {
-    usize::try_from(max_body(max)).unwrap_or(usize::MAX).max(1)
+    usize::try_from(max_body(max))
+        .unwrap_or(usize::MAX)
+        .clamp(1, CHECKPOINT_PART_MAX)
 }
 
 /// Seal part `part` of `count` of checkpoint `version`: `body` is that
@@ -343,9 +386,10 @@ pub fn seal_checkpoint_part(
     seal_owned(keys, CKPT_MAGIC, &ad, body, max)
 }
 
-/// Open checkpoint parts (in order) and decode the body. Each part is
-/// dropped once opened, and one part is decoded where it was decrypted:
-/// loading a big tree holds its encoding about once, not four times.
+/// Open checkpoint parts (in order) and decode the body. The parts are
+/// decoded as one stream, each decrypted when the decoder reaches it and
+/// dropped once read: loading a big tree never holds its whole plaintext
+/// encoding beside the tree being built.
 pub fn open_checkpoint(
     keys: &Keys,
     vault_id: &[u8; 16],
@@ -359,33 +403,40 @@ pub fn open_checkpoint(
         .map(|p| p.0.clone())
         .unwrap_or_else(|| "checkpoint".into());
     let first = first.as_str();
-    let mut all = Vec::new();
-    let mut range = 0..0;
-    for (i, (name, bytes)) in parts.into_iter().enumerate() {
-        let ad = ckpt_ad(vault_id, version, i as u32, count);
-        let (plain, body) = open_object_in_place(keys, CKPT_MAGIC, &ad, &bytes, &name)?;
-        drop(bytes);
-        if count == 1 {
-            all = plain;
-            range = body;
-        } else {
-            all.extend_from_slice(&plain[body]);
-            range = 0..all.len();
-        }
-    }
-    let (mut body, rest): (CheckpointBody, &[u8]) = postcard::take_from_bytes(&all[range])
-        .map_err(|e| VaultError::corrupt(first, format!("undecodable checkpoint: {e}")))?;
-    if !rest.is_empty() {
-        let (packs, tail) = postcard::take_from_bytes(rest).map_err(|e| {
-            VaultError::corrupt(first, format!("undecodable checkpoint pack table: {e}"))
-        })?;
-        if !tail.is_empty() {
+    let failed = std::cell::RefCell::new(None);
+    let parts = Parts {
+        keys,
+        vault_id,
+        version,
+        count,
+        index: 0,
+        parts: parts.into(),
+        plain: Vec::new(),
+        pos: 0,
+        end: 0,
+        failed: &failed,
+    };
+    // a part that does not open is the error, not the decoder's view of it
+    let fail = |what: &str, e: postcard::Error| {
+        failed
+            .borrow_mut()
+            .take()
+            .unwrap_or_else(|| VaultError::corrupt(first, format!("undecodable {what}: {e}")))
+    };
+    let mut de = postcard::Deserializer::from_flavor(parts);
+    let mut body = CheckpointBody::deserialize(&mut de).map_err(|e| fail("checkpoint", e))?;
+    let mut parts = de.finalize().map_err(|e| fail("checkpoint", e))?;
+    if !parts.at_end().map_err(|e| fail("checkpoint", e))? {
+        let mut de = postcard::Deserializer::from_flavor(parts);
+        body.tree.packs =
+            Vec::<PackEntry>::deserialize(&mut de).map_err(|e| fail("checkpoint pack table", e))?;
+        parts = de.finalize().map_err(|e| fail("checkpoint", e))?;
+        if !parts.at_end().map_err(|e| fail("checkpoint", e))? {
             return Err(VaultError::corrupt(
                 first,
                 "trailing bytes after the checkpoint",
             ));
         }
-        body.tree.packs = packs;
     }
     if body.version != version {
         return Err(VaultError::corrupt(
@@ -394,4 +445,91 @@ pub fn open_checkpoint(
         ));
     }
     Ok(body)
+}
+
+/// A checkpoint's parts read as one stream by the decoder: part `index` is
+/// opened when the previous one is used up, and its ciphertext dropped.
+struct Parts<'k> {
+    keys: &'k Keys,
+    vault_id: &'k [u8; 16],
+    version: u64,
+    count: u32,
+    index: u32,
+    parts: std::collections::VecDeque<(String, Vec<u8>)>,
+    /// Plaintext of the current part; its body is `pos..end`.
+    plain: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// Why a part could not be opened (the decoder only sees "end").
+    failed: &'k std::cell::RefCell<Option<VaultError>>,
+}
+
+impl Parts<'_> {
+    /// Every part read to its end?
+    fn at_end(&mut self) -> postcard::Result<bool> {
+        self.fill()?;
+        Ok(self.pos == self.end)
+    }
+
+    /// Open parts until one has body bytes left, or none is left.
+    fn fill(&mut self) -> postcard::Result<()> {
+        while self.pos == self.end {
+            let Some((name, bytes)) = self.parts.pop_front() else {
+                return Ok(());
+            };
+            let ad = ckpt_ad(self.vault_id, self.version, self.index, self.count);
+            self.index += 1;
+            self.plain = Vec::new(); // the previous part goes first
+            match open_object_in_place(self.keys, CKPT_MAGIC, &ad, &bytes, &name) {
+                Ok((plain, body)) => {
+                    self.plain = plain;
+                    (self.pos, self.end) = (body.start, body.end);
+                }
+                Err(e) => {
+                    *self.failed.borrow_mut() = Some(e);
+                    return Err(postcard::Error::DeserializeUnexpectedEnd);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'k> postcard::de_flavors::Flavor<'k> for Parts<'k> {
+    type Remainder = Parts<'k>;
+    type Source = ();
+
+    fn pop(&mut self) -> postcard::Result<u8> {
+        self.fill()?;
+        let b = *self
+            .plain
+            .get(self.pos)
+            .filter(|_| self.pos < self.end)
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn try_take_n(&mut self, _ct: usize) -> postcard::Result<&'k [u8]> {
+        // nothing in a checkpoint borrows from its encoding
+        Err(postcard::Error::DeserializeUnexpectedEnd)
+    }
+
+    fn try_take_n_temp<'a>(&'a mut self, ct: usize) -> postcard::Result<&'a [u8]>
+    where
+        'k: 'a,
+    {
+        self.fill()?;
+        // within one part only (no type of a checkpoint needs more)
+        if self.end - self.pos < ct {
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
+        }
+        let s = &self.plain[self.pos..self.pos + ct];
+        self.pos += ct;
+        Ok(s)
+    }
+
+    fn finalize(self) -> postcard::Result<Parts<'k>> {
+        Ok(self)
+    }
 }

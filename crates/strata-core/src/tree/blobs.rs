@@ -135,22 +135,43 @@ impl Blobs {
             .filter_map(|b| self.loc(b).map(|l| (b.id, l)))
     }
 
-    /// Positions of the packed blobs, sorted by pack id, then offset,
-    /// then blob id (the order of a checkpoint's pack table).
-    pub(crate) fn packed_order(&self) -> Vec<u32> {
+    /// Where a blob goes in a checkpoint's pack table: packed blobs
+    /// sorted by pack id, then offset, then blob id; unpacked ones after.
+    fn table_key<'a>(
+        pack_ids: &'a [BlobId],
+        b: &'a Blob,
+    ) -> (bool, Option<&'a BlobId>, u32, &'a BlobId) {
+        let pack = pack_ids.get(b.pack as usize);
+        (b.pack == UNPACKED, pack, b.offset, &b.id)
+    }
+
+    /// Put the table in pack table order (no allocation), so that
+    /// [`Blobs::packed_order`] need not build one.
+    pub(crate) fn sort_for_table(&mut self) {
+        let Blobs {
+            table, pack_ids, ..
+        } = self;
+        table.sort_by(|a, b| Self::table_key(pack_ids, a).cmp(&Self::table_key(pack_ids, b)));
+    }
+
+    /// Positions of the packed blobs in pack table order: `None` when
+    /// they are the first [`Blobs::packed_count`] positions, in order
+    /// (after [`Blobs::sort_for_table`] and no change since).
+    pub(crate) fn packed_order(&self) -> Option<Vec<u32>> {
         let items = self.table.as_slice();
+        let key = |b| Self::table_key(&self.pack_ids, b);
+        if items.is_sorted_by(|a, b| key(a) <= key(b)) {
+            return None;
+        }
         let mut order: Vec<u32> = (0..items.len())
             .filter(|&i| items[i].pack != UNPACKED)
             .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
             .collect();
-        order.sort_unstable_by_key(|&p| {
-            let (pack, item) = self.item_at(p);
-            (pack, item.offset, item.id)
-        });
-        order
+        order.sort_unstable_by(|&p, &q| key(&items[p as usize]).cmp(&key(&items[q as usize])));
+        Some(order)
     }
 
-    /// The pack and the item of the blob at `pos` (of [`Blobs::packed_order`]).
+    /// The pack and the item of the blob at `pos` (a position of [`Blobs::packed_order`]).
     pub(crate) fn item_at(&self, pos: u32) -> (BlobId, PackItem) {
         let b = &self.table.as_slice()[pos as usize];
         let pack = self

@@ -34,27 +34,69 @@ pub struct PackEntry {
 #[derive(Serialize)]
 pub struct TreeImageRef<'a> {
     pub next_ino: u64,
-    pub inodes: Vec<&'a Inode>,
+    pub(super) inodes: InodesRef<'a>,
+}
+
+/// The inodes in number order: the tree's own when they are in that order
+/// (after [`Tree::sort_for_image`]), else an index of them (8 bytes each).
+pub(super) enum InodesRef<'a> {
+    Sorted(&'a [Inode]),
+    Index(Vec<&'a Inode>),
+}
+
+impl Serialize for InodesRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            InodesRef::Sorted(v) => v.serialize(s),
+            InodesRef::Index(v) => v.serialize(s),
+        }
+    }
 }
 
 /// The tree's pack table, encoding like the `Vec<PackEntry>` of
 /// [`Tree::pack_entries`] (packs sorted by id, items by offset) without
-/// building it: it holds only the order of the packed blobs (4 bytes each).
+/// building it: the blob table itself when it is in that order (after
+/// [`Tree::sort_for_image`]), else the order of the packed blobs (4 bytes
+/// each).
 pub struct PackTableRef<'a> {
     blobs: &'a Blobs,
-    order: Vec<u32>,
+    pub(super) order: Option<Vec<u32>>,
+    len: usize,
 }
 
 impl PackTableRef<'_> {
     /// No packed blob: a checkpoint then has no pack table at all.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.len == 0
     }
 
-    /// The runs of `order` that belong to one pack each.
-    fn groups(&self) -> impl Iterator<Item = &[u32]> + '_ {
-        self.order
-            .chunk_by(|a, b| self.blobs.item_at(*a).0 == self.blobs.item_at(*b).0)
+    /// Blob table position of the `i`th packed blob in table order.
+    fn pos(&self, i: usize) -> u32 {
+        match &self.order {
+            Some(o) => o[i],
+            None => u32::try_from(i).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn pack(&self, i: usize) -> BlobId {
+        self.blobs.item_at(self.pos(i)).0
+    }
+
+    /// The runs of the table order that belong to one pack each.
+    fn groups(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let mut start = 0;
+        std::iter::from_fn(move || {
+            if start >= self.len {
+                return None;
+            }
+            let pack = self.pack(start);
+            let end = (start + 1..self.len)
+                .find(|&i| self.pack(i) != pack)
+                .unwrap_or(self.len);
+            let run = start..end;
+            start = end;
+            Some(run)
+        })
     }
 }
 
@@ -65,25 +107,21 @@ impl Serialize for PackTableRef<'_> {
             pack: BlobId,
             items: Items<'b>,
         }
-        struct Items<'b>(&'b Blobs, &'b [u32]);
+        struct Items<'b>(&'b PackTableRef<'b>, std::ops::Range<usize>);
         impl Serialize for Items<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut seq = s.serialize_seq(Some(self.1.len()))?;
-                for &p in self.1 {
-                    seq.serialize_element(&self.0.item_at(p).1)?;
+                for i in self.1.clone() {
+                    seq.serialize_element(&self.0.blobs.item_at(self.0.pos(i)).1)?;
                 }
                 seq.end()
             }
         }
         let mut seq = s.serialize_seq(Some(self.groups().count()))?;
         for g in self.groups() {
-            let pack = g
-                .first()
-                .map(|&p| self.blobs.item_at(p).0)
-                .unwrap_or(BlobId([0; 32]));
             seq.serialize_element(&Entry {
-                pack,
-                items: Items(self.blobs, g),
+                pack: self.pack(g.start),
+                items: Items(self, g),
             })?;
         }
         seq.end()
@@ -103,7 +141,7 @@ impl Tree {
         }
         let mut blobs = Blobs::default();
         for i in inodes.values() {
-            for child in i.entries.values() {
+            for child in i.entries().values() {
                 if !inodes.contains_key(child) {
                     return Err(format!(
                         "entry of inode {} points to missing inode {child}",
@@ -111,7 +149,7 @@ impl Tree {
                     ));
                 }
             }
-            for c in i.chunks.iter().flatten() {
+            for c in i.chunks().iter().flatten() {
                 blobs.add_ref(c.id);
             }
         }
@@ -147,11 +185,8 @@ impl Tree {
         table
             .groups()
             .map(|g| PackEntry {
-                pack: g
-                    .first()
-                    .map(|&p| self.blobs.item_at(p).0)
-                    .unwrap_or(BlobId([0; 32])),
-                items: g.iter().map(|&p| self.blobs.item_at(p).1).collect(),
+                pack: table.pack(g.start),
+                items: g.map(|i| self.blobs.item_at(table.pos(i)).1).collect(),
             })
             .collect()
     }
@@ -161,13 +196,29 @@ impl Tree {
         PackTableRef {
             blobs: &self.blobs,
             order: self.blobs.packed_order(),
+            len: self.blobs.packed_count(),
         }
+    }
+
+    /// Put the inodes and the blob table in the order a checkpoint lists
+    /// them, where they are (no allocation; a no-op when they already
+    /// are): [`Tree::image_ref`] and [`Tree::pack_table_ref`] then borrow
+    /// them as they are instead of building an index of a big tree.
+    pub fn sort_for_image(&mut self) {
+        self.inodes.sort_by(|a, b| a.ino.cmp(&b.ino));
+        self.blobs.sort_for_table();
     }
 
     /// [`Tree::to_image`] without the copy.
     pub fn image_ref(&self) -> TreeImageRef<'_> {
-        let mut inodes: Vec<&Inode> = self.inodes.values().collect();
-        inodes.sort_unstable_by_key(|i| i.ino);
+        let all = self.inodes.as_slice();
+        let inodes = if all.is_sorted_by_key(|i| i.ino) {
+            InodesRef::Sorted(all)
+        } else {
+            let mut v: Vec<&Inode> = all.iter().collect();
+            v.sort_unstable_by_key(|i| i.ino);
+            InodesRef::Index(v)
+        };
         TreeImageRef {
             next_ino: self.next_ino,
             inodes,

@@ -4,14 +4,14 @@
 //! record leaves the tree untouched.
 
 mod blobs;
-mod chunk_list;
 mod image;
+mod inode;
 mod maps;
+mod name;
 mod slab;
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
 use strata_crypto::BlobId;
 
 use crate::format::pack::FIRST_ITEM;
@@ -19,54 +19,20 @@ use crate::record::{
     ChunkRef, Kind, NewInode, PackItem, Record, Ts, RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use blobs::Blobs;
-pub use chunk_list::ChunkList;
 pub use image::{PackEntry, PackTableRef, TreeImage, TreeImageRef};
+pub use inode::Inode;
 pub use maps::{BoxedMap, EmptyMap, Entries, Xattrs};
+pub use name::Name;
 use slab::{Keyed, Slab};
 
 pub const ROOT_INO: u64 = 1;
 /// Longest name accepted in a directory (bytes), like most Linux filesystems.
 pub const NAME_MAX: usize = 255;
 
-/// One inode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Inode {
-    pub ino: u64,
-    pub kind: Kind,
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u32,
-    pub nlink: u32,
-    pub size: u64,
-    pub atime: Ts,
-    pub mtime: Ts,
-    pub ctime: Ts,
-    pub btime: Ts,
-    pub target: Option<Vec<u8>>,
-    pub xattrs: Xattrs,
-    pub chunk_size: u32,
-    pub chunks: ChunkList,
-    /// Directory entries (directories only).
-    pub entries: Entries,
-    /// Parent directory (directories only; root is its own parent).
-    pub parent: u64,
-}
-
 impl Keyed for Inode {
     type Key = u64;
     fn key(&self) -> &u64 {
         &self.ino
-    }
-}
-
-impl Inode {
-    /// The blob of chunk `index`, `None` for a hole or a chunk past the end.
-    pub fn chunk(&self, index: u64) -> Option<ChunkRef> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.chunks.get(i).copied())
-            .flatten()
     }
 }
 
@@ -159,26 +125,17 @@ fn valid_name(name: &[u8]) -> Result<(), ApplyError> {
 impl Tree {
     /// A tree holding only the root directory.
     pub fn new_root(time: Ts, uid: u32, gid: u32) -> Tree {
-        let root = Inode {
-            ino: ROOT_INO,
-            kind: Kind::Dir,
-            perm: 0o755,
-            uid,
-            gid,
-            rdev: 0,
-            nlink: 2,
-            size: 0,
-            atime: time,
-            mtime: time,
-            ctime: time,
-            btime: time,
-            target: None,
-            xattrs: Xattrs::new(),
-            chunk_size: 0,
-            chunks: ChunkList::new(),
-            entries: Entries::new(),
-            parent: ROOT_INO,
-        };
+        let root = Inode::new(
+            ROOT_INO,
+            Kind::Dir,
+            0o755,
+            (uid, gid),
+            2,
+            0,
+            time,
+            0,
+            ROOT_INO,
+        );
         let mut inodes = Slab::new();
         inodes.insert(root);
         Tree {
@@ -247,7 +204,7 @@ impl Tree {
 
     /// Look `name` up in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
-        self.inodes.get(&parent)?.entries.get(name).copied()
+        self.inodes.get(&parent)?.entries().get(name).copied()
     }
 
     /// Reference count of a blob.
@@ -264,7 +221,7 @@ impl Tree {
     pub fn referenced_blobs(&self) -> HashMap<BlobId, ChunkRef> {
         let mut out = HashMap::with_capacity(self.blobs.len());
         for i in self.inodes.values() {
-            for c in i.chunks.iter().flatten() {
+            for c in i.chunks().iter().flatten() {
                 out.entry(c.id).or_insert(*c);
             }
         }
@@ -293,7 +250,7 @@ impl Tree {
 
     fn drop_inode(&mut self, ino: u64, freed: &mut Freed) {
         if let Some(node) = self.inodes.remove(&ino) {
-            for c in node.chunks.iter().flatten() {
+            for c in node.chunks().iter().flatten() {
                 self.unref(c, freed);
             }
         }
@@ -349,7 +306,7 @@ impl Tree {
             } => {
                 valid_name(name)?;
                 let d = self.dir(*parent)?;
-                if d.entries.contains_key(name) {
+                if d.entries().contains_key(&name[..]) {
                     return Err(ApplyError::Exists);
                 }
                 if self.inodes.contains_key(ino) || *ino == 0 {
@@ -364,7 +321,7 @@ impl Tree {
             } => {
                 valid_name(name)?;
                 let d = self.dir(*parent)?;
-                if d.entries.contains_key(name) {
+                if d.entries().contains_key(&name[..]) {
                     return Err(ApplyError::Exists);
                 }
                 let n = self.inodes.get(ino).ok_or(ApplyError::NotFound)?;
@@ -375,11 +332,11 @@ impl Tree {
             Record::Unlink { parent, name, .. } => {
                 let child = self
                     .dir(*parent)?
-                    .entries
-                    .get(name)
+                    .entries()
+                    .get(&name[..])
                     .ok_or(ApplyError::NotFound)?;
                 let c = self.inodes.get(child).ok_or(ApplyError::NotFound)?;
-                if c.kind == Kind::Dir && !c.entries.is_empty() {
+                if c.kind == Kind::Dir && !c.entries().is_empty() {
                     return Err(ApplyError::NotEmpty);
                 }
             }
@@ -394,10 +351,10 @@ impl Tree {
                 valid_name(new_name)?;
                 let src = *self
                     .dir(*parent)?
-                    .entries
-                    .get(name)
+                    .entries()
+                    .get(&name[..])
                     .ok_or(ApplyError::NotFound)?;
-                let dst = self.dir(*new_parent)?.entries.get(new_name).copied();
+                let dst = self.dir(*new_parent)?.entries().get(&new_name[..]).copied();
                 let src_node = self.inodes.get(&src).ok_or(ApplyError::NotFound)?;
                 if flags & RENAME_EXCHANGE != 0 {
                     let dst = dst.ok_or(ApplyError::NotFound)?;
@@ -424,7 +381,9 @@ impl Tree {
                     match (src_node.kind == Kind::Dir, dn.kind == Kind::Dir) {
                         (true, false) => return Err(ApplyError::NotDir),
                         (false, true) => return Err(ApplyError::IsDir),
-                        (true, true) if !dn.entries.is_empty() => return Err(ApplyError::NotEmpty),
+                        (true, true) if !dn.entries().is_empty() => {
+                            return Err(ApplyError::NotEmpty)
+                        }
                         _ => {}
                     }
                 }
@@ -510,7 +469,7 @@ impl Tree {
                 time,
             } => {
                 if let Some(d) = self.inodes.get_mut(parent) {
-                    d.entries.insert(name.clone(), *ino);
+                    d.insert_entry(name, *ino);
                     d.mtime = *time;
                     d.ctime = *time;
                 }
@@ -526,7 +485,7 @@ impl Tree {
                 time,
             } => {
                 let d = self.node_mut(*parent)?;
-                let child = d.entries.remove(name).ok_or(ApplyError::NotFound)?;
+                let child = d.remove_entry(name).ok_or(ApplyError::NotFound)?;
                 d.mtime = *time;
                 d.ctime = *time;
                 self.release_link(*parent, child, *keep_orphan, *time, &mut freed);
@@ -562,7 +521,7 @@ impl Tree {
                 }
                 let n = self.node_mut(*ino)?;
                 if let Some(p) = perm {
-                    n.perm = p & 0o7777;
+                    n.perm = (p & 0o7777) as u16;
                 }
                 if let Some(u) = uid {
                     n.uid = *u;
@@ -589,16 +548,18 @@ impl Tree {
                 let mut old = Vec::new();
                 {
                     let n = self.node_mut(*ino)?;
-                    if n.chunks.len() < first + chunks.len() {
-                        n.chunks.resize(first + chunks.len());
-                    }
-                    for (slot, new) in n.chunks[first..first + chunks.len()].iter_mut().zip(chunks)
-                    {
-                        if let Some(o) = slot.take() {
-                            old.push(o);
+                    n.edit_chunks(|list| {
+                        if list.len() < first + chunks.len() {
+                            list.resize(first + chunks.len(), None);
                         }
-                        *slot = *new;
-                    }
+                        for (slot, new) in list[first..first + chunks.len()].iter_mut().zip(chunks)
+                        {
+                            if let Some(o) = slot.take() {
+                                old.push(o);
+                            }
+                            *slot = *new;
+                        }
+                    });
                     n.mtime = *mtime;
                     // ctime never goes back (mtime may be an explicit old time)
                     n.ctime = n.ctime.max(*mtime);
@@ -619,12 +580,12 @@ impl Tree {
                 time,
             } => {
                 let n = self.node_mut(*ino)?;
-                n.xattrs.insert(name.clone(), value.clone());
+                n.insert_xattr(name.clone(), value.clone());
                 n.ctime = *time;
             }
             Record::RemoveXattr { ino, name, time } => {
                 let n = self.node_mut(*ino)?;
-                n.xattrs.remove(name);
+                n.remove_xattr(name);
                 n.ctime = *time;
             }
             Record::Forget { ino } => self.drop_inode(*ino, &mut freed),
@@ -635,34 +596,28 @@ impl Tree {
 
     fn apply_create(&mut self, ino: u64, parent: u64, name: &[u8], a: &NewInode) {
         let is_dir = a.kind == Kind::Dir;
-        let node = Inode {
-            ino,
-            kind: a.kind,
-            perm: a.perm & 0o7777,
-            uid: a.uid,
-            gid: a.gid,
-            rdev: a.rdev,
-            nlink: if is_dir { 2 } else { 1 },
-            size: a.target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
-            atime: a.time,
-            mtime: a.time,
-            ctime: a.time,
-            btime: a.time,
-            target: a.target.clone(),
-            xattrs: Xattrs::new(),
-            chunk_size: if a.kind == Kind::File {
-                a.chunk_size
-            } else {
-                0
-            },
-            chunks: ChunkList::new(),
-            entries: Entries::new(),
-            parent,
+        let chunk_size = if a.kind == Kind::File {
+            a.chunk_size
+        } else {
+            0
         };
+        let mut node = Inode::new(
+            ino,
+            a.kind,
+            (a.perm & 0o7777) as u16,
+            (a.uid, a.gid),
+            if is_dir { 2 } else { 1 },
+            a.target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+            a.time,
+            chunk_size,
+            parent,
+        );
+        node.set_rdev(a.rdev);
+        node.set_target(a.target.as_deref());
         self.inodes.insert(node);
         self.next_ino = self.next_ino.max(ino + 1);
         if let Some(d) = self.inodes.get_mut(&parent) {
-            d.entries.insert(name.to_vec(), ino);
+            d.insert_entry(name, ino);
             d.mtime = a.time;
             d.ctime = a.time;
             if is_dir {
@@ -721,10 +676,10 @@ impl Tree {
         if flags & RENAME_EXCHANGE != 0 {
             let Some(dst) = dst else { return };
             if let Some(d) = self.inodes.get_mut(&parent) {
-                d.entries.insert(name.to_vec(), dst);
+                d.insert_entry(name, dst);
             }
             if let Some(d) = self.inodes.get_mut(&new_parent) {
-                d.entries.insert(new_name.to_vec(), src);
+                d.insert_entry(new_name, src);
             }
             reparent(self, src, parent, new_parent);
             reparent(self, dst, new_parent, parent);
@@ -737,16 +692,16 @@ impl Tree {
             return;
         }
         if let Some(d) = self.inodes.get_mut(&parent) {
-            d.entries.remove(name);
+            d.remove_entry(name);
         }
         if let Some(old) = dst {
             if let Some(d) = self.inodes.get_mut(&new_parent) {
-                d.entries.remove(new_name);
+                d.remove_entry(new_name);
             }
             self.release_link(new_parent, old, false, time, freed);
         }
         if let Some(d) = self.inodes.get_mut(&new_parent) {
-            d.entries.insert(new_name.to_vec(), src);
+            d.insert_entry(new_name, src);
         }
         reparent(self, src, parent, new_parent);
         for i in [parent, new_parent] {
@@ -765,20 +720,23 @@ impl Tree {
             }
             let cs = u64::from(n.chunk_size.max(1));
             let keep = usize::try_from(size.div_ceil(cs)).unwrap_or(usize::MAX);
-            if n.chunks.len() > keep {
-                dropped.extend(n.chunks.resize(keep).into_iter().flatten());
-            }
-            // Only the slot of the chunk holding the new end can hold bytes
-            // past it (the chunk list may be shorter than the file: holes).
-            if size < n.size && keep > 0 && n.chunks.len() == keep {
-                if let Some(Some(last)) = n.chunks.last_mut() {
-                    let start = (keep as u64 - 1) * cs;
-                    let valid = size - start;
-                    if u64::from(last.len) > valid {
-                        last.len = valid as u32;
+            let shrink = size < n.size;
+            n.edit_chunks(|list| {
+                if list.len() > keep {
+                    dropped.extend(list.drain(keep..).flatten());
+                }
+                // Only the slot of the chunk holding the new end can hold
+                // bytes past it (the list may be shorter than the file: holes).
+                if shrink && keep > 0 && list.len() == keep {
+                    if let Some(Some(last)) = list.last_mut() {
+                        let start = (keep as u64 - 1) * cs;
+                        let valid = size - start;
+                        if u64::from(last.len) > valid {
+                            last.len = valid as u32;
+                        }
                     }
                 }
-            }
+            });
             n.size = size;
         }
         for c in &dropped {

@@ -119,6 +119,27 @@ impl<T: Keyed> Slab<T> {
         Some(gone)
     }
 
+    /// Put the items in the order of `cmp` (positions change; nothing is
+    /// allocated: the index is rebuilt where it is). Already in order:
+    /// nothing to do.
+    pub(crate) fn sort_by(&mut self, mut cmp: impl FnMut(&T, &T) -> std::cmp::Ordering) {
+        if self.items.is_sorted_by(|a, b| cmp(a, b).is_le()) {
+            return;
+        }
+        self.items.sort_unstable_by(&mut cmp);
+        let Slab {
+            items,
+            index,
+            hasher,
+        } = self;
+        index.clear();
+        for (i, item) in items.iter().enumerate() {
+            index.insert_unique(hasher.hash_one(item.key()), pos(i), |&j| {
+                hasher.hash_one(items[j as usize].key())
+            });
+        }
+    }
+
     /// The items, in no particular order (positions stay valid until the
     /// next insert or remove).
     pub(crate) fn as_slice(&self) -> &[T] {
@@ -211,6 +232,13 @@ mod tests {
                 proptest::prop_assert_eq!(s.get(k), Some(&Item(*k, *v)));
             }
             proptest::prop_assert_eq!(s.values().count(), m.len());
+            s.sort_by(|a, b| b.0.cmp(&a.0));
+            proptest::prop_assert!(s.as_slice().windows(2).all(|w| w[0].0 > w[1].0));
+            for (k, v) in &m {
+                proptest::prop_assert_eq!(s.get(k), Some(&Item(*k, *v)));
+            }
+            s.remove(&3);
+            proptest::prop_assert_eq!(s.get(&3), None);
         }
     }
 

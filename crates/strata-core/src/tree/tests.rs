@@ -130,7 +130,7 @@ fn truncate_clamps_partial_chunk() {
         })
         .unwrap();
     assert_eq!(freed, vec![BlobId([2; 32])]);
-    assert_eq!(t.get(f).unwrap().chunks, vec![Some(cref(1, 3))]);
+    assert_eq!(t.get(f).unwrap().chunks(), &[Some(cref(1, 3))]);
 }
 
 #[test]
@@ -165,8 +165,8 @@ fn truncate_into_a_trailing_hole_keeps_earlier_chunks() {
     })
     .unwrap();
     assert_eq!(
-        t.get(f).unwrap().chunks,
-        vec![Some(cref(1, 4))],
+        t.get(f).unwrap().chunks(),
+        &[Some(cref(1, 4))],
         "chunk 0 untouched"
     );
 }
@@ -318,7 +318,7 @@ fn record_of(t: &mut Tree, s: &Step) -> Option<Record> {
 fn check_blob_table(t: &Tree) {
     let mut counted: HashMap<BlobId, u64> = HashMap::new();
     for n in t.inodes() {
-        for c in n.chunks.iter().flatten() {
+        for c in n.chunks().iter().flatten() {
             *counted.entry(c.id).or_default() += 1;
         }
     }
@@ -362,6 +362,19 @@ proptest::proptest! {
         };
         let packs = t.pack_table_ref();
         let bytes = meta::encode_checkpoint(&body, &packs).unwrap();
+        // the same from the tree put in checkpoint order
+        let mut sorted = t.clone();
+        sorted.sort_for_image();
+        proptest::prop_assert_eq!(&sorted, &t);
+        let sorted_body = meta::CheckpointBodyRef {
+            version: 7,
+            head: [1; 32],
+            writer_seq: 9,
+            time: 11,
+            tree: sorted.image_ref(),
+        };
+        proptest::prop_assert_eq!(&meta::encode_checkpoint(&sorted_body, &sorted.pack_table_ref()).unwrap(), &bytes);
+        check_blob_table(&sorted);
         // the owned image (pack table as a Vec) encodes the same
         let owned = meta::CheckpointBody {
             version: 7,
@@ -386,6 +399,8 @@ proptest::proptest! {
             loop {
                 let (part, len) = meta::encode_checkpoint_window(&body, &packs, start..start + per).unwrap();
                 proptest::prop_assert_eq!(len, bytes.len());
+                // a window encoded only up to its end is the same
+                proptest::prop_assert_eq!(&meta::encode_checkpoint_part(&body, &packs, start..start + per).unwrap(), &part);
                 joined.extend(part);
                 start += per;
                 if start >= len {
@@ -409,17 +424,36 @@ proptest::proptest! {
 /// did not move.
 #[test]
 fn checkpoint_bytes_did_not_change() {
-    let t = sample_tree();
-    let body = crate::format::meta::CheckpointBodyRef {
-        version: 3,
-        head: [2; 32],
-        writer_seq: 5,
-        time: 1_700_000_000_000_000_000,
-        tree: t.image_ref(),
-    };
-    let bytes = crate::format::meta::encode_checkpoint(&body, &t.pack_table_ref()).unwrap();
-    assert_eq!(bytes.len(), SAMPLE_LEN);
-    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), SAMPLE_HASH);
+    let mut t = sample_tree();
+    // encoded through an index of the tree, then from the tree put in order
+    for sorted in [false, true] {
+        if sorted {
+            t.sort_for_image();
+            assert!(matches!(t.image_ref().inodes, image::InodesRef::Sorted(_)));
+            assert!(t.pack_table_ref().order.is_none());
+        } else {
+            assert!(matches!(t.image_ref().inodes, image::InodesRef::Index(_)));
+            assert!(t.pack_table_ref().order.is_some());
+        }
+        let body = crate::format::meta::CheckpointBodyRef {
+            version: 3,
+            head: [2; 32],
+            writer_seq: 5,
+            time: 1_700_000_000_000_000_000,
+            tree: t.image_ref(),
+        };
+        let bytes = crate::format::meta::encode_checkpoint(&body, &t.pack_table_ref()).unwrap();
+        assert_eq!(bytes.len(), SAMPLE_LEN);
+        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), SAMPLE_HASH);
+    }
+    // and the sorted tree is the same tree
+    assert_eq!(t, sample_tree());
+    assert_eq!(
+        t.lookup(ROOT_INO, b"dir1")
+            .and_then(|d| t.get(d))
+            .map(|d| d.entries().len()),
+        Some(11)
+    );
 }
 
 const SAMPLE_LEN: usize = 3374;
@@ -516,4 +550,60 @@ fn sample_tree() -> Tree {
     })
     .unwrap();
     t
+}
+
+/// A checkpoint sealed in many small parts opens to the same tree, read
+/// part by part; a part that does not open is reported as such, and a
+/// missing last part as an undecodable checkpoint.
+#[test]
+fn checkpoint_parts_open_as_one_stream() {
+    use crate::format::meta;
+    use strata_crypto::{Keys, MasterKey};
+    let keys = Keys::derive(&MasterKey::generate().unwrap()).unwrap();
+    let id = [9u8; 16];
+    let t = sample_tree();
+    let body = meta::CheckpointBody {
+        version: 4,
+        head: [3; 32],
+        writer_seq: 8,
+        time: -1,
+        tree: t.to_image(),
+    };
+    for max in [None, Some(300), Some(1000)] {
+        let parts = meta::seal_checkpoint(&keys, &id, &body, max).unwrap();
+        assert_eq!(parts.len() > 1, max.is_some());
+        let named = |parts: &[Vec<u8>]| -> Vec<(String, Vec<u8>)> {
+            let n = parts.len() as u32;
+            (0..n)
+                .map(|i| {
+                    (
+                        crate::format::checkpoint_key(4, i, n),
+                        parts[i as usize].clone(),
+                    )
+                })
+                .collect()
+        };
+        let back = meta::open_checkpoint(&keys, &id, 4, named(&parts)).unwrap();
+        assert_eq!(
+            (back.version, back.head, back.writer_seq, back.time),
+            (4, [3; 32], 8, -1)
+        );
+        assert_eq!(Tree::from_image(back.tree).unwrap(), t);
+        if parts.len() > 1 {
+            let mut bad = parts.clone();
+            let last = bad.len() - 1;
+            bad[last][50] ^= 1;
+            let Err(e) = meta::open_checkpoint(&keys, &id, 4, named(&bad)) else {
+                panic!("a changed part opened");
+            };
+            assert!(e.to_string().contains("authentication failed"), "{e}");
+            // the last part missing: the count in the names is one less,
+            // so the parts do not open either (their AD names the count)
+            let Err(e) = meta::open_checkpoint(&keys, &id, 4, named(&parts[..last])) else {
+                panic!("a checkpoint without its last part opened");
+            };
+            assert!(e.to_string().contains("authentication failed"), "{e}");
+        }
+        assert!(meta::open_checkpoint(&keys, &id, 5, named(&parts)).is_err());
+    }
 }
