@@ -345,7 +345,7 @@ fn sync_filesystem(dir: &Path) -> Result<()> {
 fn plan_pack_reads(vault: &Vault, items: &mut [Item]) {
     let chunks = vault.chunks();
     let loc = |f: &FileGet| {
-        let first = f.node.chunks.iter().flatten().next()?;
+        let first = f.node.chunks().iter().flatten().next()?;
         chunks.locate(&first.id)
     };
     let mut wanted: HashMap<PackId, usize> = HashMap::new();
