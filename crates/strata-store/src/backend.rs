@@ -87,16 +87,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The objects put deferred since the last `sync`.
+#[derive(Debug)]
+enum Unsynced {
+    /// At most [`SYNC_EACH_MAX`] keys: synced one by one.
+    Keys(Vec<String>),
+    /// More (or a failed sync): one `syncfs`.
+    Many,
+}
+
+impl Unsynced {
+    fn add(&mut self, key: String) {
+        match self {
+            Unsynced::Keys(keys) if keys.len() < SYNC_EACH_MAX => keys.push(key),
+            _ => *self = Unsynced::Many,
+        }
+    }
+}
+
 /// Directories of a `file://` store.
 #[derive(Debug)]
 struct FsDirs {
     root: PathBuf,
     tmp: PathBuf,
-    /// A `put_deferred` happened since the last `sync`.
-    unsynced: std::sync::atomic::AtomicBool,
-    /// The keys put deferred since the last `sync`, while there are at
-    /// most [`SYNC_EACH_MAX`] of them (`None`: more; `sync` uses syncfs).
-    deferred: Mutex<Option<Vec<String>>>,
+    /// What `put_deferred` left for the next `sync`.
+    unsynced: Mutex<Unsynced>,
     /// The objects range-read last, kept open.
     open: crate::open_objects::OpenObjects,
 }
@@ -195,8 +210,7 @@ impl OpendalStore {
             fs: Some(Arc::new(FsDirs {
                 root,
                 tmp,
-                unsynced: std::sync::atomic::AtomicBool::new(false),
-                deferred: Mutex::new(Some(Vec::new())),
+                unsynced: Mutex::new(Unsynced::Keys(Vec::new())),
                 open: Default::default(),
             })),
             remote: None,
@@ -524,16 +538,7 @@ impl Store for OpendalStore {
                 return Ok(());
             }
             fs_put(&dirs, &k, &data, false, false)?;
-            let mut deferred = lock(&dirs.deferred);
-            if let Some(keys) = deferred.as_mut() {
-                if keys.len() < SYNC_EACH_MAX {
-                    keys.push(k);
-                } else {
-                    *deferred = None;
-                }
-            }
-            dirs.unsynced
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            lock(&dirs.unsynced).add(k);
             Ok(())
         })
         .await
@@ -541,24 +546,20 @@ impl Store for OpendalStore {
 
     async fn sync(&self) -> StoreResult<()> {
         let Some(dirs) = &self.fs else { return Ok(()) };
-        if !dirs
-            .unsynced
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
+        let pending = std::mem::replace(&mut *lock(&dirs.unsynced), Unsynced::Keys(Vec::new()));
+        if matches!(&pending, Unsynced::Keys(k) if k.is_empty()) {
             return Ok(());
         }
         let d = dirs.clone();
-        let keys = lock(&dirs.deferred).replace(Vec::new());
         let res = self
-            .blocking("sync", "", move || match keys {
-                Some(keys) => sync_each(&d.root, &keys),
-                None => syncfs(&d.root),
+            .blocking("sync", "", move || match pending {
+                Unsynced::Keys(keys) => sync_each(&d.root, &keys),
+                Unsynced::Many => syncfs(&d.root),
             })
             .await;
         if res.is_err() {
-            *lock(&dirs.deferred) = None;
-            dirs.unsynced
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            // Some may be synced, some not: all of the filesystem next time.
+            *lock(&dirs.unsynced) = Unsynced::Many;
         }
         res
     }
