@@ -33,6 +33,7 @@ mod http_basic;
 pub mod inline;
 mod keys;
 mod layers;
+mod local;
 mod open_objects;
 mod sftp;
 mod tls;
