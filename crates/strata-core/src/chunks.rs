@@ -24,6 +24,7 @@ use strata_store::{Bytes, Capabilities, DynStore};
 use tokio::task::AbortHandle;
 use tracing::warn;
 
+use crate::buffers;
 use crate::error::{VaultError, VaultResult};
 use crate::fetch::Fetcher;
 use crate::format::blob::{self, segment_range};
@@ -500,12 +501,16 @@ impl Chunks {
     pub async fn put(&self, id: BlobId, data: Vec<u8>) -> VaultResult<()> {
         let keys = self.keys.clone();
         let max = self.caps.max_object_size;
-        let sealed =
-            tokio::task::spawn_blocking(move || blob::seal_with_id(&keys, &id, &data, max))
-                .await
-                .map_err(|e| VaultError::Invalid(format!("encryption task failed: {e}")))??;
+        let sealed = tokio::task::spawn_blocking(move || {
+            let sealed = blob::seal_with_id(&keys, &id, &data, max);
+            buffers::give(data);
+            sealed
+        })
+        .await
+        .map_err(|e| VaultError::Invalid(format!("encryption task failed: {e}")))??;
+        // the store drops the bytes once written: the buffer goes back then
         self.store
-            .put_deferred(&blob_key(&id), Bytes::from(sealed))
+            .put_deferred(&blob_key(&id), buffers::bytes(sealed))
             .await?;
         Ok(())
     }

@@ -24,6 +24,7 @@
 //! Data flows one way: front ends → vault → chunks → fetch/readcache →
 //! crypto / store; `prefetch` drives `chunks` and never the vault.
 
+pub mod buffers;
 pub mod chunks;
 pub mod data;
 pub mod error;

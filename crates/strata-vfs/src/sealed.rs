@@ -113,7 +113,10 @@ impl SealedFile {
     /// file and for holes), decrypted in place in one buffer.
     fn read_blocks(&self, first: u64, last: u64) -> io::Result<Vec<u8>> {
         let n = (last - first + 1) as usize;
-        let mut raw = vec![0u8; n * SEALED as usize];
+        // a whole chunk's worth comes from the buffer pool (no fresh
+        // mapping, page by page, per chunk uploaded)
+        let mut raw = strata_core::buffers::take(n * SEALED as usize);
+        raw.resize(n * SEALED as usize, 0);
         let at = HDR + first * SEALED;
         let len = self.file.metadata()?.len();
         let have = len.saturating_sub(at).min(raw.len() as u64) as usize;

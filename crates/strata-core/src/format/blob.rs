@@ -84,7 +84,7 @@ pub fn seal_with_id(
         return Err(VaultError::Invalid("empty chunk".into()));
     }
     let len = chunk.len() as u64;
-    let mut out = Vec::with_capacity(stored_len(len, max) as usize);
+    let mut out = crate::buffers::take(stored_len(len, max) as usize);
     out.extend_from_slice(MAGIC);
     seal_segments_into(keys, id, chunk, &mut out)?;
     out.resize(stored_len(len, max) as usize, 0);
