@@ -15,7 +15,7 @@
 //!   store, keys and read cache for file contents), [`fetch`] (data-blob
 //!   requests and the link meter), [`readcache`] (the ciphertext cache) and
 //!   [`prefetch`] (read-ahead policy); [`data`]: whole files in and out
-//!   (`put`/`get`);
+//!   (`put`/`get`); [`buffers`]: the pool of chunk-sized buffers;
 //! - [`lease`]: the writer lease (one writer per vault), and its handoff
 //!   between devices ([`lease::handoff`]);
 //! - [`maint`]: `info`, `gc` and `check`; [`state`]: what this machine has

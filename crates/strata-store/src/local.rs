@@ -122,15 +122,18 @@ pub(crate) fn fs_put(
 
     let tmp = tmp_name(&dirs.tmp);
     let mut guard = TmpGuard(Some(&tmp));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    if durable {
-        f.sync_all()?;
+    if durable && data.len() >= DIRECT_MIN {
+        write_direct(&tmp, data)?.sync_all()?;
+    } else {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        if durable {
+            f.sync_all()?;
+        }
     }
-    drop(f);
 
     if if_absent {
         match std::fs::hard_link(&tmp, &target) {
@@ -148,6 +151,80 @@ pub(crate) fn fs_put(
         fsync_dir(parent)?;
     }
     Ok(true)
+}
+
+/// A durable put of an object this large bypasses the page cache
+/// (`O_DIRECT`): it is synced at once anyway, and on the mount's write
+/// path every byte was already copied into the page cache once (the
+/// write-back cache's chunk file). Measured on a 1 GiB write: the copy
+/// into the page cache was half the uploader's CPU time.
+const DIRECT_MIN: usize = SYNC_AT_PUT;
+/// Alignment of `O_DIRECT` buffers, offsets and lengths (the largest
+/// logical block size in common use).
+const DIRECT_ALIGN: usize = 4096;
+/// Bytes per `O_DIRECT` write (the size of each thread's aligned buffer).
+const DIRECT_STEP: usize = 1 << 20;
+
+thread_local! {
+    /// An aligned buffer for `O_DIRECT` writes (one per blocking thread).
+    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Create `path` (new) holding `data`: the block-aligned front written with
+/// `O_DIRECT` through an aligned buffer, the rest through the page cache.
+/// Falls back to a plain write where the filesystem refuses `O_DIRECT`
+/// (tmpfs, some FUSE and network filesystems). Not synced.
+fn write_direct(path: &Path, data: &[u8]) -> io::Result<std::fs::File> {
+    use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let direct = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(OFlags::DIRECT.bits() as i32)
+        .open(path);
+    let f = match direct {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            f.write_all(data)?;
+            return Ok(f);
+        }
+        Err(e) => return Err(e),
+    };
+    let front = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+    let wrote = DIRECT_BUF.with(|b| -> io::Result<usize> {
+        let mut buf = b.borrow_mut();
+        if buf.len() < DIRECT_STEP + DIRECT_ALIGN {
+            buf.resize(DIRECT_STEP + DIRECT_ALIGN, 0);
+        }
+        let skip = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let aligned = &mut buf[skip..skip + DIRECT_STEP];
+        let mut at = 0;
+        while at < front {
+            let n = (front - at).min(DIRECT_STEP);
+            aligned[..n].copy_from_slice(&data[at..at + n]);
+            match f.write_all_at(&aligned[..n], at as u64) {
+                Ok(()) => at += n,
+                // refused at the first write (an alignment the filesystem
+                // does not take): the rest goes through the page cache
+                Err(e)
+                    if at == 0
+                        && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+                {
+                    break
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(at)
+    })?;
+    let flags = fcntl_getfl(&f)?;
+    fcntl_setfl(&f, flags - OFlags::DIRECT)?;
+    f.write_all_at(&data[wrote..], wrote as u64)?;
+    Ok(f)
 }
 
 /// Flush the whole filesystem holding `root` (file data, and the renames and

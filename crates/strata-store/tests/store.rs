@@ -842,6 +842,55 @@ async fn deferred_puts_of_every_size_sync_even_after_a_delete() {
     assert_eq!(store.list("data/aa/").await.unwrap().len(), 40);
 }
 
+/// Large durable puts bypass the page cache where the filesystem allows it
+/// (block-aligned front, the rest buffered): every size comes back whole,
+/// on a disk filesystem and on tmpfs (which refuses `O_DIRECT`).
+#[tokio::test]
+async fn large_durable_puts_round_trip_at_every_alignment() {
+    let disk = tempfile::tempdir().unwrap();
+    let mut roots = vec![disk.path().to_path_buf()];
+    let shm = std::path::Path::new("/dev/shm");
+    let tmpfs = shm.is_dir().then(|| tempfile::tempdir_in(shm).unwrap());
+    if let Some(t) = &tmpfs {
+        roots.push(t.path().to_path_buf());
+    }
+    for root in roots {
+        let (store, _) = strata_store::open_url(&format!("file://{}/s", root.display())).unwrap();
+        for (i, len) in [
+            1 << 20,
+            (1 << 20) + 1,
+            (4 << 20) + 12_345,
+            (2 << 20) - 4096 + 7,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let data: Vec<u8> = (0..len).map(|j| (j * 31 + i) as u8).collect();
+            let key = format!("data/0{i}/big");
+            store
+                .put_deferred(&key, Bytes::from(data.clone()))
+                .await
+                .unwrap();
+            let got = store.get(&key).await.unwrap();
+            assert_eq!(got.len(), len, "{} at {}", len, root.display());
+            assert!(got[..] == data[..], "{} at {}", len, root.display());
+            let tail = store
+                .get_range(&key, (len - 5000) as u64..len as u64)
+                .await
+                .unwrap();
+            assert!(tail[..] == data[len - 5000..]);
+        }
+        store.sync().await.unwrap();
+        assert!(
+            std::fs::read_dir(root.join("s/.strata-tmp"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "no temp file left"
+        );
+    }
+}
+
 #[tokio::test]
 async fn range_reads_see_a_replaced_or_deleted_object() {
     let dir = tempfile::tempdir().unwrap();
