@@ -44,6 +44,12 @@ const INLINE_DECRYPT: usize = 256 * 1024;
 /// and back (which, per small file, was most of a `put` of many of them).
 pub const INLINE_CRYPTO: usize = 64 << 10;
 
+/// A read at least this large that starts a chunk is taken as sequential
+/// and hints the next chunk to the store ([`Chunks::hint_next_chunk`]). A
+/// random 4 KiB read never is; the kernel's read-ahead sends a sequential
+/// reader's reads as 128 KiB to 1 MiB requests.
+const SEQUENTIAL_READ: u64 = 128 * 1024;
+
 /// How long the location of a packed blob the tree dropped is kept.
 const UNPLACED_KEEP: Duration = Duration::from_secs(600);
 /// Whole packs kept in memory on stores without range reads.
@@ -431,6 +437,23 @@ impl Chunks {
         Ok(out)
     }
 
+    /// A large read that starts a chunk: tell the store that the next
+    /// chunk's blob will be wanted (a local store reads it ahead into the
+    /// page cache, overlapping the disk with this chunk's decryption; the
+    /// first chunk of a file is hinted too). Packed parts are small and
+    /// skipped; remote stores ignore the hint (their read-ahead is
+    /// [`Chunks::prefetch`]).
+    fn hint_next_chunk(&self, node: &Inode, index: u64) {
+        let first = if index == 0 { 0 } else { index + 1 };
+        for i in first..=index + 1 {
+            if let Some(c) = node.chunk(i) {
+                if self.locate(&c.id).is_none() {
+                    self.store.will_need(&blob_key(&c.id));
+                }
+            }
+        }
+    }
+
     /// Up to `len` bytes at `offset` of a file (short at its end).
     pub async fn read(&self, node: &Inode, offset: u64, len: u64) -> VaultResult<Vec<u8>> {
         let end = offset.saturating_add(len).min(node.size);
@@ -439,6 +462,9 @@ impl Chunks {
         }
         let mut out = Vec::new();
         for p in chunk_pieces(offset..end, node.chunk_size) {
+            if p.a == 0 && end - offset >= SEQUENTIAL_READ {
+                self.hint_next_chunk(node, p.index);
+            }
             let part = self.read_piece(node, &p).await?;
             // the first piece is kept as it is (one chunk: no copy)
             if out.is_empty() {

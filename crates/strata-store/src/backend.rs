@@ -35,8 +35,8 @@ use opendal::{EntryMode, Operator};
 
 use crate::error::{StoreError, StoreErrorKind, StoreResult};
 use crate::local::{
-    fs_delete, fs_put, fs_read, fs_read_range, fs_stat, fsync_dir, lock, probe_hard_links,
-    sweep_stale_tmp, sync_each, syncfs, FsDirs, Unsynced, SYNC_AT_PUT,
+    fs_delete, fs_put, fs_read, fs_read_range, fs_stat, fs_will_need, fsync_dir, lock,
+    probe_hard_links, sweep_stale_tmp, sync_each, syncfs, FsDirs, Unsynced, SYNC_AT_PUT,
 };
 use crate::{Capabilities, ObjectMeta, Store};
 
@@ -498,6 +498,14 @@ impl Store for OpendalStore {
             Ok(())
         })
         .await
+    }
+
+    fn will_need(&self, key: &str) {
+        if let Some(dirs) = &self.fs {
+            if self.check_key("will_need", key).is_ok() {
+                fs_will_need(dirs, key);
+            }
+        }
     }
 
     async fn sync(&self) -> StoreResult<()> {

@@ -293,6 +293,9 @@ impl Store for FaultStore {
     async fn sync(&self) -> StoreResult<()> {
         self.inner.sync().await
     }
+    fn will_need(&self, key: &str) {
+        self.inner.will_need(key)
+    }
     async fn prepare(&self) -> StoreResult<()> {
         self.inner.prepare().await
     }

@@ -39,6 +39,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn sync(&self) -> StoreResult<()> {
         (**self).sync().await
     }
+    fn will_need(&self, key: &str) {
+        (**self).will_need(key)
+    }
     async fn prepare(&self) -> StoreResult<()> {
         (**self).prepare().await
     }
@@ -184,6 +187,9 @@ impl<S: Store> Store for RetryStore<S> {
     async fn sync(&self) -> StoreResult<()> {
         self.retry("sync", "", || self.inner.sync()).await
     }
+    fn will_need(&self, key: &str) {
+        self.inner.will_need(key)
+    }
     async fn prepare(&self) -> StoreResult<()> {
         self.retry("prepare", "", || self.inner.prepare()).await
     }
@@ -282,6 +288,9 @@ impl<S: Store> Store for ConcurrencyLimit<S> {
     }
     async fn sync(&self) -> StoreResult<()> {
         self.inner.sync().await
+    }
+    fn will_need(&self, key: &str) {
+        self.inner.will_need(key)
     }
     async fn prepare(&self) -> StoreResult<()> {
         self.inner.prepare().await
@@ -473,6 +482,9 @@ impl<S: Store> Store for MetricsStore<S> {
     async fn sync(&self) -> StoreResult<()> {
         self.inner.sync().await
     }
+    fn will_need(&self, key: &str) {
+        self.inner.will_need(key)
+    }
     async fn prepare(&self) -> StoreResult<()> {
         self.inner.prepare().await
     }
@@ -592,6 +604,9 @@ impl<S: Store> Store for CapStore<S> {
     }
     async fn sync(&self) -> StoreResult<()> {
         self.inner.sync().await
+    }
+    fn will_need(&self, key: &str) {
+        self.inner.will_need(key)
     }
     async fn prepare(&self) -> StoreResult<()> {
         self.inner.prepare().await

@@ -111,6 +111,12 @@ pub trait Store: Send + Sync + 'static {
         self.put(key, data).await
     }
 
+    /// A hint that object `key` will be read soon, whole: a store on the
+    /// local disk starts reading it into the page cache in the background
+    /// (a sequential reader's next chunk). No effect elsewhere; never
+    /// fails. Layers must forward it.
+    fn will_need(&self, _key: &str) {}
+
     /// Make every [`Store::put_deferred`] that returned before this call
     /// durable. Layers must forward it.
     async fn sync(&self) -> StoreResult<()> {

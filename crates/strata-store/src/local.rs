@@ -295,20 +295,34 @@ pub(crate) fn fs_read(path: &Path, range: Option<Range<u64>>) -> io::Result<Byte
 
 /// Read `range` of an object, clamped to its end, through the store's
 /// open files ([`crate::open_objects`]).
+/// The open file of object `key` and its size, kept open for the next
+/// range reads ([`crate::open_objects`]).
+fn open_object(dirs: &FsDirs, key: &str) -> io::Result<(Arc<std::fs::File>, u64)> {
+    if let Some(open) = dirs.open.get(key) {
+        return Ok(open);
+    }
+    let f = std::fs::File::open(dirs.root.join(key)).map_err(not_found_if_not_dir)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::from(io::ErrorKind::NotFound));
+    }
+    let f = Arc::new(f);
+    dirs.open.insert(key, f.clone(), meta.len());
+    Ok((f, meta.len()))
+}
+
+/// Start reading object `key` into the page cache (`POSIX_FADV_WILLNEED`),
+/// so a sequential reader finds its next chunk there instead of waiting
+/// for the disk read by read. A missing object or a refused hint is no
+/// error: the read that follows reports what matters.
+pub(crate) fn fs_will_need(dirs: &FsDirs, key: &str) {
+    if let Ok((file, _)) = open_object(dirs, key) {
+        let _ = rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::WillNeed);
+    }
+}
+
 pub(crate) fn fs_read_range(dirs: &FsDirs, key: &str, range: Range<u64>) -> io::Result<Bytes> {
-    let (file, size) = match dirs.open.get(key) {
-        Some(open) => open,
-        None => {
-            let f = std::fs::File::open(dirs.root.join(key)).map_err(not_found_if_not_dir)?;
-            let meta = f.metadata()?;
-            if !meta.is_file() {
-                return Err(io::Error::from(io::ErrorKind::NotFound));
-            }
-            let f = Arc::new(f);
-            dirs.open.insert(key, f.clone(), meta.len());
-            (f, meta.len())
-        }
-    };
+    let (file, size) = open_object(dirs, key)?;
     let start = range.start.min(size);
     let end = range.end.clamp(start, size);
     crate::open_objects::pread(&file, start, end).map(Bytes::from)
