@@ -177,7 +177,8 @@ for c in "${CRATES[@]}"; do
 done
 log "untar set: ${#CRATES[@]} crates ($(for c in "${CRATES[@]}"; do basename "$c" .crate; done | tr '\n' ' ')), $TAR_FILES files, $((TAR_BYTES / 1000000)) MB"
 # 4 KiB of content per small file: an 8-digit index, a shared random tail, \n
-BLK=$(head -c 4000 /dev/urandom | base64 -w0 | head -c 4087)
+BLK=$(head -c 4000 /dev/urandom | base64 -w0)
+BLK=${BLK:0:4087} # no `| head`: its early exit could fail the pipe (pipefail)
 
 # --- strata ------------------------------------------------------------------
 S_DIR=$W/strata

@@ -87,7 +87,8 @@ SRC=$W/src.bin
 head -c "$BYTES" /dev/urandom >"$SRC"
 SRC2=$W/src2.bin # other bytes for the no-fsync write (chunks are deduplicated)
 head -c "$BYTES" /dev/urandom >"$SRC2"
-BLK=$(head -c 4000 /dev/urandom | base64 -w0 | head -c 4087)
+BLK=$(head -c 4000 /dev/urandom | base64 -w0)
+BLK=${BLK:0:4087} # no `| head`: its early exit could fail the pipe (pipefail)
 st init -q >/dev/null
 
 # workloads: each runs on a cold mount; names are also file names

@@ -185,9 +185,12 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<std::fs::File> {
     let f = match direct {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            // the refused open may have created the file (the temp name is
+            // ours alone): open it either way
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(true)
                 .open(path)?;
             f.write_all(data)?;
             return Ok(f);
@@ -293,8 +296,6 @@ pub(crate) fn fs_read(path: &Path, range: Option<Range<u64>>) -> io::Result<Byte
     Ok(Bytes::from(buf))
 }
 
-/// Read `range` of an object, clamped to its end, through the store's
-/// open files ([`crate::open_objects`]).
 /// The open file of object `key` and its size, kept open for the next
 /// range reads ([`crate::open_objects`]).
 fn open_object(dirs: &FsDirs, key: &str) -> io::Result<(Arc<std::fs::File>, u64)> {
@@ -321,6 +322,8 @@ pub(crate) fn fs_will_need(dirs: &FsDirs, key: &str) {
     }
 }
 
+/// Read `range` of an object, clamped to its end, through the store's
+/// open files ([`crate::open_objects`]).
 pub(crate) fn fs_read_range(dirs: &FsDirs, key: &str, range: Range<u64>) -> io::Result<Bytes> {
     let (file, size) = open_object(dirs, key)?;
     let start = range.start.min(size);
