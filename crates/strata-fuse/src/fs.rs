@@ -268,7 +268,11 @@ impl StrataFs {
 }
 
 /// POSIX ACL xattrs would only be stored, never enforced (no
-/// FUSE_POSIX_ACL), so they are refused rather than pretended.
+/// FUSE_POSIX_ACL), so they are refused rather than pretended: setting,
+/// reading or removing one is EOPNOTSUPP, as on a filesystem mounted
+/// without ACLs. (That answer to a read also makes GNU `ls -l` stop asking
+/// for the ACL of every further file of the mount, which an ENODATA did
+/// not: half of the requests of an `ls -lR`.)
 fn is_acl(name: &[u8]) -> bool {
     name.starts_with(b"system.posix_acl_")
 }
@@ -682,6 +686,10 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if is_acl(name.as_bytes()) {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
         match self.vfs.getxattr(ino.0, name.as_bytes()) {
             Ok(v) => reply_xattr(reply, size, &v),
             Err(e) => reply.error(errno(e)),
@@ -703,6 +711,10 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_acl(name.as_bytes()) {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
         Self::reply_empty(reply, self.vfs.removexattr(ino.0, name.as_bytes()));
     }
 
