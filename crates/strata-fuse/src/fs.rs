@@ -1,8 +1,10 @@
 //! [`StrataFs`]: the `fuser::Filesystem` adapter over [`Vfs`].
 //!
 //! Dispatch: fuser runs several event-loop threads (see
-//! [`crate::mount`]); each request arrives on one of them. Operations that
-//! only look at or change the in-memory tree (lookup, getattr, mkdir,
+//! [`crate::mount`]); each request arrives on one of them, and every
+//! callback holds a pass of the gate (`gate.rs`), which keeps the threads
+//! that wait in the kernel for the next request few. Operations that only
+//! look at or change the in-memory tree (lookup, getattr, mkdir,
 //! rename, xattrs, …) answer inline on that thread. Everything that may wait
 //! for the network or the local disk (read, write, flush, fsync, release,
 //! setattr, open, fallocate) is spawned as a task on the mount's Tokio
@@ -34,6 +36,8 @@ use fuser::{
 use strata_core::Kind;
 use strata_vfs::{Attr, SetAttr, SetTime, Vfs, VfsResult};
 use tracing::debug;
+
+use crate::gate::Gate;
 
 /// How long the kernel may cache attributes and directory entries. Every
 /// change goes through this mount (single writer: the writer lease), so the
@@ -171,6 +175,8 @@ pub struct StrataFs {
     rt: tokio::runtime::Handle,
     /// Answer data requests on the FUSE thread (a local store).
     inline_io: bool,
+    /// Keeps few FUSE threads reading from the kernel.
+    gate: Gate,
     dirs: Mutex<HashMap<u64, Listing>>,
     next_dir_fh: AtomicU64,
 }
@@ -182,6 +188,7 @@ impl StrataFs {
             vfs,
             rt,
             inline_io: false,
+            gate: Gate::new(1),
             dirs: Mutex::new(HashMap::new()),
             next_dir_fh: AtomicU64::new(1),
         }
@@ -191,13 +198,18 @@ impl StrataFs {
         &self.vfs
     }
 
-    /// Run `f(vfs)` as a task on the runtime.
     /// Answer read, write and flush on the FUSE thread, its blocking work
     /// inline (for a store on the local disk; see the module docs).
     pub fn set_inline_io(&mut self, on: bool) {
         self.inline_io = on;
     }
 
+    /// The number of FUSE threads fuser runs (see `gate.rs`).
+    pub fn set_threads(&mut self, n: usize) {
+        self.gate = Gate::new(n);
+    }
+
+    /// Run `f(vfs)` as a task on the runtime.
     fn spawn<F, Fut>(&self, f: F)
     where
         F: FnOnce(Arc<Vfs>) -> Fut + Send + 'static,
@@ -268,7 +280,11 @@ impl StrataFs {
 }
 
 /// POSIX ACL xattrs would only be stored, never enforced (no
-/// FUSE_POSIX_ACL), so they are refused rather than pretended.
+/// FUSE_POSIX_ACL), so they are refused rather than pretended: setting,
+/// reading or removing one is EOPNOTSUPP, as on a filesystem mounted
+/// without ACLs. (That answer to a read also makes GNU `ls -l` stop asking
+/// for the ACL of every further file of the mount, which an ENODATA did
+/// not: half of the requests of an `ls -lR`.)
 fn is_acl(name: &[u8]) -> bool {
     name.starts_with(b"system.posix_acl_")
 }
@@ -303,10 +319,12 @@ impl Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _pass = self.gate.enter(false);
         Self::reply_entry(reply, self.vfs.lookup(parent.0, name.as_bytes()));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _pass = self.gate.enter(false);
         match self.vfs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(e)),
@@ -331,6 +349,7 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _pass = self.gate.enter(false);
         let s = SetAttr {
             mode,
             uid,
@@ -348,6 +367,7 @@ impl Filesystem for StrataFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _pass = self.gate.enter(false);
         match self.vfs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
@@ -364,6 +384,7 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _pass = self.gate.enter(false);
         let r = self.vfs.mknod(
             parent.0,
             name.as_bytes(),
@@ -386,6 +407,7 @@ impl Filesystem for StrataFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _pass = self.gate.enter(false);
         let mode = libc::S_IFDIR | (mode & 0o7777);
         let r = self.vfs.mknod(
             parent.0,
@@ -401,10 +423,12 @@ impl Filesystem for StrataFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.gate.enter(false);
         Self::reply_empty(reply, self.vfs.unlink(parent.0, name.as_bytes()));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.gate.enter(false);
         Self::reply_empty(reply, self.vfs.rmdir(parent.0, name.as_bytes()));
     }
 
@@ -416,6 +440,7 @@ impl Filesystem for StrataFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        let _pass = self.gate.enter(false);
         let target = target.as_os_str().as_bytes();
         let r = self.vfs.mknod(
             parent.0,
@@ -440,6 +465,7 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter(false);
         let r = self.vfs.rename(
             parent.0,
             name.as_bytes(),
@@ -458,10 +484,12 @@ impl Filesystem for StrataFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _pass = self.gate.enter(false);
         Self::reply_entry(reply, self.vfs.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _pass = self.gate.enter(false);
         let writes = matches!(
             flags.acc_mode(),
             OpenAccMode::O_WRONLY | OpenAccMode::O_RDWR
@@ -488,6 +516,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _pass = self.gate.enter(self.inline_io);
         self.data_op(move |vfs| async move {
             match vfs.read(ino.0, fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
@@ -508,6 +537,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _pass = self.gate.enter(self.inline_io);
         if self.inline_io {
             // on this thread: the request's buffer is written as it is
             match self.run_inline(self.vfs.write(ino.0, fh.0, offset, data)) {
@@ -533,6 +563,7 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter(self.inline_io);
         self.data_op(move |vfs| async move { Self::reply_empty(reply, vfs.flush(ino.0).await) });
     }
 
@@ -546,6 +577,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter(false);
         self.spawn(
             move |vfs| async move { Self::reply_empty(reply, vfs.release(ino.0, fh.0).await) },
         );
@@ -559,10 +591,12 @@ impl Filesystem for StrataFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter(false);
         self.spawn(move |vfs| async move { Self::reply_empty(reply, vfs.fsync(ino.0).await) });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _pass = self.gate.enter(false);
         // The listing is taken by the first readdir (offset 0).
         match self.vfs.getattr(ino.0) {
             Ok(a) if a.kind == Kind::Dir => {
@@ -582,6 +616,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _pass = self.gate.enter(false);
         let listing = match self.cached_listing(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
@@ -607,6 +642,7 @@ impl Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _pass = self.gate.enter(false);
         let listing = match self.cached_listing(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
@@ -638,6 +674,7 @@ impl Filesystem for StrataFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter(false);
         lock(&self.dirs).remove(&fh.0);
         reply.ok();
     }
@@ -650,11 +687,13 @@ impl Filesystem for StrataFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter(false);
         // For a directory this syncs the journal and (fsync=cloud) commits.
         self.spawn(move |vfs| async move { Self::reply_empty(reply, vfs.fsync(ino.0).await) });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _pass = self.gate.enter(false);
         let s = self.vfs.statfs();
         reply.statfs(
             s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
@@ -671,6 +710,7 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter(false);
         if is_acl(name.as_bytes()) {
             reply.error(Errno::EOPNOTSUPP);
             return;
@@ -682,6 +722,11 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _pass = self.gate.enter(false);
+        if is_acl(name.as_bytes()) {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
         match self.vfs.getxattr(ino.0, name.as_bytes()) {
             Ok(v) => reply_xattr(reply, size, &v),
             Err(e) => reply.error(errno(e)),
@@ -689,6 +734,7 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _pass = self.gate.enter(false);
         match self.vfs.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -703,10 +749,16 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _pass = self.gate.enter(false);
+        if is_acl(name.as_bytes()) {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        }
         Self::reply_empty(reply, self.vfs.removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _pass = self.gate.enter(false);
         // Only called without default_permissions; the kernel checks modes.
         Self::reply_empty(reply, self.vfs.getattr(ino.0).map(|_| ()));
     }
@@ -721,6 +773,7 @@ impl Filesystem for StrataFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _pass = self.gate.enter(false);
         // The kernel looked the name up first: O_EXCL on an existing name and
         // O_TRUNC of an existing file never get here.
         match self
@@ -748,6 +801,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter(false);
         // Space in a cloud store is not reserved, so plain allocation only
         // has to extend the size (with a hole); KEEP_SIZE is a no-op.
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
@@ -796,6 +850,7 @@ impl Filesystem for StrataFs {
         _pid: u32,
         reply: ReplyLock,
     ) {
+        let _pass = self.gate.enter(false);
         reply.error(Errno::ENOSYS);
     }
 
@@ -812,10 +867,12 @@ impl Filesystem for StrataFs {
         _sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let _pass = self.gate.enter(false);
         reply.error(Errno::ENOSYS);
     }
 
     fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: ReplyBmap) {
+        let _pass = self.gate.enter(false);
         reply.error(Errno::ENOSYS);
     }
 
@@ -830,6 +887,7 @@ impl Filesystem for StrataFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let _pass = self.gate.enter(false);
         reply.error(Errno::ENOSYS);
     }
 
@@ -843,6 +901,7 @@ impl Filesystem for StrataFs {
         _flags: PollFlags,
         reply: ReplyPoll,
     ) {
+        let _pass = self.gate.enter(false);
         reply.error(Errno::ENOSYS);
     }
 
@@ -855,6 +914,7 @@ impl Filesystem for StrataFs {
         _whence: i32,
         reply: ReplyLseek,
     ) {
+        let _pass = self.gate.enter(false);
         reply.error(Errno::ENOSYS);
     }
 
@@ -871,6 +931,7 @@ impl Filesystem for StrataFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _pass = self.gate.enter(false);
         reply.error(Errno::ENOSYS);
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod control;
 pub mod fs;
+mod gate;
 pub mod mount;
 
 pub use control::{runtime_dir, status, unmount};

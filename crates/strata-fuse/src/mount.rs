@@ -358,6 +358,7 @@ pub fn run_mount(
 
     let mut fs = StrataFs::new(vfs.clone(), rt.handle().clone());
     fs.set_inline_io(is_local_store(&store_name));
+    fs.set_threads(fuse_config(&opts, &store_name).n_threads.unwrap_or(1));
     let session = match fuser::spawn_mount(fs, &mountpoint, &fuse_config(&opts, &store_name)) {
         Ok(s) => s,
         Err(e) => {

@@ -666,6 +666,20 @@ fn xattrs(root: &Path) {
         errno(setxattr(&p, "system.posix_acl_access", &acl, 0)),
         libc::EOPNOTSUPP
     );
+    // and so is reading or removing one, as on a filesystem without ACLs
+    // (`ls -l` then stops asking), while other absent names are ENODATA
+    let d = root.join("d1");
+    for (q, name) in [
+        (&p, "system.posix_acl_access"),
+        (&d, "system.posix_acl_access"),
+        (&d, "system.posix_acl_default"),
+    ] {
+        assert_eq!(errno(getxattr(q, name, 0)), libc::EOPNOTSUPP, "{name}");
+        assert_eq!(errno(getxattr(q, name, 4096)), libc::EOPNOTSUPP, "{name}");
+        assert_eq!(errno(removexattr(q, name)), libc::EOPNOTSUPP, "{name}");
+    }
+    assert_eq!(errno(getxattr(&p, "security.selinux", 255)), libc::ENODATA);
+    assert_eq!(errno(getxattr(&d, "user.none", 0)), libc::ENODATA);
 }
 
 fn attributes(root: &Path) {
