@@ -397,13 +397,22 @@ impl Chunks {
         let keys = self.keys.clone();
         let key = key.to_string();
         let work = move || -> VaultResult<Vec<u8>> {
-            let plain = blob::open_segments(&keys, &id, blob_len, span.first, &bytes, &key)?;
+            // decrypted where the ciphertext lies: no copy when the fetched
+            // bytes are not shared (the usual case), one otherwise
+            let mut plain = Vec::from(bytes);
+            blob::open_segments_in_place(&keys, &id, blob_len, span.first, &mut plain, &key)?;
             if span.skip == 0 && plain.len() as u64 == span.len {
                 return Ok(plain);
             }
-            span.cut(&plain)
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| VaultError::corrupt(&key, "blob is shorter than the metadata says"))
+            let Some(r) = span.cut_range(plain.len()) else {
+                return Err(VaultError::corrupt(
+                    &key,
+                    "blob is shorter than the metadata says",
+                ));
+            };
+            plain.truncate(r.end);
+            plain.drain(..r.start);
+            Ok(plain)
         };
         if span.count() as usize * blob::SEGMENT as usize <= INLINE_DECRYPT {
             work()
