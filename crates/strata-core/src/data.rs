@@ -464,6 +464,8 @@ impl Vault {
                 if let Some(p) = &progress {
                     p(c.len() as u64);
                 }
+                // the chunk's receive buffer serves the next request
+                strata_store::bufpool::give(c);
             }
             Ok(())
         }
