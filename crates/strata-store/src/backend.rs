@@ -272,7 +272,11 @@ impl OpendalStore {
     /// [`crate::bufpool`]) as the reply arrives, instead of collected in
     /// the transport's pieces and copied together at the end.
     async fn read_pooled(&self, key: &str, range: Range<u64>) -> opendal::Result<Bytes> {
-        let len = usize::try_from(range.end - range.start).unwrap_or(0);
+        // A range may run far past the object's end (the server clamps
+        // it): reserve at most a few chunks up front, the buffer grows if
+        // more arrives.
+        const RESERVE_MAX: u64 = 16 << 20;
+        let len = usize::try_from((range.end - range.start).min(RESERVE_MAX)).unwrap_or(0);
         let mut buf = crate::bufpool::take(len);
         let reader = self.op.reader(key).await?;
         reader.read_into(&mut buf, range).await?;
