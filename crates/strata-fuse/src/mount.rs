@@ -268,44 +268,11 @@ enum StopReason {
 /// whole: 1 MiB takes 0.4 s at 20 Mbit/s).
 const REMOTE_READAHEAD: u32 = 128 * 1024;
 
-/// A remote store that answers a `stat` this fast (the best of
-/// [`RTT_PROBES`]) is on this machine or the local network: there a
-/// FUSE read of 1 MiB costs little more time than one of 128 KiB, and
-/// eight times fewer requests cost the mount ~25 % less CPU on a cold
-/// sequential read, so such a mount gets [`MAX_READAHEAD`] too.
-const NEAR_RTT: Duration = Duration::from_millis(5);
-const RTT_PROBES: usize = 3;
-
-/// Whether the store of `vfs` is near (see [`NEAR_RTT`]): the best time of
-/// a few `stat`s of the vault header, which every vault has.
-fn store_is_near(rt: &tokio::runtime::Runtime, vfs: &strata_vfs::Vfs) -> bool {
-    let store = vfs.vault().store().clone();
-    let probe = async move {
-        let mut best = Duration::MAX;
-        for _ in 0..RTT_PROBES {
-            let t = Instant::now();
-            if store.stat(strata_core::format::HEADER_KEY).await.is_err() {
-                return Duration::MAX;
-            }
-            best = best.min(t.elapsed());
-            if best < NEAR_RTT {
-                break;
-            }
-        }
-        best
-    };
-    let best = rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(2), probe).await })
-        .unwrap_or(Duration::MAX);
-    debug!(rtt = ?best, "store round trip");
-    best < NEAR_RTT
-}
-
 /// Set the kernel read-ahead of the mount's bdi: [`MAX_READAHEAD`] for a
-/// store on local disk (`file://`, `memory://`: fewer, larger FUSE reads)
-/// or a near one (`near`, see [`NEAR_RTT`]), [`REMOTE_READAHEAD`] for
-/// anything else reached over a network. Root only; best effort.
-fn tune_readahead(mountpoint: &Path, store: &str, near: bool) {
+/// store on local disk (`file://`, `memory://`: fewer, larger FUSE reads),
+/// [`REMOTE_READAHEAD`] for anything reached over a network. Root only;
+/// best effort.
+fn tune_readahead(mountpoint: &Path, store: &str) {
     let Ok(md) = std::fs::metadata(mountpoint) else {
         return;
     };
@@ -317,7 +284,7 @@ fn tune_readahead(mountpoint: &Path, store: &str, near: bool) {
     );
     let local = is_local_store(store);
     let want = u64::from(
-        if local || near {
+        if local {
             MAX_READAHEAD
         } else {
             REMOTE_READAHEAD
@@ -424,9 +391,7 @@ pub fn run_mount(
         mountpoint: mountpoint.clone(),
         session: Some(session),
     };
-    // (only root may set the read-ahead: no probe otherwise)
-    let near = geteuid().is_root() && !is_local_store(&store_name) && store_is_near(&rt, &vfs);
-    tune_readahead(&mountpoint, &store_name, near);
+    tune_readahead(&mountpoint, &store_name);
 
     let mut base = serde_json::Map::new();
     base.insert("pid".into(), json!(std::process::id()));
