@@ -6,13 +6,21 @@
 # same server in the same run. Prints seconds, MB/s and requests per
 # workload (strata: its store counters via STRATA_STATS; rclone: HTTP
 # requests counted from --dump headers; SFTP requests are not counted).
+# As root it also reads the large file cold (page cache dropped, fresh
+# mount, empty cache dir) with `dd bs=1M` through `strata mount` and
+# through `rclone mount --vfs-cache-mode full` of the crypt remote (MOUNTS=0
+# skips that; for the mount, requests are the daemon's store gets).
 #
 #   bench/backends.sh [SIZE_MiB (1024)] [SMALL_FILES (5000)] [KINDS ("s3 webdav-apache webdav-rclone sftp")]
+#   env: MOUNTS=1 (0: no mount reads), ONLY="" ("large": skip the small files)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
 nsmall=${2:-5000}
 kinds=${3:-"s3 webdav-apache webdav-rclone sftp"}
+mounts=${MOUNTS:-1}
+[ "$(id -u)" = 0 ] || mounts=0
+only=${ONLY:-}
 work=$PWD/target/bench-backends
 command -v /usr/bin/time >/dev/null 2>&1 || apt-get install -y -qq time >/dev/null
 command -v rclone >/dev/null || { echo "rclone missing: apt-get install rclone" >&2; exit 1; }
@@ -22,8 +30,10 @@ ts=$PWD/target/release/strata-testserver
 
 rm -rf "$work"; mkdir -p "$work"
 server_pid=
+mnt=$work/mnt
 cleanup() {
   exec 3>&- 2>/dev/null || true
+  if [ -d "$mnt" ] && mountpoint -q "$mnt"; then fusermount3 -u -z "$mnt" 2>/dev/null || true; fi
   [ -n "$server_pid" ] && wait "$server_pid" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -65,6 +75,8 @@ timed() {
     'BEGIN { printf "  %-34s %8.2f s %8.1f MB/s %9s requests %7.0f MB RSS\n", l, e, b/e/1e6, n, r/1024 }'
 }
 strata_reqs() { grep -o 'store requests: [0-9]*' "$work/cmd.err" | awk '{print $3}' | tail -1; }
+mount_reqs() { $bin status "$mnt" --json 2>/dev/null | python3 -c 'import json,sys; m=json.load(sys.stdin)["metrics"]; print(m["gets"] + m["range_gets"])' 2>/dev/null || echo n/a; }
+none_reqs() { echo n/a; }
 rclone_reqs() {
   if [ "$kind" = sftp ]; then echo n/a; else grep -c 'HTTP REQUEST' "$work/cmd.err" || true; fi
 }
@@ -88,9 +100,18 @@ for kind in $kinds; do
   timed "strata put large" "$big_bytes" strata_reqs $bin --store "$STORE_URL" -q put "$big" /big.bin
   timed "strata get large" "$big_bytes" strata_reqs $bin --store "$STORE_URL" -q get /big.bin "$work/out"
   cmp "$big" "$work/out/big.bin"
-  timed "strata put small files" "$small_bytes" strata_reqs $bin --store "$STORE_URL" -q put "$small" /small
-  timed "strata get small files" "$small_bytes" strata_reqs $bin --store "$STORE_URL" -q get /small "$work/out"
-  diff -r "$small" "$work/out/small" >/dev/null
+  if [ "$only" != large ]; then
+    timed "strata put small files" "$small_bytes" strata_reqs $bin --store "$STORE_URL" -q put "$small" /small
+    timed "strata get small files" "$small_bytes" strata_reqs $bin --store "$STORE_URL" -q get /small "$work/out"
+    diff -r "$small" "$work/out/small" >/dev/null
+  fi
+  if [ "$mounts" = 1 ]; then
+    rm -rf "$work/cache-strata"; mkdir -p "$mnt"
+    $bin --store "$STORE_URL" -q mount "$mnt" --cache-dir "$work/cache-strata" --daemon >/dev/null 2>"$work/mount.err"
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    timed "strata mount cold read large" "$big_bytes" mount_reqs dd if="$mnt/big.bin" of=/dev/null bs=1M
+    $bin unmount "$mnt" >/dev/null
+  fi
   rm -rf "$work/out"; mkdir -p "$work/out"
 
   # rclone: a crypt remote over the same server (config in the environment).
@@ -120,9 +141,22 @@ for kind in $kinds; do
   timed "rclone crypt copy large" "$big_bytes" rclone_reqs "${rc[@]}" copy "$big" cr:big
   timed "rclone crypt copy large back" "$big_bytes" rclone_reqs "${rc[@]}" copy cr:big "$work/out"
   cmp -s "$big" "$work/out/big.bin" || echo "  (rclone: large file did not round-trip)"
-  timed "rclone crypt copy small files" "$small_bytes" rclone_reqs "${rc[@]}" copy "$small" cr:small
-  timed "rclone crypt copy small back" "$small_bytes" rclone_reqs "${rc[@]}" copy cr:small "$work/out/small"
-  diff -r "$small" "$work/out/small" >/dev/null || echo "  (rclone: small files did not round-trip)"
+  if [ "$only" != large ]; then
+    timed "rclone crypt copy small files" "$small_bytes" rclone_reqs "${rc[@]}" copy "$small" cr:small
+    timed "rclone crypt copy small back" "$small_bytes" rclone_reqs "${rc[@]}" copy cr:small "$work/out/small"
+    diff -r "$small" "$work/out/small" >/dev/null || echo "  (rclone: small files did not round-trip)"
+  fi
+  if [ "$mounts" = 1 ]; then
+    rm -rf "$work/cache-rclone"; mkdir -p "$mnt"
+    "${rc[@]:0:6}" mount cr: "$mnt" --vfs-cache-mode full --cache-dir "$work/cache-rclone" \
+      --read-only --log-file "$work/rclone-mount.log" </dev/null >/dev/null 2>&1 &
+    rclone_pid=$!
+    for _ in $(seq 200); do mountpoint -q "$mnt" && break; sleep 0.05; done
+    mountpoint -q "$mnt" || { echo "rclone mount failed" >&2; tail "$work/rclone-mount.log" >&2; exit 1; }
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    timed "rclone mount (full) cold read large" "$big_bytes" none_reqs dd if="$mnt/big/big.bin" of=/dev/null bs=1M
+    fusermount3 -u "$mnt"; wait "$rclone_pid" || true
+  fi
   rm -rf "$work/out" "$work/state-$kind"
 
   exec 3>&-

@@ -455,15 +455,21 @@ impl Vault {
         let res = async {
             while let Some(c) = rx.recv().await {
                 let c = c?;
+                let mut write = || {
+                    c.chunks(crate::chunks::WRITE_PIECE)
+                        .try_for_each(|piece| out.write_all(piece))
+                };
                 if multi {
-                    tokio::task::block_in_place(|| out.write_all(&c))
+                    tokio::task::block_in_place(write)
                 } else {
-                    out.write_all(&c)
+                    write()
                 }
                 .map_err(|e| VaultError::io("writing the output", e))?;
                 if let Some(p) = &progress {
                     p(c.len() as u64);
                 }
+                // the chunk's receive buffer serves the next request
+                strata_store::bufpool::give(c);
             }
             Ok(())
         }

@@ -133,9 +133,15 @@ impl SegmentSpan {
 
     /// The requested bytes of the plaintext of segments `first..=last`.
     pub fn cut<'a>(&self, plain: &'a [u8]) -> Option<&'a [u8]> {
+        plain.get(self.cut_range(plain.len())?)
+    }
+
+    /// Where [`SegmentSpan::cut`] cuts a plaintext of `plain_len` bytes.
+    pub fn cut_range(&self, plain_len: usize) -> Option<std::ops::Range<usize>> {
         let s = usize::try_from(self.skip).ok()?;
         let n = usize::try_from(self.len).ok()?;
-        plain.get(s..s.checked_add(n)?)
+        let e = s.checked_add(n)?;
+        (e <= plain_len).then_some(s..e)
     }
 }
 

@@ -15,7 +15,7 @@
 //!   store, keys and read cache for file contents), [`fetch`] (data-blob
 //!   requests and the link meter), [`readcache`] (the ciphertext cache) and
 //!   [`prefetch`] (read-ahead policy); [`data`]: whole files in and out
-//!   (`put`/`get`); [`buffers`]: the pool of chunk-sized buffers;
+//!   (`put`/`get`);
 //! - [`lease`]: the writer lease (one writer per vault), and its handoff
 //!   between devices ([`lease::handoff`]);
 //! - [`maint`]: `info`, `gc` and `check`; [`state`]: what this machine has
@@ -24,7 +24,6 @@
 //! Data flows one way: front ends → vault → chunks → fetch/readcache →
 //! crypto / store; `prefetch` drives `chunks` and never the vault.
 
-pub mod buffers;
 pub mod chunks;
 pub mod data;
 pub mod error;

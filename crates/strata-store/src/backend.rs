@@ -268,6 +268,21 @@ impl OpendalStore {
         self.fs.as_deref().map(|d| d.root.as_path())
     }
 
+    /// Bytes `range` of `key`, received straight into one buffer (from
+    /// [`crate::bufpool`]) as the reply arrives, instead of collected in
+    /// the transport's pieces and copied together at the end.
+    async fn read_pooled(&self, key: &str, range: Range<u64>) -> opendal::Result<Bytes> {
+        // A range may run far past the object's end (the server clamps
+        // it): reserve at most a few chunks up front, the buffer grows if
+        // more arrives.
+        const RESERVE_MAX: u64 = 16 << 20;
+        let len = usize::try_from((range.end - range.start).min(RESERVE_MAX)).unwrap_or(0);
+        let mut buf = crate::bufpool::take(len);
+        let reader = self.op.reader(key).await?;
+        reader.read_into(&mut buf, range).await?;
+        Ok(Bytes::from(buf))
+    }
+
     fn err_opendal(&self, e: &opendal::Error, op: &'static str, key: &str) -> StoreError {
         match &self.remote {
             Some(r) => crate::cloud::explain(e, &r.flavor, &self.description, op, Some(key)),
@@ -590,8 +605,8 @@ impl Store for OpendalStore {
             // Only a range starting at or past the end needs a stat.
             // opendal refuses a short answer ("reader got too little data"),
             // which is what a range running past the end gets: then clamp.
-            match self.op.read_with(key).range(range.clone()).await {
-                Ok(buf) => return Ok(buf.to_bytes()),
+            match self.read_pooled(key, range.clone()).await {
+                Ok(buf) => return Ok(buf),
                 Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
                     return Err(self.err_opendal(&e, "get_range", key))
                 }
@@ -616,8 +631,8 @@ impl Store for OpendalStore {
         if start == end {
             return Ok(Bytes::new());
         }
-        match self.op.read_with(key).range(start..end).await {
-            Ok(buf) => Ok(buf.to_bytes()),
+        match self.read_pooled(key, start..end).await {
+            Ok(buf) => Ok(buf),
             Err(e) => Err(self.err_opendal(&e, "get_range", key)),
         }
     }

@@ -26,6 +26,7 @@
 //! backend except through [`Store`].
 
 mod backend;
+pub mod bufpool;
 mod cloud;
 mod error;
 mod fault;

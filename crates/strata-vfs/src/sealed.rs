@@ -115,7 +115,7 @@ impl SealedFile {
         let n = (last - first + 1) as usize;
         // a whole chunk's worth comes from the buffer pool (no fresh
         // mapping, page by page, per chunk uploaded)
-        let mut raw = strata_core::buffers::take(n * SEALED as usize);
+        let mut raw = strata_store::bufpool::take(n * SEALED as usize);
         raw.resize(n * SEALED as usize, 0);
         let at = HDR + first * SEALED;
         let len = self.file.metadata()?.len();

@@ -84,7 +84,7 @@ pub fn seal_with_id(
         return Err(VaultError::Invalid("empty chunk".into()));
     }
     let len = chunk.len() as u64;
-    let mut out = crate::buffers::take(stored_len(len, max) as usize);
+    let mut out = strata_store::bufpool::take(stored_len(len, max) as usize);
     out.extend_from_slice(MAGIC);
     seal_segments_into(keys, id, chunk, &mut out)?;
     out.resize(stored_len(len, max) as usize, 0);
@@ -159,6 +159,54 @@ pub fn open_segments(
     Ok(out)
 }
 
+/// [`open_segments`] without a second buffer: the ciphertext in `buf` is
+/// authenticated and decrypted where it lies, each segment's plaintext
+/// moved down over the tags before it, and `buf` is cut to the plaintext.
+/// On an error `buf` holds garbage.
+pub fn open_segments_in_place(
+    keys: &Keys,
+    id: &BlobId,
+    blob_len: u64,
+    first: u64,
+    buf: &mut Vec<u8>,
+    object: &str,
+) -> VaultResult<()> {
+    let n = segments(blob_len);
+    let len = buf.len();
+    let mut pos = 0usize; // next ciphertext byte
+    let mut out = 0usize; // end of the plaintext so far
+    let mut idx = first;
+    while pos < len && idx < n {
+        let plain = (blob_len - idx * SEGMENT).min(SEGMENT) as usize;
+        let ct = plain + TAG_LEN;
+        let range = segment_range(blob_len, idx, idx);
+        if pos + ct > len {
+            return Err(VaultError::Corrupt {
+                object: object.into(),
+                range: Some(range),
+                file: None,
+                detail: "object is truncated".into(),
+            });
+        }
+        let idx32 = u32::try_from(idx).map_err(|_| VaultError::Invalid("segment index".into()))?;
+        keys.open_segment(id, idx32, idx + 1 == n, &mut buf[pos..pos + ct])
+            .map_err(|_| VaultError::Corrupt {
+                object: object.into(),
+                range: Some(range),
+                file: None,
+                detail: "authentication failed".into(),
+            })?;
+        if out != pos {
+            buf.copy_within(pos..pos + plain, out);
+        }
+        out += plain;
+        pos += ct;
+        idx += 1;
+    }
+    buf.truncate(out);
+    Ok(())
+}
+
 /// Open a whole stored blob (as fetched without ranges).
 pub fn open_whole(
     keys: &Keys,
@@ -219,6 +267,16 @@ mod tests {
             let p0 = (s0 * SEGMENT) as usize;
             let p1 = (((s1 + 1) * SEGMENT) as usize).min(len);
             prop_assert_eq!(&got[..], &data[p0..p1]);
+            let mut buf = blob[r.start as usize..r.end as usize].to_vec();
+            open_segments_in_place(&k, &id, len as u64, s0, &mut buf, "x").unwrap();
+            prop_assert_eq!(&buf[..], &data[p0..p1]);
+            // a flipped byte anywhere fails it, a missing byte too
+            let mut bad = blob[r.start as usize..r.end as usize].to_vec();
+            let at = (a as usize) % bad.len();
+            bad[at] ^= 1;
+            prop_assert!(open_segments_in_place(&k, &id, len as u64, s0, &mut bad, "x").is_err());
+            let mut short = blob[r.start as usize..r.end as usize - 1].to_vec();
+            prop_assert!(open_segments_in_place(&k, &id, len as u64, s0, &mut short, "x").is_err());
         }
     }
 

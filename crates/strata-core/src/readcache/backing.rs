@@ -173,7 +173,12 @@ fn read_at(mut f: &fs::File, buf: &mut [u8], off: u64) -> io::Result<()> {
 fn write_pieces(path: &Path, pieces: &[(u64, Bytes)]) -> io::Result<()> {
     let f = open_for_write(path)?;
     for (off, b) in pieces {
-        write_at(&f, b, *off)?;
+        // in pieces, as `get` writes (see `WRITE_PIECE`)
+        let mut at = *off;
+        for piece in b.chunks(crate::chunks::WRITE_PIECE) {
+            write_at(&f, piece, at)?;
+            at += piece.len() as u64;
+        }
     }
     Ok(())
 }

@@ -710,15 +710,29 @@ impl ReadCache {
                     .map(|&(a, b)| segment_range(blob_len, a, b))
                     .collect();
                 match self.backing.load(id, ranges.clone()).await {
-                    Ok(bufs) => {
-                        out.resize(n, 0);
-                        for ((&(a, b), r), buf) in plan.disk.iter().zip(&ranges).zip(bufs) {
+                    Ok(mut bufs) => {
+                        // the whole span in one piece (a sequential reader
+                        // behind the read-ahead): that buffer is the answer
+                        let whole_span = out.is_empty()
+                            && ranges.len() == 1
+                            && ranges[0] == span
+                            && bufs.len() == 1
+                            && bufs[0].len() == n;
+                        if !whole_span {
+                            out.resize(n, 0);
+                        }
+                        for ((&(a, b), r), buf) in plan.disk.iter().zip(&ranges).zip(&bufs) {
                             let at = (r.start - span.start) as usize;
-                            out[at..at + buf.len()].copy_from_slice(&buf);
+                            if !whole_span {
+                                out[at..at + buf.len()].copy_from_slice(buf);
+                            }
                             for s in a..=b {
                                 filled[(s - s0) as usize] = true;
                             }
                             add(&self.c.hits, b - a + 1);
+                        }
+                        if whole_span {
+                            out = bufs.pop().unwrap_or_default();
                         }
                         from_cache = true;
                     }

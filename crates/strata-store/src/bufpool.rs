@@ -1,13 +1,15 @@
 //! A small process-wide pool of chunk-sized buffers.
 //!
-//! The write path moves every chunk through two multi-MiB buffers: its
-//! plaintext, read back from the dirty-chunk file, and its sealed blob, put
-//! into the store. Buffers that big are `mmap`ed by glibc (the session fixes
-//! the mmap threshold at 2 MiB to keep RSS bounded), so each one was a
+//! Buffers of a chunk's size (~4 MiB) are `mmap`ed by glibc (sessions fix
+//! its mmap threshold at 2 MiB to keep RSS bounded), so each fresh one was a
 //! fresh mapping whose every page faulted in on first touch and was unmapped
-//! on free: two page faults per 4 KiB written. This pool keeps up to
-//! [`MAX_BUFS`] such buffers for reuse, so memory stays bounded (at most
-//! `MAX_BUFS` × [`MAX_CAP`]) and the pages stay mapped.
+//! on free: a page fault per 4 KiB moved. The pool keeps up to [`KEEP`] such
+//! buffers for reuse, so memory stays bounded (at most `KEEP` × [`MAX_CAP`])
+//! and the pages stay mapped. Its users: a remote range read is received
+//! into one (and `get` gives it back once written out); a mount's uploader
+//! reads a dirty chunk back into one and seals the blob into another, which
+//! goes to the store as a [`Bytes`] made by [`bytes`] and comes back when
+//! the store drops it.
 //!
 //! Buffers are plain `Vec<u8>`: [`take`] hands out an empty one with at least
 //! the wanted capacity, [`give`] takes one back (or frees it if the pool is
@@ -23,8 +25,8 @@ use bytes::Bytes;
 pub const MIN_CAP: usize = 1 << 20;
 /// Buffers above this capacity are never kept.
 pub const MAX_CAP: usize = 16 << 20;
-/// How many buffers the pool keeps at most.
-pub const MAX_BUFS: usize = 8;
+/// Buffers kept at most (`get` has 8 chunks in flight plus a few queued).
+pub const KEEP: usize = 12;
 
 /// A pool of buffers (the process has one: [`take`], [`give`], [`bytes`]).
 pub struct Pool {
@@ -73,7 +75,7 @@ impl Pool {
             return;
         }
         let mut p = self.lock();
-        if p.len() < MAX_BUFS {
+        if p.len() < KEEP {
             p.push(buf);
             return;
         }
@@ -170,19 +172,20 @@ mod tests {
         assert!(c.capacity() >= 5 << 20);
         assert_eq!(pool.len(), 1);
 
-        // never more than MAX_BUFS; a full pool swaps its smallest buffer
+        // never more than KEEP; a full pool swaps its smallest buffer
         // for a bigger one, and keeps no smaller one
         while !pool.is_empty() {
             pool.take(MIN_CAP); // empty it
         }
-        for _ in 0..MAX_BUFS + 3 {
+        for _ in 0..KEEP + 3 {
             pool.give(Vec::with_capacity(MIN_CAP));
         }
-        assert_eq!(pool.len(), MAX_BUFS);
+        assert_eq!(pool.len(), KEEP);
         let c_ptr = c.as_ptr();
         pool.give(c);
-        assert_eq!(pool.len(), MAX_BUFS);
-        assert_eq!(pool.take(5 << 20).as_ptr(), c_ptr);
+        assert_eq!(pool.len(), KEEP);
+        let again = pool.take(5 << 20);
+        assert_eq!(again.as_ptr(), c_ptr);
         pool.give(Vec::with_capacity(MAX_CAP + 1));
         assert!(pool.lock().iter().all(|b| b.capacity() <= MAX_CAP));
     }
@@ -200,6 +203,7 @@ mod tests {
         assert!(P.is_empty());
         drop(by2);
         assert_eq!(P.len(), 1);
-        assert_eq!(P.take(1 << 20).as_ptr(), ptr);
+        let again = P.take(1 << 20);
+        assert_eq!(again.as_ptr(), ptr);
     }
 }
