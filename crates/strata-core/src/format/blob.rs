@@ -124,38 +124,9 @@ pub fn open_segments(
     bytes: &[u8],
     object: &str,
 ) -> VaultResult<Vec<u8>> {
-    let n = segments(blob_len);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut pos = 0usize;
-    let mut idx = first;
-    while pos < bytes.len() && idx < n {
-        let plain = (blob_len - idx * SEGMENT).min(SEGMENT) as usize;
-        let ct = plain + TAG_LEN;
-        let range = segment_range(blob_len, idx, idx);
-        if pos + ct > bytes.len() {
-            return Err(VaultError::Corrupt {
-                object: object.into(),
-                range: Some(range),
-                file: None,
-                detail: "object is truncated".into(),
-            });
-        }
-        // one copy: the ciphertext goes where its plaintext ends up, is
-        // opened in place there, and the tag is cut off
-        let at = out.len();
-        out.extend_from_slice(&bytes[pos..pos + ct]);
-        let idx32 = u32::try_from(idx).map_err(|_| VaultError::Invalid("segment index".into()))?;
-        keys.open_segment(id, idx32, idx + 1 == n, &mut out[at..])
-            .map_err(|_| VaultError::Corrupt {
-                object: object.into(),
-                range: Some(range),
-                file: None,
-                detail: "authentication failed".into(),
-            })?;
-        out.truncate(at + plain);
-        pos += ct;
-        idx += 1;
-    }
+    // one copy of the ciphertext, opened where it lies
+    let mut out = bytes.to_vec();
+    open_segments_in_place(keys, id, blob_len, first, &mut out, object)?;
     Ok(out)
 }
 
