@@ -31,7 +31,7 @@ use crate::format::blob_key;
 use crate::format::pack::{
     self, item_len, item_range, pack_key, PackBuilder, PackId, DEFAULT_PACK_SIZE,
 };
-use crate::layout::{chunk_pieces, ChunkPiece, SegmentSpan};
+use crate::layout::{chunk_pieces, segment_cover, ChunkPiece, SegmentSpan};
 use crate::readcache::ReadCache;
 use crate::record::ChunkRef;
 use crate::tree::{Inode, PackLoc};
@@ -470,6 +470,26 @@ impl Chunks {
                 }
             }
         }
+    }
+
+    /// The file bytes that a read of `range` decrypts anyway: the range
+    /// widened to the 64 KiB segments it touches, within its chunk's valid
+    /// bytes and the file. `None` for a range that is empty, crosses a
+    /// chunk boundary, or reads a hole or bytes past the chunk's data.
+    pub fn decrypted_cover(node: &Inode, range: Range<u64>) -> Option<Range<u64>> {
+        let end = range.end.min(node.size);
+        let mut pieces = chunk_pieces(range.start..end, node.chunk_size);
+        let p = pieces.next()?;
+        if pieces.next().is_some() {
+            return None;
+        }
+        let c = node.chunk(p.index)?;
+        let valid = u64::from(c.len.min(c.blob_len)).min(node.size - p.chunk_start);
+        if p.b > valid {
+            return None;
+        }
+        let cover = segment_cover(p.a, p.b, valid);
+        Some(p.chunk_start + cover.start..p.chunk_start + cover.end)
     }
 
     /// Up to `len` bytes at `offset` of a file (short at its end).

@@ -145,6 +145,14 @@ impl SegmentSpan {
     }
 }
 
+/// The plaintext bytes of a blob that a read of `[a, b)` decrypts anyway:
+/// `[a, b)` widened to its segments, within the blob's first `valid`
+/// bytes (`a < b ≤ valid`).
+pub fn segment_cover(a: u64, b: u64, valid: u64) -> Range<u64> {
+    let s = SegmentSpan::of(a, b);
+    s.first * SEGMENT..(s.last + 1).saturating_mul(SEGMENT).min(valid).max(b)
+}
+
 /// Round `n` up to a whole number of segments.
 pub fn round_to_segments(n: u64) -> u64 {
     n.div_ceil(SEGMENT).saturating_mul(SEGMENT)
@@ -226,6 +234,22 @@ mod tests {
             prop_assert!((s.first + 1) * SEGMENT > a);
             prop_assert_eq!(s.first * SEGMENT + s.skip, a);
             prop_assert_eq!(s.len, len);
+        }
+
+        /// The cover holds the range, starts on a segment, ends on one or
+        /// at the valid bytes' end, and reaches into no segment the range
+        /// does not touch.
+        #[test]
+        fn cover_is_the_touched_segments(a in 0u64..1 << 26, len in 1u64..1 << 20, extra in 0u64..1 << 20) {
+            let b = a + len;
+            let valid = b + extra;
+            let c = segment_cover(a, b, valid);
+            prop_assert!(c.start <= a && b <= c.end && c.end <= valid);
+            prop_assert_eq!(c.start % SEGMENT, 0);
+            prop_assert!(c.end.is_multiple_of(SEGMENT) || c.end == valid);
+            let s = SegmentSpan::of(a, b);
+            prop_assert_eq!(c.start / SEGMENT, s.first);
+            prop_assert_eq!((c.end - 1) / SEGMENT, s.last);
         }
     }
 }

@@ -38,6 +38,7 @@ use strata_vfs::{Attr, SetAttr, SetTime, Vfs, VfsResult};
 use tracing::debug;
 
 use crate::gate::Gate;
+use crate::push::Pusher;
 
 /// How long the kernel may cache attributes and directory entries. Every
 /// change goes through this mount (single writer: the writer lease), so the
@@ -179,6 +180,8 @@ pub struct StrataFs {
     gate: Gate,
     dirs: Mutex<HashMap<u64, Listing>>,
     next_dir_fh: AtomicU64,
+    /// Where small reads leave the rest of the segments they decrypted.
+    pusher: Option<Pusher>,
 }
 
 impl StrataFs {
@@ -191,6 +194,7 @@ impl StrataFs {
             gate: Gate::new(1),
             dirs: Mutex::new(HashMap::new()),
             next_dir_fh: AtomicU64::new(1),
+            pusher: None,
         }
     }
 
@@ -202,6 +206,11 @@ impl StrataFs {
     /// inline (for a store on the local disk; see the module docs).
     pub fn set_inline_io(&mut self, on: bool) {
         self.inline_io = on;
+    }
+
+    /// Hand the spare plaintext of small reads to `p` (see `push.rs`).
+    pub fn set_pusher(&mut self, p: Pusher) {
+        self.pusher = Some(p);
     }
 
     /// The number of FUSE threads fuser runs (see `gate.rs`).
@@ -517,9 +526,20 @@ impl Filesystem for StrataFs {
         reply: ReplyData,
     ) {
         let _pass = self.gate.enter(self.inline_io);
+        let pusher = self.pusher.clone();
         self.data_op(move |vfs| async move {
-            match vfs.read(ino.0, fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
+            let Some(pusher) = pusher else {
+                match vfs.read(ino.0, fh.0, offset, size).await {
+                    Ok(data) => reply.data(&data),
+                    Err(e) => reply.error(errno(e)),
+                }
+                return;
+            };
+            match vfs.read_around(ino.0, fh.0, offset, size).await {
+                Ok(a) => {
+                    reply.data(a.asked());
+                    pusher.offer(a);
+                }
                 Err(e) => reply.error(errno(e)),
             }
         });

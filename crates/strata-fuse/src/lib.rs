@@ -9,7 +9,9 @@
 //!   vault, mounting, the status file, and the orderly stop (unmount, flush,
 //!   unlock) on a signal or an external unmount;
 //! - [`unmount`] and [`status`] ([`control`]): find a running mount through
-//!   its status file in the runtime directory and stop or query it.
+//!   its status file in the runtime directory and stop or query it;
+//! - [`push`]: the rest of the segments a small read decrypted, handed to
+//!   the kernel's page cache off the request path.
 //!
 //! POSIX semantics, the write-back cache and the journal live in
 //! `strata-vfs`; nothing here interprets file contents.
@@ -18,6 +20,7 @@ pub mod control;
 pub mod fs;
 mod gate;
 pub mod mount;
+pub mod push;
 
 pub use control::{runtime_dir, status, unmount};
 pub use fs::StrataFs;

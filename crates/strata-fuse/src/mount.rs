@@ -22,8 +22,8 @@ use strata_vfs::{FsyncMode, Vfs};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::control;
 use crate::fs::{StrataFs, MAX_READAHEAD};
+use crate::{control, push};
 
 /// How a mount is set up. Foreground/daemon mode is the caller's business
 /// (daemonize before calling [`run_mount`]: it creates threads).
@@ -359,6 +359,8 @@ pub fn run_mount(
     let mut fs = StrataFs::new(vfs.clone(), rt.handle().clone());
     fs.set_inline_io(is_local_store(&store_name));
     fs.set_threads(fuse_config(&opts, &store_name).n_threads.unwrap_or(1));
+    let (pusher, spare) = push::channel();
+    fs.set_pusher(pusher);
     let session = match fuser::spawn_mount(fs, &mountpoint, &fuse_config(&opts, &store_name)) {
         Ok(s) => s,
         Err(e) => {
@@ -372,6 +374,9 @@ pub fn run_mount(
         }
     };
     info!(mountpoint = %mountpoint.display(), store = %store_name, "mounted");
+    if let Err(e) = push::start(vfs.clone(), session.notifier(), spare) {
+        warn!(error = %e, "cannot start the page-cache thread; small reads stay uncached");
+    }
     sess.start(&rt);
     // A read-only mount follows the writer; a writer hands the vault over
     // when another device asks, and follows it from then on.

@@ -81,6 +81,11 @@ impl Vfs {
             .collect();
         let r = self.vault.refresh().await;
         if r.is_ok() {
+            if !matches!(r, Ok(Refresh::Unchanged)) {
+                // before the front end forgets what changed: spare
+                // plaintext read before is not handed to the kernel
+                self.handles.contents_changed();
+            }
             let mut ghosts = lock(&self.follow.ghosts);
             for n in open {
                 if self.vault.inode(n.ino).is_none() && self.open_count(n.ino) > 0 {

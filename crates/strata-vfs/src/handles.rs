@@ -6,6 +6,16 @@
 //! open handles per inode (a file unlinked while open lives until the last
 //! one is released), and handles open for writing (a handoff waits until
 //! none is left, then shuts the gate on new ones).
+//!
+//! It also decides when plaintext that a read decrypted beyond what was
+//! asked may be handed to the kernel's page cache ([`Handles::if_unchanged`]):
+//! only while no handle is open for writing anywhere, and only if nothing
+//! changed file contents since the read began (a write handle was opened
+//! or released, a file was truncated, the follower applied the writer's
+//! changes). The
+//! kernel locks pages while it waits for a write request; a push waits for
+//! page locks; so the guard is the absence of writers, taken with the lock
+//! that opening a writer takes, never a lock that a write request needs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +43,9 @@ pub(crate) struct Handles {
     per_ino: Mutex<HashMap<u64, u32>>,
     next: AtomicU64,
     writers: Mutex<WriteGate>,
+    /// Bumped (under `writers`) by every change of file contents that does
+    /// not come through a write handle, and by opening and releasing one.
+    contents_gen: AtomicU64,
 }
 
 /// Handles open for writing, and whether new ones are refused.
@@ -52,6 +65,7 @@ impl Handles {
                 return None;
             }
             g.open += 1;
+            self.contents_gen.fetch_add(1, Ordering::SeqCst);
         }
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let h = Arc::new(Handle {
@@ -63,6 +77,32 @@ impl Handles {
         *lock(&self.per_ino).entry(ino).or_default() += 1;
         lock(&self.by_fh).insert(fh, h);
         Some(fh)
+    }
+
+    /// File contents changed without a write handle (a truncate, the
+    /// follower's catch-up): spare plaintext read before is stale.
+    pub(crate) fn contents_changed(&self) {
+        let _g = lock(&self.writers);
+        self.contents_gen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The state of file contents now, for [`Handles::if_unchanged`]
+    /// (taken before a read looks at the file; no lock).
+    pub(crate) fn contents_token(&self) -> u64 {
+        self.contents_gen.load(Ordering::SeqCst)
+    }
+
+    /// Run `f` if no handle is open for writing and no file's contents
+    /// changed since `token` was taken; nothing changes them while `f`
+    /// runs. Returns whether `f` ran.
+    pub(crate) fn if_unchanged(&self, token: u64, f: impl FnOnce()) -> bool {
+        let g = lock(&self.writers);
+        if g.open > 0 || self.contents_gen.load(Ordering::SeqCst) != token {
+            return false;
+        }
+        f();
+        drop(g);
+        true
     }
 
     /// Handles open for writing.
@@ -96,6 +136,9 @@ impl Handles {
         if removed.as_ref().is_some_and(|h| h.write) {
             let mut g = lock(&self.writers);
             g.open = g.open.saturating_sub(1);
+            // a read that began while it was open may hold old bytes of
+            // what it wrote
+            self.contents_gen.fetch_add(1, Ordering::SeqCst);
         }
         let mut per = lock(&self.per_ino);
         let Some(c) = per.get_mut(&ino) else {
@@ -130,6 +173,38 @@ impl Handles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spare_plaintext_is_vouched_for_only_without_writers_or_changes() {
+        let t = Handles::default();
+        let tok = t.contents_token();
+        let r = t.open(1, false).unwrap();
+        assert!(t.if_unchanged(tok, || {}), "a reader changes nothing");
+        t.contents_changed();
+        assert!(!t.if_unchanged(tok, || panic!("stale")), "a truncate since");
+        let tok = t.contents_token();
+        let w = t.open(2, true).unwrap();
+        assert!(
+            !t.if_unchanged(tok, || panic!("writer")),
+            "a writer opened since"
+        );
+        let tok = t.contents_token();
+        assert!(
+            !t.if_unchanged(tok, || panic!("writer")),
+            "a writer is open"
+        );
+        t.close(2, w);
+        assert!(
+            !t.if_unchanged(tok, || panic!("written")),
+            "a read during its writes"
+        );
+        let tok = t.contents_token();
+        t.close(1, r);
+        assert!(
+            t.if_unchanged(tok, || {}),
+            "a reader's release changes nothing"
+        );
+    }
 
     #[test]
     fn handles_are_counted_per_inode_and_released_once() {

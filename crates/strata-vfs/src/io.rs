@@ -12,9 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use strata_core::format::blob::SEGMENT;
 use strata_core::layout::{chunk_count, chunk_pieces, chunk_start, last_piece};
 use strata_core::record::now;
-use strata_core::{Inode, Kind, Record, Ts};
+use strata_core::{Chunks, Inode, Kind, Record, Ts};
 use tracing::{debug, trace, warn};
 
 use crate::sealed::SealedFile;
@@ -32,6 +33,38 @@ fn sync_files(paths: &[PathBuf]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The answer to [`Vfs::read_around`]: file bytes from `start`, of which
+/// `data[asked]` were asked for; the rest (if any) is spare plaintext of
+/// the same segments.
+#[derive(Debug)]
+pub struct Around {
+    pub ino: u64,
+    /// File offset of `data[0]`.
+    pub start: u64,
+    pub data: Vec<u8>,
+    pub asked: std::ops::Range<usize>,
+    token: u64,
+}
+
+impl Around {
+    /// The bytes asked for.
+    pub fn asked(&self) -> &[u8] {
+        &self.data[self.asked.clone()]
+    }
+
+    /// The spare bytes before and after those asked for, with their file
+    /// offsets (none, one or two runs).
+    pub fn spare(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let (a, b) = (self.asked.start, self.asked.end);
+        [
+            (self.start, &self.data[..a]),
+            (self.start + b as u64, &self.data[b..]),
+        ]
+        .into_iter()
+        .filter(|(_, d)| !d.is_empty())
+    }
 }
 
 impl Vfs {
@@ -258,13 +291,15 @@ impl Vfs {
     }
 
     /// Read from the store (no pending writes to the file), with the read-ahead
-    /// of handle `fh`.
+    /// of handle `fh`: bytes `fetch` (which holds the `offset`/`len` asked
+    /// for, the range the read-ahead sees).
     async fn read_stored(
         &self,
         node: &Inode,
         fh: u64,
         offset: u64,
         len: u64,
+        fetch: std::ops::Range<u64>,
     ) -> VfsResult<Vec<u8>> {
         let chunks = self.vault.chunks();
         let handle = chunks
@@ -276,7 +311,7 @@ impl Vfs {
             .map(|h| lock(&h.prefetcher).on_read(chunks, node, offset, len));
         trace!(ino = node.ino, offset, len, "read");
         let r = chunks
-            .read(node, offset, len)
+            .read(node, fetch.start, fetch.end - fetch.start)
             .await
             .map_err(|e| vault_errno(e, "read"))?;
         trace!(ino = node.ino, offset, len, "read done");
@@ -289,6 +324,67 @@ impl Vfs {
     /// Read up to `len` bytes at `offset` of `ino` through handle `fh`,
     /// dirty data first.
     pub async fn read(&self, ino: u64, fh: u64, offset: u64, len: u32) -> VfsResult<Vec<u8>> {
+        self.read_with(ino, fh, offset, len, |_| None).await
+    }
+
+    /// [`Vfs::read`], and for a small read of stored data the rest of the
+    /// 64 KiB segments it had to decrypt, for the front end to hand to the
+    /// kernel's page cache through [`Vfs::if_unchanged`].
+    pub async fn read_around(&self, ino: u64, fh: u64, offset: u64, len: u32) -> VfsResult<Around> {
+        let token = self.handles.contents_token();
+        let mut cover = None;
+        let data = self
+            .read_with(ino, fh, offset, len, |node| {
+                // larger reads are sequential ones: the kernel asks for
+                // their neighbours itself
+                if u64::from(len) >= SEGMENT {
+                    return None;
+                }
+                let c = Chunks::decrypted_cover(node, offset..offset + u64::from(len))?;
+                cover = Some(c.clone());
+                Some(c)
+            })
+            .await?;
+        Ok(match cover {
+            Some(c) if data.len() as u64 == c.end - c.start => {
+                let a = (offset - c.start) as usize;
+                let b = (a + len as usize).min(data.len());
+                Around {
+                    start: c.start,
+                    data,
+                    asked: a..b,
+                    ino,
+                    token,
+                }
+            }
+            _ => Around {
+                start: offset,
+                asked: 0..data.len(),
+                data,
+                ino,
+                token,
+            },
+        })
+    }
+
+    /// Run `push` (the front end's store into the kernel's page cache) if
+    /// the spare bytes of `a` are still the file's: no handle open for
+    /// writing and no change of contents since the read began. Returns
+    /// whether it ran.
+    pub fn if_unchanged(&self, a: &Around, push: impl FnOnce()) -> bool {
+        self.handles.if_unchanged(a.token, push)
+    }
+
+    /// A read; `widen(node)` may give a larger range of stored data to read
+    /// (holding the one asked for) when the file has no pending writes.
+    async fn read_with(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        len: u32,
+        widen: impl FnOnce(&Inode) -> Option<std::ops::Range<u64>>,
+    ) -> VfsResult<Vec<u8>> {
         let file_node = || -> VfsResult<Inode> {
             let n = self.node(ino)?;
             if n.kind != Kind::File {
@@ -297,9 +393,10 @@ impl Vfs {
             Ok(n)
         };
         let Some(ov) = self.wb.get(ino) else {
-            return self
-                .read_stored(&file_node()?, fh, offset, u64::from(len))
-                .await;
+            let node = file_node()?;
+            let len = u64::from(len);
+            let fetch = widen(&node).unwrap_or(offset..offset.saturating_add(len));
+            return self.read_stored(&node, fh, offset, len, fetch).await;
         };
         let o = ov.read().await;
         // the file as the overlay sees it (taken under its lock: current)
@@ -338,6 +435,14 @@ impl Vfs {
 
     /// Change a file's size (truncate or extend with a hole).
     pub(crate) async fn truncate(&self, node: &Inode, size: u64, ctime: Ts) -> VfsResult<()> {
+        let r = self.truncate_now(node, size, ctime).await;
+        // after the change, before the kernel hears of it: a read that
+        // began before holds old bytes (and an old size)
+        self.handles.contents_changed();
+        r
+    }
+
+    async fn truncate_now(&self, node: &Inode, size: u64, ctime: Ts) -> VfsResult<()> {
         let mut o = self.lock_overlay(node).await;
         let t = now();
         self.apply(Record::SetAttr {

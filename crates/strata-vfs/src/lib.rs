@@ -50,6 +50,8 @@ use strata_core::tree::ApplyError;
 use strata_core::{Inode, Kind, Record, Ts, Vault, VaultError};
 use tracing::{info, warn};
 
+pub use crate::io::Around;
+
 use crate::handles::Handles;
 use crate::journal::Journal;
 use crate::space::Space;

@@ -87,10 +87,6 @@ async fn vfs_open(v: &Vfs, ino: u64, truncate: bool) -> Result<u64, Errno> {
     v.open(ino, truncate, true).await
 }
 
-async fn vfs_read(v: &Vfs, ino: u64, fh: u64, off: u64, len: u32) -> Result<Vec<u8>, Errno> {
-    v.read(ino, fh, off, len).await
-}
-
 async fn vfs_write(v: &Vfs, ino: u64, fh: u64, off: u64, data: &[u8]) -> Result<u32, Errno> {
     v.write(ino, fh, off, data).await
 }
@@ -606,7 +602,7 @@ async fn read_whole(v: &Vfs, m: &Model, ino: u64, len: u64) -> Result<Vec<u8>, S
         None => ok(vfs_open(v, ino, false).await, "open to check")?,
     };
     let data = ok(
-        vfs_read(v, ino, fh, 0, (len + 100) as u32).await,
+        v.read(ino, fh, 0, (len + 100) as u32).await,
         "read to check",
     )?;
     if held.is_none() {
@@ -905,11 +901,21 @@ async fn step(env: &mut Env, mt: &mut Option<Mounted>, m: &mut Model, op: &Op) -
             let Some(h) = use_handle(v, m, h).await? else {
                 return Ok(());
             };
-            let got = ok(vfs_read(v, h.ino, h.fh, off, len).await, "read")?;
+            // with the spare bytes of the segments it decrypted: they too
+            // must be the file's
+            let got = ok(v.read_around(h.ino, h.fh, off, len).await, "read")?;
             let data = &m.files[&h.ino].data;
             let a = (off as usize).min(data.len());
             let b = (off as usize + len as usize).min(data.len());
-            same(&got, &data[a..b], "read")?;
+            same(got.asked(), &data[a..b], "read")?;
+            for (at, spare) in got.spare() {
+                let at = at as usize;
+                ensure!(
+                    at + spare.len() <= data.len(),
+                    "spare bytes past the end of the file"
+                );
+                same(spare, &data[at..at + spare.len()], "spare bytes of a read")?;
+            }
         }
         Op::Write { h, off, len, seed } => {
             let Some(h) = use_handle(v, m, h).await? else {
