@@ -44,6 +44,8 @@
 #
 # Usage: bench/mount_bench.sh   (as root: FUSE mounts and drop_caches)
 # Env:   SIZE_MIB=1024 NFILES=5000 FIO_RUNTIME=20 LS_REPEAT=3 SYSTEMS="strata gocryptfs rclone"
+#        PHASES="write read randread small ls untar" (a subset: only those, in order;
+#        read and randread read the file that write leaves)
 #        RCLONE_WRITE_BACK=0s (rclone's own default is 5s; 0s is its best case)
 #        STRATA_BIN=PATH (another strata binary, e.g. an older build; no cargo build)
 #        BENCH_WORK=target/bench-mount (deleted at the end)
@@ -56,6 +58,7 @@ NFILES=${NFILES:-5000}
 FIO_RUNTIME=${FIO_RUNTIME:-20}
 LS_REPEAT=${LS_REPEAT:-3}
 SYSTEMS=${SYSTEMS:-"strata gocryptfs rclone"}
+PHASES=${PHASES:-"write read randread small ls untar"}
 RCLONE_WRITE_BACK=${RCLONE_WRITE_BACK:-0s}
 W=${BENCH_WORK:-$ROOT/target/bench-mount}
 OUT=${BENCH_OUT:-$ROOT/target/bench-results/mount-$(date +%Y%m%d-%H%M%S)}
@@ -435,7 +438,7 @@ check_space() { # never fill the shared disk: stop while there is room left
 }
 
 for s in $SYSTEMS; do
-  for p in write read randread small ls untar; do
+  for p in $PHASES; do
     check_space
     "phase_$p" "$s"
   done
