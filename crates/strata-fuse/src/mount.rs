@@ -421,11 +421,19 @@ pub fn run_mount(
         .write()
         .with_context(|| format!("cannot write the status file {}", status.path.display()))?;
     let status_task = {
-        let status = status.clone();
+        let (status, vfs) = (status.clone(), vfs.clone());
         rt.spawn(async move {
+            // every second, and soon after the cache made progress (so
+            // `strata status` sees an upload or commit that just ended)
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = vfs.progressed() => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tick.reset();
+                    }
+                }
                 if let Err(e) = status.write() {
                     debug!(error = %e, "could not write the status file");
                 }

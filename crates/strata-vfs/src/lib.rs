@@ -593,6 +593,13 @@ impl Vfs {
     }
 
     /// Current state for `strata status`.
+    /// Returns when the write-back cache next makes progress (an upload
+    /// ends, a commit lands, space is released): for a front end that
+    /// shows the state.
+    pub async fn progressed(&self) {
+        self.progress.notified().await
+    }
+
     pub fn status(&self) -> Status {
         let (dirty_bytes, dirty_chunks, dirty_files) = self.wb.totals();
         Status {

@@ -37,6 +37,12 @@ use crate::sealed::{self, SealedFile};
 
 mod body;
 use crate::{io_errno, lock, vault_errno, Vfs, VfsResult};
+
+/// Changes stopped this long ago, and nothing is left to upload: the
+/// committer does not wait for the rest of its interval (what was done is
+/// in the store as soon as it can be; a burst of changes is still one
+/// commit per interval).
+pub const QUIET: Duration = Duration::from_millis(200);
 pub(crate) use body::fit_to_tree;
 pub use body::{MEM_BUDGET, MEM_CHUNK_MAX};
 
@@ -632,7 +638,7 @@ impl Vfs {
         low
     }
 
-    /// Start the background uploader/committer.
+    /// Start the background uploader/committer (see [`QUIET`]).
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         self.uploader_running.store(true, Ordering::SeqCst);
@@ -645,6 +651,8 @@ impl Vfs {
 
     async fn uploader(self: Arc<Self>) {
         let mut last_commit = Instant::now();
+        // uncommitted records at the last pass, and since when
+        let (mut last_records, mut records_since) = (0, Instant::now());
         let mut backoff = Duration::from_millis(0);
         loop {
             let _ = tokio::time::timeout(Duration::from_millis(200), self.wake.notified()).await;
@@ -675,8 +683,15 @@ impl Vfs {
             if pressure && uploaded {
                 self.release_uploaded_early().await;
             }
-            if self.vault.uncommitted_records() > 0
-                && (stopping || last_commit.elapsed() >= self.opts.commit_interval)
+            let records = self.vault.uncommitted_records();
+            if records != last_records {
+                (last_records, records_since) = (records, Instant::now());
+            }
+            // commit every `commit_interval` while changes keep coming, and
+            // at once when they stopped (QUIET) with nothing left to upload
+            let quiet = !uploaded && records_since.elapsed() >= QUIET && self.wb.totals().1 == 0;
+            if records > 0
+                && (stopping || quiet || last_commit.elapsed() >= self.opts.commit_interval)
             {
                 failed |= self.commit_now().await.is_err();
                 last_commit = Instant::now();
