@@ -499,21 +499,9 @@ if "strata" in systems and others:
                 cells.append(f"{(a / b if hib else b / a):>12.2f}x")
         print(f"{label:{w}}  " + "".join(cells))
 print()
-targets = [
-    ("read_seq", "gocryptfs", 1.2, "cold seq read >= 1.2x gocryptfs"),
-    ("write_fsync", "gocryptfs", 1.0, "seq write with fsync >= 1.0x gocryptfs"),
-    ("read_seq", "rclone", 2.5, "cold seq read >= 2.5x rclone"),
-    ("small_store", "rclone", 5.0, "small-file creation until in store >= 5x rclone"),
-    ("ls_lR_s", "gocryptfs", 2.0, "ls -lR >= 2x gocryptfs (strata time <= half)"),
-]
 print("Targets:")
-for k, o, t, text in targets:
-    a, b = v.get((k, "strata")), v.get((k, o))
-    if a is None or b is None or a == 0 or b == 0:
-        print(f"  {text:50} n/a")
-        continue
-    hib = next(r[2] for r in rows if r[0] == k)
-    r = a / b if hib else b / a
-    print(f"  {text:50} {r:6.2f}x  {'PASS' if r >= t else 'MISS'}")
+sys.path.insert(0, "bench")
+from mount_bench_summary import print_targets
+print_targets(v, rows)
 EOF
 log "done; table in $OUT/table.txt"
