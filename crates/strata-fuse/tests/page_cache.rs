@@ -2,7 +2,7 @@
 //! the whole 64 KiB segments it touches, and the rest of them is handed to
 //! the kernel (`FUSE_NOTIFY_STORE`), so the next small reads there need no
 //! request. Checked with `mincore` (which pages of the file the kernel
-//! holds) and by reading the data back: never while a file is open for
+//! holds) and by reading the data back: never while the file is open for
 //! writing, and never stale after a write or a truncate.
 
 mod common;
@@ -139,7 +139,7 @@ fn small_reads_leave_their_segments_in_the_page_cache() {
 }
 
 #[test]
-fn nothing_is_cached_ahead_while_a_file_is_open_for_writing() {
+fn nothing_is_cached_ahead_of_a_file_open_for_writing() {
     if !can_mount() {
         return;
     }
@@ -148,7 +148,8 @@ fn nothing_is_cached_ahead_while_a_file_is_open_for_writing() {
     let data = stored_file(&env, "f", 2);
     let m = env.mount();
     let f = open_random(&m.mp.join("f"));
-    let writer = OpenOptions::new()
+    let writer = OpenOptions::new().write(true).open(m.mp.join("f")).unwrap();
+    let other = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
@@ -165,10 +166,11 @@ fn nothing_is_cached_ahead_while_a_file_is_open_for_writing() {
     assert!(r[pages(3)][0], "the page read is cached");
     assert!(
         r[pages(3)][1..].iter().all(|r| !r),
-        "no page of a segment is cached ahead while a writer is open"
+        "no page of a segment is cached ahead while the file is open for writing"
     );
-    // once it is closed (the kernel sends the release in the background),
-    // small reads are cached ahead again
+    // once its writer is closed (the kernel sends the release in the
+    // background), small reads are cached ahead again, though another file
+    // is still open for writing
     drop(writer);
     let cached_ahead = (5..LEN / SEG).any(|seg| {
         f.read_exact_at(&mut buf, (seg * SEG) as u64).unwrap();
@@ -181,6 +183,7 @@ fn nothing_is_cached_ahead_while_a_file_is_open_for_writing() {
         cached_ahead,
         "no segment cached ahead after the writer closed"
     );
+    drop(other);
     m.stop().unwrap();
 }
 

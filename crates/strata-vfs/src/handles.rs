@@ -9,13 +9,13 @@
 //!
 //! It also decides when plaintext that a read decrypted beyond what was
 //! asked may be handed to the kernel's page cache ([`Handles::if_unchanged`]):
-//! only while no handle is open for writing anywhere, and only if nothing
-//! changed file contents since the read began (a write handle was opened
-//! or released, a file was truncated, the follower applied the writer's
-//! changes). The
-//! kernel locks pages while it waits for a write request; a push waits for
-//! page locks; so the guard is the absence of writers, taken with the lock
-//! that opening a writer takes, never a lock that a write request needs.
+//! only while no handle is open for writing on that file, and only if
+//! nothing changed file contents since the read began (a write handle was
+//! opened or released, a file was truncated, the follower applied the
+//! writer's changes). The kernel locks a file's pages while it waits for a
+//! write request to it; a push waits for those page locks; so the guard is
+//! the absence of writers of the file, taken with the lock that opening a
+//! writer takes, never a lock that a write request needs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +52,8 @@ pub(crate) struct Handles {
 #[derive(Debug, Default)]
 struct WriteGate {
     open: u64,
+    /// The same, per inode.
+    by_ino: HashMap<u64, u32>,
     shut: bool,
 }
 
@@ -65,6 +67,7 @@ impl Handles {
                 return None;
             }
             g.open += 1;
+            *g.by_ino.entry(ino).or_default() += 1;
             self.contents_gen.fetch_add(1, Ordering::SeqCst);
         }
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
@@ -92,12 +95,12 @@ impl Handles {
         self.contents_gen.load(Ordering::SeqCst)
     }
 
-    /// Run `f` if no handle is open for writing and no file's contents
-    /// changed since `token` was taken; nothing changes them while `f`
-    /// runs. Returns whether `f` ran.
-    pub(crate) fn if_unchanged(&self, token: u64, f: impl FnOnce()) -> bool {
+    /// Run `f` if no handle is open for writing on `ino` and no file's
+    /// contents changed since `token` was taken; nothing changes them
+    /// while `f` runs. Returns whether `f` ran.
+    pub(crate) fn if_unchanged(&self, token: u64, ino: u64, f: impl FnOnce()) -> bool {
         let g = lock(&self.writers);
-        if g.open > 0 || self.contents_gen.load(Ordering::SeqCst) != token {
+        if g.by_ino.contains_key(&ino) || self.contents_gen.load(Ordering::SeqCst) != token {
             return false;
         }
         f();
@@ -136,6 +139,12 @@ impl Handles {
         if removed.as_ref().is_some_and(|h| h.write) {
             let mut g = lock(&self.writers);
             g.open = g.open.saturating_sub(1);
+            if let Some(n) = g.by_ino.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    g.by_ino.remove(&ino);
+                }
+            }
             // a read that began while it was open may hold old bytes of
             // what it wrote
             self.contents_gen.fetch_add(1, Ordering::SeqCst);
@@ -179,29 +188,40 @@ mod tests {
         let t = Handles::default();
         let tok = t.contents_token();
         let r = t.open(1, false).unwrap();
-        assert!(t.if_unchanged(tok, || {}), "a reader changes nothing");
+        assert!(t.if_unchanged(tok, 1, || {}), "a reader changes nothing");
         t.contents_changed();
-        assert!(!t.if_unchanged(tok, || panic!("stale")), "a truncate since");
-        let tok = t.contents_token();
-        let w = t.open(2, true).unwrap();
         assert!(
-            !t.if_unchanged(tok, || panic!("writer")),
+            !t.if_unchanged(tok, 1, || panic!("stale")),
+            "a truncate since"
+        );
+        let tok = t.contents_token();
+        let w = t.open(1, true).unwrap();
+        assert!(
+            !t.if_unchanged(tok, 1, || panic!("writer")),
             "a writer opened since"
         );
         let tok = t.contents_token();
         assert!(
-            !t.if_unchanged(tok, || panic!("writer")),
+            !t.if_unchanged(tok, 1, || panic!("writer")),
             "a writer is open"
         );
-        t.close(2, w);
+        assert!(t.if_unchanged(tok, 2, || {}), "a writer of another file");
+        let w2 = t.open(1, true).unwrap();
+        t.close(1, w);
+        let tok = t.contents_token();
         assert!(
-            !t.if_unchanged(tok, || panic!("written")),
+            !t.if_unchanged(tok, 1, || panic!("writer")),
+            "a second writer is open"
+        );
+        t.close(1, w2);
+        assert!(
+            !t.if_unchanged(tok, 1, || panic!("written")),
             "a read during its writes"
         );
         let tok = t.contents_token();
         t.close(1, r);
         assert!(
-            t.if_unchanged(tok, || {}),
+            t.if_unchanged(tok, 1, || {}),
             "a reader's release changes nothing"
         );
     }

@@ -369,10 +369,10 @@ impl Vfs {
 
     /// Run `push` (the front end's store into the kernel's page cache) if
     /// the spare bytes of `a` are still the file's: no handle open for
-    /// writing and no change of contents since the read began. Returns
+    /// writing on it and no change of contents since the read began. Returns
     /// whether it ran.
     pub fn if_unchanged(&self, a: &Around, push: impl FnOnce()) -> bool {
-        self.handles.if_unchanged(a.token, push)
+        self.handles.if_unchanged(a.token, a.ino, push)
     }
 
     /// A read; `widen(node)` may give a larger range of stored data to read
