@@ -358,7 +358,7 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _pass = self.gate.enter(false);
+        let _pass = self.gate.enter(self.inline_io);
         let s = SetAttr {
             mode,
             uid,
@@ -367,7 +367,7 @@ impl Filesystem for StrataFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        self.spawn(move |vfs| async move {
+        self.data_op(move |vfs| async move {
             match vfs.setattr(ino.0, s).await {
                 Ok(a) => reply.attr(&TTL, &file_attr(&a)),
                 Err(e) => reply.error(errno(e)),
