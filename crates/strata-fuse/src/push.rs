@@ -4,8 +4,8 @@
 //! segments to the kernel (`FUSE_NOTIFY_STORE`), so the next small reads
 //! there are served from the page cache without a request. It runs off
 //! the request path, drops work when it falls behind, and stores only what
-//! [`Vfs::if_unchanged`] still vouches for (no handle open for writing, no
-//! change of contents since the read).
+//! [`Vfs::if_unchanged`] still vouches for (no handle open for writing on
+//! the file, no change of contents since the read).
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;

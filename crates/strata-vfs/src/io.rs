@@ -340,7 +340,8 @@ impl Vfs {
                 if u64::from(len) >= SEGMENT {
                     return None;
                 }
-                let c = Chunks::decrypted_cover(node, offset..offset + u64::from(len))?;
+                let end = offset.saturating_add(u64::from(len));
+                let c = Chunks::decrypted_cover(node, offset..end)?;
                 cover = Some(c.clone());
                 Some(c)
             })
