@@ -597,8 +597,8 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.gate.enter(false);
-        self.spawn(
+        let _pass = self.gate.enter(self.inline_io);
+        self.data_op(
             move |vfs| async move { Self::reply_empty(reply, vfs.release(ino.0, fh.0).await) },
         );
     }
