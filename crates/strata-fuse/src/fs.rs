@@ -9,9 +9,10 @@
 //! for the network or the local disk (read, write, flush, fsync, release,
 //! setattr, open, fallocate) is spawned as a task on the mount's Tokio
 //! runtime and replies when it is done, so a FUSE thread never blocks on I/O.
-//! Except on a local store (`file://`, `memory://`): there read, write and
-//! flush run on the FUSE thread itself (`Handle::block_on`, with the
-//! store's disk I/O and decryption inline: [`strata_store::inline`]),
+//! Except on a local store (`file://`, `memory://`): there read, write,
+//! flush, setattr and release run on the FUSE thread itself
+//! (`Handle::block_on`, with the store's disk I/O and decryption inline:
+//! [`strata_store::inline`]),
 //! since handing a 4 KiB read to a Tokio worker and its file read to the
 //! blocking pool cost more thread wake-ups than the read itself.
 //! fuser's reply objects are `Send`; a reply dropped without an answer (task
@@ -228,12 +229,14 @@ impl StrataFs {
         self.rt.spawn(async move { f(vfs).await });
     }
 
-    /// A data request: on this thread when `inline_io`, else spawned.
+    /// A data request: on this thread when `inline_io` (holding a pass of
+    /// the gate that says it may block), else spawned.
     fn data_op<F, Fut>(&self, f: F)
     where
         F: FnOnce(Arc<Vfs>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let _pass = self.gate.enter(self.inline_io);
         if !self.inline_io {
             return self.spawn(f);
         }
@@ -358,7 +361,6 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _pass = self.gate.enter(self.inline_io);
         let s = SetAttr {
             mode,
             uid,
@@ -525,20 +527,14 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _pass = self.gate.enter(self.inline_io);
         let pusher = self.pusher.clone();
         self.data_op(move |vfs| async move {
-            let Some(pusher) = pusher else {
-                match vfs.read(ino.0, fh.0, offset, size).await {
-                    Ok(data) => reply.data(&data),
-                    Err(e) => reply.error(errno(e)),
-                }
-                return;
-            };
             match vfs.read_around(ino.0, fh.0, offset, size).await {
                 Ok(a) => {
                     reply.data(a.asked());
-                    pusher.offer(a);
+                    if let Some(p) = pusher {
+                        p.offer(a);
+                    }
                 }
                 Err(e) => reply.error(errno(e)),
             }
@@ -583,7 +579,6 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.gate.enter(self.inline_io);
         self.data_op(move |vfs| async move { Self::reply_empty(reply, vfs.flush(ino.0).await) });
     }
 
@@ -597,7 +592,6 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _pass = self.gate.enter(self.inline_io);
         self.data_op(
             move |vfs| async move { Self::reply_empty(reply, vfs.release(ino.0, fh.0).await) },
         );

@@ -358,10 +358,11 @@ pub fn run_mount(
 
     let mut fs = StrataFs::new(vfs.clone(), rt.handle().clone());
     fs.set_inline_io(is_local_store(&store_name));
-    fs.set_threads(fuse_config(&opts, &store_name).n_threads.unwrap_or(1));
+    let config = fuse_config(&opts, &store_name);
+    fs.set_threads(config.n_threads.unwrap_or(1));
     let (pusher, spare) = push::channel();
     fs.set_pusher(pusher);
-    let session = match fuser::spawn_mount(fs, &mountpoint, &fuse_config(&opts, &store_name)) {
+    let session = match fuser::spawn_mount(fs, &mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
             sess.abort(&rt);

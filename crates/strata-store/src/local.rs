@@ -122,18 +122,15 @@ pub(crate) fn fs_put(
 
     let tmp = tmp_name(&dirs.tmp);
     let mut guard = TmpGuard(Some(&tmp));
-    if durable && data.len() >= DIRECT_MIN {
-        write_direct(&tmp, data)?.sync_all()?;
+    let f = if durable && data.len() >= DIRECT_MIN {
+        write_direct(&tmp, data)?
     } else {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        if durable {
-            f.sync_all()?;
-        }
+        write_plain(&tmp, data, true)?
+    };
+    if durable {
+        f.sync_all()?;
     }
+    drop(f);
 
     if if_absent {
         match std::fs::hard_link(&tmp, &target) {
@@ -170,6 +167,19 @@ thread_local! {
     static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Create `path` holding `data` through the page cache (`new`: it must not
+/// exist; else it is emptied first). Not synced.
+fn write_plain(path: &Path, data: &[u8], new: bool) -> io::Result<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(new)
+        .create(!new)
+        .truncate(!new)
+        .open(path)?;
+    f.write_all(data)?;
+    Ok(f)
+}
+
 /// Create `path` (new) holding `data`: the block-aligned front written with
 /// `O_DIRECT` through an aligned buffer, the rest through the page cache.
 /// Falls back to a plain write where the filesystem refuses `O_DIRECT`
@@ -187,13 +197,7 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<std::fs::File> {
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
             // the refused open may have created the file (the temp name is
             // ours alone): open it either way
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)?;
-            f.write_all(data)?;
-            return Ok(f);
+            return write_plain(path, data, false);
         }
         Err(e) => return Err(e),
     };

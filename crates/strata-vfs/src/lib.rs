@@ -592,7 +592,6 @@ impl Vfs {
         self.handles.open_count(ino)
     }
 
-    /// Current state for `strata status`.
     /// Returns when the write-back cache next makes progress (an upload
     /// ends, a commit lands, space is released): for a front end that
     /// shows the state.
@@ -600,6 +599,7 @@ impl Vfs {
         self.progress.notified().await
     }
 
+    /// Current state for `strata status`.
     pub fn status(&self) -> Status {
         let (dirty_bytes, dirty_chunks, dirty_files) = self.wb.totals();
         Status {

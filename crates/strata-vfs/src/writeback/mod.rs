@@ -689,9 +689,10 @@ impl Vfs {
             }
             // commit every `commit_interval` while changes keep coming, and
             // at once when they stopped (QUIET) with nothing left to upload
-            let quiet = !uploaded && records_since.elapsed() >= QUIET && self.wb.totals().1 == 0;
+            // (the dirty scan last: only then is it needed)
+            let quiet = || !uploaded && records_since.elapsed() >= QUIET && self.wb.totals().1 == 0;
             if records > 0
-                && (stopping || quiet || last_commit.elapsed() >= self.opts.commit_interval)
+                && (stopping || last_commit.elapsed() >= self.opts.commit_interval || quiet())
             {
                 failed |= self.commit_now().await.is_err();
                 last_commit = Instant::now();
