@@ -48,6 +48,8 @@
 #        read and randread read the file that write leaves)
 #        RCLONE_WRITE_BACK=0s (rclone's own default is 5s; 0s is its best case)
 #        STRATA_BIN=PATH (another strata binary, e.g. an older build; no cargo build)
+#        STRATA_MOUNT_ARGS="--close buffered" (extra `strata mount` options; e.g. the
+#        opt-in close without a sync: SYSTEMS="strata gocryptfs" PHASES="small untar")
 #        BENCH_WORK=target/bench-mount (deleted at the end)
 #        BENCH_OUT=target/bench-results/mount-<time> (logs, results.tsv, table)
 set -euo pipefail
@@ -58,6 +60,7 @@ NFILES=${NFILES:-5000}
 FIO_RUNTIME=${FIO_RUNTIME:-20}
 LS_REPEAT=${LS_REPEAT:-3}
 SYSTEMS=${SYSTEMS:-"strata gocryptfs rclone"}
+read -r -a STRATA_MOUNT_ARGS <<<"${STRATA_MOUNT_ARGS:-}"
 PHASES=${PHASES:-"write read randread small ls untar"}
 RCLONE_WRITE_BACK=${RCLONE_WRITE_BACK:-0s}
 W=${BENCH_WORK:-$ROOT/target/bench-mount}
@@ -193,7 +196,8 @@ cold_strata() { rm -rf "$S_DIR/cache"; }
 mount_strata() {
   mkdir -p "$S_DIR/cache"
   # env execs strata: $! is the daemon's pid
-  env "${S_ENV[@]}" "$BIN" mount "$S_DIR/mnt" --cache-dir "$S_DIR/cache" </dev/null \
+  env "${S_ENV[@]}" "$BIN" mount "$S_DIR/mnt" --cache-dir "$S_DIR/cache" \
+    ${STRATA_MOUNT_ARGS[@]+"${STRATA_MOUNT_ARGS[@]}"} </dev/null \
     >>"$OUT/strata-mount.log" 2>&1 &
   PID[strata]=$!
   wait_mounted "$S_DIR/mnt" "${PID[strata]}"
@@ -302,7 +306,7 @@ for s in $SYSTEMS; do "setup_$s"; done
 t0=$(now); dd if=/dev/zero of="$W/dsync.probe" bs=4k count=500 oflag=dsync status=none; t1=$(now)
 rm -f "$W/dsync.probe"
 log "disk: 4 KiB O_DSYNC write $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", (b - a) * 1000 / 500 }') ms each"
-log "strata: $("$BIN" --version) from commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), $(git status --short -- crates Cargo.toml Cargo.lock 2>/dev/null | wc -l) changed paths in the worktree"
+log "strata: $("$BIN" --version) from commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), $(git status --short -- crates Cargo.toml Cargo.lock 2>/dev/null | wc -l) changed paths in the worktree; mount options: ${STRATA_MOUNT_ARGS[*]:-(defaults)}"
 log "peers: $(gocryptfs -version | head -1 | cut -d';' -f1); $(rclone version | head -1); $(fio --version)"
 log "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
 log "systems: $SYSTEMS; work dir $W ($(df -h "$W" | awk 'NR==2 {print $1}')); logs in $OUT"

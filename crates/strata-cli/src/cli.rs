@@ -221,6 +221,13 @@ pub struct MountArgs {
     #[arg(long, value_enum, default_value = "cloud")]
     pub fsync: FsyncArg,
 
+    /// When close returns: `durable` = the file's data and size are synced
+    /// to the local disk; `buffered` = written to the local cache, synced
+    /// within a second (faster for many small files; a power cut may lose
+    /// the last second's closed files, a crash of strata loses nothing)
+    #[arg(long, value_enum, default_value = "durable")]
+    pub close: CloseArg,
+
     /// Run in the background; returns once the mount is ready
     #[arg(long)]
     pub daemon: bool,
@@ -228,6 +235,12 @@ pub struct MountArgs {
     /// Set by --daemon for the background process: the password comes on stdin
     #[arg(long, hide = true)]
     pub password_stdin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CloseArg {
+    Durable,
+    Buffered,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -26,4 +26,4 @@ pub use control::{runtime_dir, status, unmount};
 pub use fs::StrataFs;
 pub use mount::{run_mount, MountOptions};
 pub use strata_vfs::session::{default_cache_dir, StopHandle};
-pub use strata_vfs::FsyncMode;
+pub use strata_vfs::{CloseMode, FsyncMode};

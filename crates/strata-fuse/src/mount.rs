@@ -18,7 +18,7 @@ use strata_store::Metrics;
 use strata_vfs::session::{
     bound_allocator, is_local_store, Session, SessionOptions, Signals, StopHandle,
 };
-use strata_vfs::{FsyncMode, Vfs};
+use strata_vfs::{CloseMode, FsyncMode, Vfs};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
@@ -46,6 +46,8 @@ pub struct MountOptions {
     /// /etc/fuse.conf when not root).
     pub allow_other: bool,
     pub fsync: FsyncMode,
+    /// When close returns (durable on local disk by default).
+    pub close: CloseMode,
     /// Rollback-detection state (default: `strata_core::state::default_state_dir`).
     pub state_dir: Option<PathBuf>,
     pub accept_rollback: bool,
@@ -87,6 +89,7 @@ impl MountOptions {
             read_only: false,
             allow_other: false,
             fsync: FsyncMode::Cloud,
+            close: CloseMode::Durable,
             state_dir: None,
             accept_rollback: false,
             break_lease: false,
@@ -114,6 +117,7 @@ impl MountOptions {
             read_cache_size: self.read_cache_size,
             read_only: self.read_only,
             fsync: self.fsync,
+            close: self.close,
             state_dir: self.state_dir.clone(),
             accept_rollback: self.accept_rollback,
             break_lease: self.break_lease,

@@ -20,7 +20,7 @@ use tracing::{debug, trace, warn};
 
 use crate::sealed::SealedFile;
 use crate::writeback::{block, committed_len, DChunk, Overlay};
-use crate::{io_errno, lock, vault_errno, Errno, Vfs, VfsResult};
+use crate::{io_errno, lock, vault_errno, CloseMode, Errno, Vfs, VfsResult};
 
 /// fdatasync each file that exists (a chunk file may have been uploaded,
 /// committed and deleted meanwhile).
@@ -548,29 +548,45 @@ impl Vfs {
         Ok(())
     }
 
-    /// Make the file's data and size durable on local disk (close
-    /// semantics): its chunk files and the journal synced (the journal
-    /// alone for a file whose chunks are in memory: their writes are in
-    /// it).
+    /// Close: the file's data and size durable on local disk, or with
+    /// [`CloseMode::Buffered`] in the local cache (synced later by
+    /// [`Vfs::sync_closed`]).
     pub async fn flush(&self, ino: u64) -> VfsResult<()> {
         if self.read_only() {
             return Ok(());
         }
+        match self.opts.close {
+            CloseMode::Durable => self.flush_durable(ino).await,
+            CloseMode::Buffered => self.flush_buffered(ino).await,
+        }
+    }
+
+    /// The file's size into the tree; its dirty chunk files, and whether
+    /// the journal missed a change of one of its memory chunks.
+    async fn flush_start(&self, ino: u64) -> VfsResult<Option<(Vec<PathBuf>, bool)>> {
         self.flush_attr(ino).await?;
         let Some(ov) = self.wb.get(ino) else {
-            return self.make_content_durable(ino).await;
+            return Ok(None);
         };
-        let (paths, journal_failed) = {
-            let o = ov.read().await;
-            let paths: Vec<PathBuf> = o
-                .chunks
-                .iter()
-                .filter(|(_, c)| c.is_dirty() && c.mem.is_none())
-                .map(|(ci, _)| self.wb.path(ino, *ci))
-                .collect();
-            // a memory chunk the journal missed a change of
-            let missed = o.chunks.values().any(|c| c.unjournaled && c.is_dirty());
-            (paths, missed)
+        let o = ov.read().await;
+        let paths: Vec<PathBuf> = o
+            .chunks
+            .iter()
+            .filter(|(_, c)| c.is_dirty() && c.mem.is_none())
+            .map(|(ci, _)| self.wb.path(ino, *ci))
+            .collect();
+        // a memory chunk the journal missed a change of
+        let missed = o.chunks.values().any(|c| c.unjournaled && c.is_dirty());
+        Ok(Some((paths, missed)))
+    }
+
+    /// Make the file's data and size durable on local disk (close
+    /// semantics): its chunk files and the journal synced (the journal
+    /// alone for a file whose chunks are in memory: their writes are in
+    /// it).
+    async fn flush_durable(&self, ino: u64) -> VfsResult<()> {
+        let Some((paths, journal_failed)) = self.flush_start(ino).await? else {
+            return self.make_content_durable(ino).await;
         };
         if journal_failed {
             // the journal refused the bytes of a memory chunk: durable in
@@ -593,6 +609,62 @@ impl Vfs {
         self.cover_journal_gap().await
     }
 
+    /// [`CloseMode::Buffered`]: the file's bytes are in its chunk files and
+    /// the journal (the kernel keeps them if this process dies); they are
+    /// noted for [`Vfs::sync_closed`]. What exists only in this process's
+    /// memory (a change the journal missed) still goes to the store first.
+    async fn flush_buffered(&self, ino: u64) -> VfsResult<()> {
+        let paths = match self.flush_start(ino).await? {
+            Some((_, true)) => return self.commit_file(ino).await,
+            Some((paths, false)) => paths,
+            None => Vec::new(),
+        };
+        let upto = lock(&self.journal).appended();
+        {
+            let mut pending = lock(&self.close_unsynced);
+            pending.0.extend(paths);
+            pending.1 = pending.1.max(upto);
+        }
+        self.cover_journal_gap().await
+    }
+
+    /// Whether files closed with [`CloseMode::Buffered`] have bytes not yet
+    /// synced to the cache disk.
+    pub(crate) fn close_unsynced(&self) -> bool {
+        let (pending, upto) = {
+            let p = lock(&self.close_unsynced);
+            (!p.0.is_empty(), p.1)
+        };
+        pending || lock(&self.journal).synced() < upto
+    }
+
+    /// Sync what buffered closes left unsynced: their chunk files and the
+    /// journal. The uploader calls this every commit interval; on failure
+    /// the files stay noted and it is tried again.
+    pub(crate) async fn sync_closed(&self) -> VfsResult<()> {
+        if !self.close_unsynced() {
+            return Ok(());
+        }
+        let mut paths = std::mem::take(&mut lock(&self.close_unsynced).0);
+        paths.sort();
+        paths.dedup();
+        let h = lock(&self.journal)
+            .sync_handle()
+            .map_err(|e| io_errno(e, "journal"))?;
+        let todo = paths.clone();
+        let r = tokio::task::spawn_blocking(move || sync_files(&todo).and_then(|()| h.sync()))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if let Err(e) = r {
+            lock(&self.close_unsynced).0.extend(paths);
+            self.note_error(format!(
+                "syncing closed files to the cache disk failed: {e}"
+            ));
+            return Err(io_errno(e, "syncing the cache"));
+        }
+        Ok(())
+    }
+
     /// Sync the journal if it holds a record of `ino`'s contents or size
     /// not yet synced; commit if the journal missed a record.
     async fn make_content_durable(&self, ino: u64) -> VfsResult<()> {
@@ -608,7 +680,7 @@ impl Vfs {
         if self.read_only() {
             return Ok(());
         }
-        self.flush(ino).await?;
+        self.flush_durable(ino).await?;
         if self.opts.fsync == crate::FsyncMode::Local {
             // the file's records too, not only its contents (a new empty file)
             return self.make_records_durable().await;

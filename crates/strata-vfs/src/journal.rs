@@ -470,6 +470,11 @@ impl Journal {
             .collect())
     }
 
+    /// Appends so far (counted like [`Journal::synced`]).
+    pub fn appended(&self) -> u64 {
+        self.appended
+    }
+
     /// Appends known to be on disk (synced).
     pub fn synced(&self) -> u64 {
         self.synced.load(Ordering::SeqCst)

@@ -66,6 +66,19 @@ pub enum FsyncMode {
     Local,
 }
 
+/// When `close` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CloseMode {
+    /// The file's data and size are durable on local disk (default): its
+    /// chunk files and the journal are synced.
+    Durable,
+    /// The file's data and size are in the local cache (written to the
+    /// cache's files, not synced): a crash of the mount loses nothing, a
+    /// power cut may lose what was closed in the last commit interval, as
+    /// on a local filesystem. Synced every commit interval, and by fsync.
+    Buffered,
+}
+
 /// Mount-time options of the VFS.
 #[derive(Debug, Clone)]
 pub struct VfsOptions {
@@ -76,6 +89,7 @@ pub struct VfsOptions {
     pub dirty_limit: u64,
     pub read_only: bool,
     pub fsync: FsyncMode,
+    pub close: CloseMode,
     /// Commit metadata at most this often (batches small operations).
     pub commit_interval: Duration,
     /// A dirty chunk is uploaded once no write touched it for this long
@@ -98,6 +112,7 @@ impl VfsOptions {
             dirty_limit: 1 << 30,
             read_only: false,
             fsync: FsyncMode::Cloud,
+            close: CloseMode::Durable,
             commit_interval: Duration::from_secs(1),
             writeback_delay: Duration::from_millis(500),
             upload_parallelism: 4,
@@ -249,6 +264,10 @@ pub struct Status {
     pub metadata_version: u64,
     pub last_error: Option<String>,
     pub fsync_mode: FsyncMode,
+    pub close_mode: CloseMode,
+    /// Files closed with [`CloseMode::Buffered`] whose bytes are not synced
+    /// to the cache disk yet.
+    pub close_unsynced: bool,
     pub read_only: bool,
     /// Free bytes on the cache disk at the last sample.
     pub cache_free: Option<u64>,
@@ -289,6 +308,10 @@ pub struct Vfs {
     /// synced yet. (A file created and closed unwritten is a metadata
     /// operation: its `Create` is synced by the next close or fsync.)
     pub(crate) content_appends: Mutex<HashMap<u64, u64>>,
+    /// Chunk files closed without a sync ([`CloseMode::Buffered`]), and
+    /// the journal append it must be synced up to: the uploader syncs
+    /// them every commit interval.
+    pub(crate) close_unsynced: Mutex<(Vec<PathBuf>, u64)>,
     /// The store refuses this mount's chunks (too large): uploads stop,
     /// `status` and unmount say so.
     pub(crate) blocked: Mutex<Option<String>>,
@@ -433,6 +456,7 @@ impl Vfs {
             follow: follow::FollowState::default(),
             journal_gap: AtomicU64::new(0),
             content_appends: Mutex::new(HashMap::new()),
+            close_unsynced: Mutex::new((Vec::new(), 0)),
             blocked: Mutex::new(None),
             wb,
             handles: Handles::default(),
@@ -616,6 +640,8 @@ impl Vfs {
             metadata_version: self.vault.version(),
             last_error: lock(&self.last_error).clone(),
             fsync_mode: self.opts.fsync,
+            close_mode: self.opts.close,
+            close_unsynced: self.close_unsynced(),
             read_only: self.read_only(),
             cache_free: self.space.free(),
             cache_full: self.space.is_low(),

@@ -19,7 +19,7 @@ use strata_store::Metrics;
 use tracing::warn;
 use zeroize::Zeroizing;
 
-use crate::{FsyncMode, Vfs, VfsOptions};
+use crate::{CloseMode, FsyncMode, Vfs, VfsOptions};
 
 /// `$XDG_CACHE_HOME/strata/<vault id>`, or `~/.cache/strata/<vault id>`.
 pub fn default_cache_dir(vault_id: &str) -> PathBuf {
@@ -200,6 +200,7 @@ pub struct SessionOptions {
     /// Read-only: no writer lease, no uploads.
     pub read_only: bool,
     pub fsync: FsyncMode,
+    pub close: CloseMode,
     pub state_dir: Option<PathBuf>,
     pub accept_rollback: bool,
     pub break_lease: bool,
@@ -230,6 +231,7 @@ impl SessionOptions {
             read_cache_size: 512 << 20,
             read_only: false,
             fsync: FsyncMode::Cloud,
+            close: CloseMode::Durable,
             state_dir: None,
             accept_rollback: false,
             break_lease: false,
@@ -322,6 +324,7 @@ impl Session {
         vfs_opts.stall_timeout = opts.stall_timeout;
         vfs_opts.read_only = opts.read_only;
         vfs_opts.fsync = opts.fsync;
+        vfs_opts.close = opts.close;
         let vfs = match Vfs::new(vault.clone(), vfs_opts) {
             Ok(v) => v,
             Err(e) => {

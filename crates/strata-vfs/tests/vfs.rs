@@ -13,7 +13,7 @@ use strata_core::vault::{CreateOptions, OpenOptions};
 use strata_core::{Vault, ROOT_INO};
 use strata_crypto::KdfParams;
 use strata_store::{open_url, DynStore, Metrics};
-use strata_vfs::{Errno, SetAttr, Vfs, VfsOptions};
+use strata_vfs::{CloseMode, Errno, SetAttr, Vfs, VfsOptions};
 
 const PW: &[u8] = b"pw";
 static N: AtomicU64 = AtomicU64::new(0);
@@ -68,11 +68,20 @@ impl Env {
         &self,
         delay: Duration,
     ) -> (Arc<Vfs>, Metrics, tokio::task::JoinHandle<()>) {
+        self.mount_close(delay, CloseMode::Durable).await
+    }
+
+    async fn mount_close(
+        &self,
+        delay: Duration,
+        close: CloseMode,
+    ) -> (Arc<Vfs>, Metrics, tokio::task::JoinHandle<()>) {
         let (store, metrics): (DynStore, Metrics) = open_url(&self.url).unwrap();
         let vault = Arc::new(Vault::open(store, PW, self.open_opts()).await.unwrap());
         let mut o = VfsOptions::new(self.cache.path().to_path_buf());
         o.writeback_delay = delay;
         o.commit_interval = delay * 2;
+        o.close = close;
         let vfs = Vfs::new(vault, o).unwrap();
         let h = vfs.start();
         (vfs, metrics, h)
@@ -303,6 +312,65 @@ async fn crash_recovery_replays_journal_and_dirty_chunks() {
         dirty_files(e.cache.path()).is_empty(),
         "cache drained after unmount"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_close_syncs_later_and_a_crash_loses_nothing() {
+    let e = Env::new("", 1 << 20).await;
+    // a small file (its bytes in the journal) and a partial chunk in a
+    // chunk file
+    let small = b"closed, not synced".to_vec();
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
+    let write_both = |v: Arc<Vfs>, names: [&'static [u8]; 2]| {
+        let (small, big) = (small.clone(), big.clone());
+        async move {
+            let mut inos = Vec::new();
+            for (name, data) in names.into_iter().zip([small, big]) {
+                let (a, _) = v.create(ROOT_INO, name, 0o644, 0, 0, 0).unwrap();
+                v.write(a.ino, 0, 0, &data).await.unwrap();
+                v.flush(a.ino).await.unwrap();
+                inos.push(a.ino);
+            }
+            inos
+        }
+    };
+
+    // durable close (the default): synced when close returns
+    let (v, _, _) = e.mount_with(Duration::from_secs(3600)).await;
+    write_both(v.clone(), [b"d-small", b"d-big"]).await;
+    assert!(!v.status().close_unsynced);
+    unmount(v).await;
+
+    // buffered: close leaves the sync to the uploader (whose interval is
+    // an hour here), and a crash of the process loses nothing
+    let (v, _, uploader) = e
+        .mount_close(Duration::from_secs(3600), CloseMode::Buffered)
+        .await;
+    let inos = write_both(v.clone(), [b"b-small", b"b-big"]).await;
+    assert!(v.status().close_unsynced, "close did not wait for a sync");
+    assert!(!dirty_files(e.cache.path()).is_empty());
+    uploader.abort();
+    let _ = uploader.await;
+    drop(v);
+    let (v, _) = e.mount().await;
+    for (name, want) in [(&b"b-small"[..], &small), (b"b-big", &big)] {
+        let n = v.lookup(ROOT_INO, name).unwrap();
+        assert!(inos.contains(&n.ino));
+        same(&read_all(&v, n.ino).await, want, "after a crash");
+    }
+    unmount(v).await;
+
+    // with a short interval the uploader syncs what was closed
+    let (v, _, _) = e
+        .mount_close(Duration::from_millis(50), CloseMode::Buffered)
+        .await;
+    write_both(v.clone(), [b"s-small", b"s-big"]).await;
+    let t = std::time::Instant::now();
+    while v.status().close_unsynced {
+        assert!(t.elapsed() < Duration::from_secs(20), "never synced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unmount(v).await;
 }
 
 /// No file under `dir` contains any of `needles`.

@@ -9,10 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use strata_fuse::{control, run_mount, FsyncMode, MountOptions};
+use strata_fuse::{control, run_mount, CloseMode, FsyncMode, MountOptions};
 use zeroize::Zeroizing;
 
-use crate::cli::{CloudServerArgs, DemoArgs, FsyncArg, Global, MountArgs, StatusArgs, UnmountArgs};
+use crate::cli::{
+    CloseArg, CloudServerArgs, DemoArgs, FsyncArg, Global, MountArgs, StatusArgs, UnmountArgs,
+};
 use crate::config;
 use crate::password::{self, Secret};
 use crate::session::password_sources;
@@ -37,6 +39,10 @@ fn mount_options(g: &Global, a: &MountArgs, url: String) -> Result<MountOptions>
     o.fsync = match a.fsync {
         FsyncArg::Cloud => FsyncMode::Cloud,
         FsyncArg::Local => FsyncMode::Local,
+    };
+    o.close = match a.close {
+        CloseArg::Durable => CloseMode::Durable,
+        CloseArg::Buffered => CloseMode::Buffered,
     };
     o.state_dir = g.state_dir.clone();
     o.accept_rollback = g.accept_rollback;
@@ -211,6 +217,17 @@ pub fn status(a: &StatusArgs) -> Result<()> {
         m("errors")
     );
     println!("open files:        {}", n("open_files"));
+    if v.get("close_mode").and_then(|x| x.as_str()) == Some("Buffered") {
+        let unsynced = v.get("close_unsynced").and_then(|x| x.as_bool()) == Some(true);
+        println!(
+            "close:             buffered ({})",
+            if unsynced {
+                "closed files not yet synced to the cache disk"
+            } else {
+                "everything closed is synced"
+            }
+        );
+    }
     match v.get("lease") {
         Some(l) if l.is_object() => {
             let ls = |k: &str| l.get(k).and_then(|x| x.as_str()).unwrap_or("?");
@@ -466,6 +483,7 @@ pub fn demo(g: &Global, a: &DemoArgs) -> Result<()> {
         lease: Default::default(),
         allow_other: false,
         fsync: FsyncArg::Cloud,
+        close: CloseArg::Durable,
         daemon: false,
         password_stdin: false,
     };

@@ -651,6 +651,7 @@ impl Vfs {
 
     async fn uploader(self: Arc<Self>) {
         let mut last_commit = Instant::now();
+        let mut last_sync = Instant::now();
         // uncommitted records at the last pass, and since when
         let (mut last_records, mut records_since) = (0, Instant::now());
         let mut backoff = Duration::from_millis(0);
@@ -696,6 +697,13 @@ impl Vfs {
             {
                 failed |= self.commit_now().await.is_err();
                 last_commit = Instant::now();
+            }
+            // files closed without a sync are synced once per interval
+            if self.opts.close == crate::CloseMode::Buffered
+                && (stopping || last_sync.elapsed() >= self.opts.commit_interval)
+            {
+                let _ = self.sync_closed().await;
+                last_sync = Instant::now();
             }
             backoff = if failed {
                 (backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(30))
