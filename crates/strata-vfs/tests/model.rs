@@ -40,7 +40,7 @@ use strata_core::vault::{CreateOptions, OpenOptions};
 use strata_core::{Kind, ReadCacheOptions, Vault, ROOT_INO};
 use strata_crypto::KdfParams;
 use strata_store::open_url;
-use strata_vfs::{Attr, Errno, FsyncMode, SetAttr, Vfs, VfsOptions};
+use strata_vfs::{Attr, CloseMode, Errno, FsyncMode, SetAttr, Vfs, VfsOptions};
 
 /// Chunk size of the vault: writes and reads below cross chunk boundaries.
 const CS: u64 = 64 << 10;
@@ -244,6 +244,9 @@ struct MountCfg {
     eager: bool,
     fsync_local: bool,
     read_cache: bool,
+    /// `CloseMode::Buffered`: a close syncs nothing (the model's crash is
+    /// the process's, which keeps what was written to the cache's files).
+    close_buffered: bool,
 }
 
 fn file_slot() -> impl Strategy<Value = Slot> {
@@ -318,13 +321,14 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn mount_cfg() -> impl Strategy<Value = MountCfg> {
-    (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(eager, fsync_local, read_cache)| {
-        MountCfg {
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(eager, fsync_local, read_cache, close_buffered)| MountCfg {
             eager,
             fsync_local,
             read_cache,
-        }
-    })
+            close_buffered,
+        },
+    )
 }
 
 /// Write data: position-dependent (a misplaced byte shows) and different
@@ -714,6 +718,9 @@ impl Env {
         }
         if self.cfg.fsync_local {
             o.fsync = FsyncMode::Local;
+        }
+        if self.cfg.close_buffered {
+            o.close = CloseMode::Buffered;
         }
         let vfs = Vfs::new(Arc::new(vault), o).map_err(|e| format!("mount: {e}"))?;
         let uploader = vfs.start();
