@@ -274,6 +274,8 @@ fn ctrl_c_then_rerun() {
         .spawn()
         .unwrap();
     v.wait_committed(&mut child, 5);
+    // SAFETY: kill(2) of our own child, which has not been waited for
+    // yet (its pid cannot have been reused); no memory is involved.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
