@@ -303,7 +303,7 @@ fn mount_helper_and_daemon_mode() {
         .arg(e.mnt())
         .arg("-o")
         .arg(format!(
-            "rw,password_file={},cache_dir={},state_dir={},fsync=local,_netdev",
+            "rw,password_file={},cache_dir={},state_dir={},fsync=local,close=buffered,_netdev",
             e.p("pw").display(),
             e.p("cache").display(),
             e.p("state").display()
@@ -332,6 +332,7 @@ fn mount_helper_and_daemon_mode() {
         .unwrap();
     let js = String::from_utf8_lossy(&st.stdout);
     assert!(js.contains("\"fsync_mode\": \"Local\""), "{js}");
+    assert!(js.contains("\"close_mode\": \"Buffered\""), "{js}");
     let un = e
         .cmd()
         .args(["unmount", e.mnt().to_str().unwrap()])
