@@ -108,6 +108,11 @@ impl Handles {
         true
     }
 
+    /// Whether a handle is open for writing on `ino`.
+    pub(crate) fn writing(&self, ino: u64) -> bool {
+        lock(&self.writers).by_ino.contains_key(&ino)
+    }
+
     /// Handles open for writing.
     pub(crate) fn writers(&self) -> u64 {
         lock(&self.writers).open

@@ -373,6 +373,53 @@ async fn buffered_close_syncs_later_and_a_crash_loses_nothing() {
     unmount(v).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_file_goes_to_the_store_without_the_writeback_delay() {
+    let e = Env::new("", 1 << 20).await;
+    // an hour's delay: only a file no handle writes to is uploaded
+    let (v, _, _) = e.mount_with(Duration::from_secs(3600)).await;
+    let (open, open_fh) = v.create(ROOT_INO, b"open", 0o644, 0, 0, 0).unwrap();
+    v.write(open.ino, 0, 0, b"still being written")
+        .await
+        .unwrap();
+    v.flush(open.ino).await.unwrap();
+    let (closed, fh) = v.create(ROOT_INO, b"closed", 0o644, 0, 0, 0).unwrap();
+    v.write(closed.ino, 0, 0, b"done").await.unwrap();
+    v.flush(closed.ino).await.unwrap();
+    v.release(closed.ino, fh).await.unwrap();
+    let t = std::time::Instant::now();
+    while v.status().dirty_files > 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the closed file stays dirty"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the open file waits for its delay
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(v.status().dirty_files, 1);
+    // closed too: both uploaded, and then (nothing left to upload, nothing
+    // changing) committed
+    v.release(open.ino, open_fh).await.unwrap();
+    let (store, _) = open_url(&e.url).unwrap();
+    let mut o = e.open_opts();
+    o.accept_rollback = true;
+    let t = std::time::Instant::now();
+    loop {
+        let other = Vault::open(store.clone(), PW, o.clone()).await.unwrap();
+        let sizes = ["/closed", "/open"].map(|p| other.stat_path(p).map(|n| n.size).ok());
+        if sizes == [Some(4), Some(19)] {
+            let n = other.stat_path("/closed").unwrap();
+            assert_eq!(other.read_at(&n, 0, 100).await.unwrap(), b"done");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "never committed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(v.status().dirty_files, 0);
+    drop(v);
+}
+
 /// No file under `dir` contains any of `needles`.
 #[track_caller]
 fn assert_no_plaintext(dir: &Path, needles: &[&[u8]]) {

@@ -16,7 +16,8 @@
 //!
 //! A chunk's life: first write → file created (filled from the stored chunk
 //! only when the write does not cover its valid bytes) → more writes bump its
-//! generation → idle for `writeback_delay` (or full, or fsync) → uploaded
+//! generation → idle for `writeback_delay` ([`CLOSED_DELAY`] once no handle
+//! writes to the file; or full, or fsync) → uploaded
 //! (dedup and hole detection in the vault) → `SetChunks` applied and journaled
 //! if no write happened meanwhile → file deleted once a commit put that record
 //! in the store. Memory use is independent of file sizes: data lives on disk.
@@ -43,6 +44,12 @@ use crate::{io_errno, lock, vault_errno, Vfs, VfsResult};
 /// in the store as soon as it can be; a burst of changes is still one
 /// commit per interval).
 pub const QUIET: Duration = Duration::from_millis(200);
+
+/// A dirty chunk of a file no handle has open for writing is uploaded once
+/// idle this long (if `writeback_delay` is longer): closed, it is likely
+/// complete (a program that keeps reopening a file to append stays under
+/// it).
+pub const CLOSED_DELAY: Duration = Duration::from_millis(100);
 pub(crate) use body::fit_to_tree;
 pub use body::{MEM_BUDGET, MEM_CHUNK_MAX};
 
@@ -717,13 +724,15 @@ impl Vfs {
     }
 
     /// Chunks ready for upload: full, or idle for `writeback_delay` (for
-    /// 100 ms when `hurry`), or everything when `all`.
+    /// 100 ms when `hurry`, [`CLOSED_DELAY`] when the file is closed), or
+    /// everything when `all`.
     async fn due_chunks(&self, all: bool, hurry: bool) -> Vec<(u64, u64)> {
         let delay = if hurry {
             self.opts.writeback_delay.min(Duration::from_millis(100))
         } else {
             self.opts.writeback_delay
         };
+        let closed_delay = delay.min(CLOSED_DELAY);
         let ovs: Vec<(u64, OverlayRef)> = crate::lock(&self.wb.overlays)
             .iter()
             .map(|(k, v)| (*k, v.clone()))
@@ -742,6 +751,11 @@ impl Vfs {
                 .vault
                 .with_tree(|t| t.get(ino).map(|n| u64::from(n.chunk_size)))
                 .unwrap_or(u64::MAX);
+            let delay = if self.handles.writing(ino) {
+                delay
+            } else {
+                closed_delay
+            };
             for (ci, c) in &o.chunks {
                 if c.is_dirty()
                     && c.uploading.is_none()
