@@ -549,8 +549,8 @@ impl Vfs {
     }
 
     /// Close: the file's data and size durable on local disk, or with
-    /// [`CloseMode::Buffered`] in the local cache (synced later by
-    /// [`Vfs::sync_closed`]).
+    /// [`CloseMode::Buffered`] in the local cache (the uploader syncs it
+    /// within a commit interval).
     pub async fn flush(&self, ino: u64) -> VfsResult<()> {
         if self.read_only() {
             return Ok(());
@@ -611,7 +611,7 @@ impl Vfs {
 
     /// [`CloseMode::Buffered`]: the file's bytes are in its chunk files and
     /// the journal (the kernel keeps them if this process dies); they are
-    /// noted for [`Vfs::sync_closed`]. What exists only in this process's
+    /// noted for `Vfs::sync_closed`. What exists only in this process's
     /// memory (a change the journal missed) still goes to the store first.
     async fn flush_buffered(&self, ino: u64) -> VfsResult<()> {
         let paths = match self.flush_start(ino).await? {
