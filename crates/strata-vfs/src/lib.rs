@@ -95,6 +95,9 @@ pub struct VfsOptions {
     /// A dirty chunk is uploaded once no write touched it for this long
     /// (full chunks go at once).
     pub writeback_delay: Duration,
+    /// The same for a file no handle has open for writing (closed, it is
+    /// likely complete); at most `writeback_delay`.
+    pub closed_delay: Duration,
     pub upload_parallelism: usize,
     /// How long a writer waits for cache space while nothing is uploaded
     /// or freed before it gets ENOSPC.
@@ -115,6 +118,7 @@ impl VfsOptions {
             close: CloseMode::Durable,
             commit_interval: Duration::from_secs(1),
             writeback_delay: Duration::from_millis(500),
+            closed_delay: writeback::CLOSED_DELAY,
             upload_parallelism: 4,
             space_wait: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),

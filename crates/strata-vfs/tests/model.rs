@@ -713,7 +713,9 @@ impl Env {
             o.writeback_delay = Duration::ZERO;
             o.commit_interval = Duration::ZERO;
         } else {
+            // nothing is uploaded or committed behind the operations' backs
             o.writeback_delay = Duration::from_secs(3600);
+            o.closed_delay = Duration::from_secs(3600);
             o.commit_interval = Duration::from_secs(3600);
         }
         if self.cfg.fsync_local {

@@ -45,10 +45,10 @@ use crate::{io_errno, lock, vault_errno, Vfs, VfsResult};
 /// commit per interval).
 pub const QUIET: Duration = Duration::from_millis(200);
 
-/// A dirty chunk of a file no handle has open for writing is uploaded once
-/// idle this long (if `writeback_delay` is longer): closed, it is likely
-/// complete (a program that keeps reopening a file to append stays under
-/// it).
+/// The default [`crate::VfsOptions::closed_delay`]: a dirty chunk of a
+/// file no handle has open for writing is uploaded once idle this long (if
+/// `writeback_delay` is longer): closed, it is likely complete (a program
+/// that keeps reopening a file to append stays under it).
 pub const CLOSED_DELAY: Duration = Duration::from_millis(100);
 pub(crate) use body::fit_to_tree;
 pub use body::{MEM_BUDGET, MEM_CHUNK_MAX};
@@ -724,7 +724,7 @@ impl Vfs {
     }
 
     /// Chunks ready for upload: full, or idle for `writeback_delay` (for
-    /// 100 ms when `hurry`, [`CLOSED_DELAY`] when the file is closed), or
+    /// 100 ms when `hurry`, `closed_delay` when the file is closed), or
     /// everything when `all`.
     async fn due_chunks(&self, all: bool, hurry: bool) -> Vec<(u64, u64)> {
         let delay = if hurry {
@@ -732,7 +732,7 @@ impl Vfs {
         } else {
             self.opts.writeback_delay
         };
-        let closed_delay = delay.min(CLOSED_DELAY);
+        let closed_delay = delay.min(self.opts.closed_delay);
         let ovs: Vec<(u64, OverlayRef)> = crate::lock(&self.wb.overlays)
             .iter()
             .map(|(k, v)| (*k, v.clone()))
