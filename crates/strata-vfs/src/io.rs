@@ -621,9 +621,9 @@ impl Vfs {
         };
         let upto = lock(&self.journal).appended();
         {
-            let mut pending = lock(&self.close_unsynced);
-            pending.0.extend(paths);
-            pending.1 = pending.1.max(upto);
+            let mut u = lock(&self.close_unsynced);
+            u.chunk_files.extend(paths);
+            u.journal_upto = u.journal_upto.max(upto);
         }
         self.cover_journal_gap().await
     }
@@ -631,11 +631,11 @@ impl Vfs {
     /// Whether files closed with [`CloseMode::Buffered`] have bytes not yet
     /// synced to the cache disk.
     pub(crate) fn close_unsynced(&self) -> bool {
-        let (pending, upto) = {
-            let p = lock(&self.close_unsynced);
-            (!p.0.is_empty(), p.1)
+        let (files, upto) = {
+            let u = lock(&self.close_unsynced);
+            (!u.chunk_files.is_empty(), u.journal_upto)
         };
-        pending || lock(&self.journal).synced() < upto
+        files || lock(&self.journal).synced() < upto
     }
 
     /// Sync what buffered closes left unsynced: their chunk files and the
@@ -645,9 +645,9 @@ impl Vfs {
         if !self.close_unsynced() {
             return Ok(());
         }
-        let mut paths = std::mem::take(&mut lock(&self.close_unsynced).0);
-        paths.sort();
-        paths.dedup();
+        let paths: Vec<PathBuf> = std::mem::take(&mut lock(&self.close_unsynced).chunk_files)
+            .into_iter()
+            .collect();
         let h = lock(&self.journal)
             .sync_handle()
             .map_err(|e| io_errno(e, "journal"))?;
@@ -656,7 +656,7 @@ impl Vfs {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         if let Err(e) = r {
-            lock(&self.close_unsynced).0.extend(paths);
+            lock(&self.close_unsynced).chunk_files.extend(paths);
             self.note_error(format!(
                 "syncing closed files to the cache disk failed: {e}"
             ));

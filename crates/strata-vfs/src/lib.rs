@@ -39,7 +39,7 @@ pub mod session;
 mod space;
 pub mod writeback;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -312,10 +312,9 @@ pub struct Vfs {
     /// synced yet. (A file created and closed unwritten is a metadata
     /// operation: its `Create` is synced by the next close or fsync.)
     pub(crate) content_appends: Mutex<HashMap<u64, u64>>,
-    /// Chunk files closed without a sync ([`CloseMode::Buffered`]), and
-    /// the journal append it must be synced up to: the uploader syncs
-    /// them every commit interval.
-    pub(crate) close_unsynced: Mutex<(Vec<PathBuf>, u64)>,
+    /// What closes left unsynced ([`CloseMode::Buffered`]): the uploader
+    /// syncs it every commit interval.
+    pub(crate) close_unsynced: Mutex<Unsynced>,
     /// The store refuses this mount's chunks (too large): uploads stop,
     /// `status` and unmount say so.
     pub(crate) blocked: Mutex<Option<String>>,
@@ -336,6 +335,15 @@ pub struct Vfs {
     pub(crate) wake: tokio::sync::Notify,
     /// Signalled when uploads finish or commits land (fsync / space waiters).
     pub(crate) progress: tokio::sync::Notify,
+}
+
+/// What buffered closes left unsynced.
+#[derive(Debug, Default)]
+pub(crate) struct Unsynced {
+    /// Chunk files (a file closed again and again is noted once).
+    pub(crate) chunk_files: HashSet<PathBuf>,
+    /// The journal append it must be synced up to.
+    pub(crate) journal_upto: u64,
 }
 
 /// The file whose contents or size record `r` changes.
@@ -460,7 +468,7 @@ impl Vfs {
             follow: follow::FollowState::default(),
             journal_gap: AtomicU64::new(0),
             content_appends: Mutex::new(HashMap::new()),
-            close_unsynced: Mutex::new((Vec::new(), 0)),
+            close_unsynced: Mutex::new(Unsynced::default()),
             blocked: Mutex::new(None),
             wb,
             handles: Handles::default(),
